@@ -1,0 +1,43 @@
+//! `ld3`: sample diffusion models with classic or learned time steps.
+
+mod sample;
+mod schedule;
+
+use clap::{Parser, Subcommand};
+
+/// ld3-rs: few-step diffusion sampling with learned time steps (LD3, arXiv 2405.15506).
+#[derive(Parser)]
+#[command(name = "ld3", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sample a model with a solver and a step schedule (or a schedule file).
+    Sample(sample::SampleArgs),
+    /// Write the schedule file of a hand-made step schedule (to inspect, edit or reuse).
+    Schedule(schedule::ScheduleArgs),
+    /// List the embedded models, solvers and step schedules.
+    List,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sample(args) => sample::run(args),
+        Command::Schedule(args) => schedule::run(args),
+        Command::List => {
+            schedule::list();
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! `ld3 sample`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use ld3_models::DenoiserPredictor;
+use ld3_solvers::schedule_file::write_atomic;
+use ld3_solvers::{rng, sample, ScheduleFile, StepInfo, Times};
+
+use crate::schedule::{check_file_fits, SolverArgs};
+
+/// Floating-point type of the computation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    /// 32-bit.
+    F32,
+    /// 64-bit.
+    F64,
+}
+
+/// `ld3 sample`.
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    solver: SolverArgs,
+    /// A schedule file (from `ld3 schedule` or `ld3 train`) instead of --schedule.
+    #[arg(long)]
+    schedule_file: Option<PathBuf>,
+    /// Safetensors file whose tensor `noise` [B, ...shape] holds standard normals.
+    #[arg(long, conflicts_with_all = ["num_samples", "seed"])]
+    noise: Option<PathBuf>,
+    /// Draw this many noise samples instead of --noise.
+    #[arg(long)]
+    num_samples: Option<usize>,
+    /// Seed of the drawn noise (sample b uses seed + b).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Samples per solver call.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Precision of the computation (the output is always f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Precision,
+    /// Output safetensors file; holds tensor `samples` [B, ...shape].
+    #[arg(long)]
+    out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(args: SampleArgs) -> Result<()> {
+    let (spec, model) = args.solver.load_model()?;
+    let file = match &args.schedule_file {
+        Some(path) => {
+            let file = ScheduleFile::read(path)?;
+            check_file_fits(&file, model.as_ref())
+                .with_context(|| format!("using {}", path.display()))?;
+            if let Some(nfe) = args.solver.nfe.filter(|n| *n != file.nfe) {
+                bail!(
+                    "--nfe {nfe} disagrees with the schedule file, which is for NFE {}; drop --nfe",
+                    file.nfe
+                );
+            }
+            let wanted = args.solver.solver_config(Some(&file.solver))?;
+            if wanted != file.solver {
+                eprintln!(
+                    "note: the schedule was made for {}, sampling with {}",
+                    file.solver, wanted
+                );
+                let (_, steps) = wanted.build_for_nfe(file.nfe)?;
+                if steps != file.steps {
+                    bail!(
+                        "{wanted} takes {steps} steps at NFE {}, the schedule file has {}",
+                        file.nfe,
+                        file.steps
+                    );
+                }
+            }
+            ScheduleFile {
+                solver: wanted,
+                ..file
+            }
+        }
+        None => args.solver.hand_made(&spec, model.as_ref())?,
+    };
+    let (solver, steps) = file.solver.build_for_nfe(file.nfe)?;
+    let dtype = match args.dtype {
+        Precision::F32 => DType::F32,
+        Precision::F64 => DType::F64,
+    };
+    let device = Device::Cpu;
+    let shape = model.sample_shape().to_vec();
+    let z = match (&args.noise, args.num_samples) {
+        (Some(path), _) => read_noise(path, &shape)?,
+        (None, Some(0)) => bail!("--num-samples must be at least 1"),
+        (None, Some(b)) => rng::standard_normal(args.seed, b, &shape, DType::F64, &device)?,
+        (None, None) => {
+            bail!("give the noise: --noise FILE.safetensors, or --num-samples B [--seed S]")
+        }
+    };
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let times = Times::from_f64(&file.t, &file.t_net, &device)?;
+    let predictor = DenoiserPredictor::new(model.as_ref());
+    let prior = model.noise_schedule().prior_scale();
+    let total = z.dim(0)?;
+    eprintln!(
+        "{}: {} on {} steps ({}), {total} samples",
+        model.describe(),
+        file.solver,
+        steps,
+        file.provenance
+            .get("rule")
+            .and_then(|r| r.as_str())
+            .unwrap_or("schedule file"),
+    );
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new((steps * total.div_ceil(args.batch_size)) as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} step {pos}/{len} {msg} [{elapsed}]")
+            .expect("static template"),
+    );
+    let started = Instant::now();
+    let (mut outputs, mut nfe) = (Vec::new(), 0);
+    for start in (0..total).step_by(args.batch_size) {
+        let len = args.batch_size.min(total - start);
+        let x_t = (z.narrow(0, start, len)?.to_dtype(dtype)? * prior)?;
+        let mut progress = |info: &StepInfo| -> ld3_solvers::Result<()> {
+            bar.inc(1);
+            bar.set_message(format!("t={:.4} nfe={}", info.t, info.nfe));
+            Ok(())
+        };
+        let out = sample(
+            solver.as_ref(),
+            &predictor,
+            &x_t,
+            &times,
+            Some(&mut progress),
+        )?;
+        nfe = out.nfe;
+        outputs.push(out.x.to_dtype(DType::F32)?);
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let samples = Tensor::cat(&outputs, 0)?;
+    write_atomic(&args.out, |tmp| {
+        let tensors = HashMap::from([("samples".to_string(), samples.clone())]);
+        Ok(candle_core::safetensors::save(&tensors, tmp)?)
+    })?;
+    println!("NFE: {nfe} per sample ({total} samples)");
+    println!("wall time: {elapsed:.3} s");
+    println!(
+        "wrote {} (tensor `samples`, {:?})",
+        args.out.display(),
+        samples.dims()
+    );
+    Ok(())
+}
+
+/// The tensor `noise` of a safetensors file, checked against the model's sample shape.
+fn read_noise(path: &std::path::Path, shape: &[usize]) -> Result<Tensor> {
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("reading noise file {}", path.display()))?;
+    let Some(noise) = tensors.remove("noise") else {
+        let mut names: Vec<_> = tensors.keys().cloned().collect();
+        names.sort();
+        bail!(
+            "{} has no tensor named `noise` (it has: {}); save the noise as `noise`",
+            path.display(),
+            names.join(", ")
+        );
+    };
+    if noise.rank() != shape.len() + 1 || noise.dims()[1..] != shape[..] || noise.dim(0)? == 0 {
+        bail!(
+            "the noise in {} has shape {:?}, but this model needs [B, {}] with B ≥ 1",
+            path.display(),
+            noise.dims(),
+            shape
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let noise = noise.to_dtype(DType::F64)?;
+    let total: f64 = noise.sum_all()?.to_scalar()?;
+    if !total.is_finite() {
+        bail!("the noise in {} holds NaN or infinity", path.display());
+    }
+    Ok(noise)
+}

@@ -1,0 +1,214 @@
+//! Choosing solvers and step schedules from the command line; `ld3 schedule` and `ld3 list`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use ld3_models::{load_model, Denoiser, ModelSpec, DEFAULT_MODEL, EMBEDDED};
+use ld3_solvers::steps::{
+    Karras, KarrasInTime, LogSnrUniform, Preset, StepSchedule, TimePolynomial, TimeUniform,
+};
+use ld3_solvers::{ScheduleFile, SolverConfig, SolverName, UniPcVariant};
+
+/// Hand-made step schedules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleName {
+    /// Uniform in the model's time t.
+    TimeUniform,
+    /// Quadratic in t (LD3's time_quadratic).
+    TimeQuadratic,
+    /// Uniform in half log-SNR λ.
+    Logsnr,
+    /// Karras ρ-spacing in σ/α (EDM; ρ from --rho).
+    Edm,
+    /// Karras' formula applied to t itself (the LD3 code's `edm` for VP models).
+    TimeEdm,
+    /// GITS presets (SD σ range, stretched onto the model's), interpolated to any NFE.
+    Gits,
+    /// Align-Your-Steps presets (--ays-model), interpolated to any NFE.
+    Ays,
+}
+
+/// Which AYS list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AysModel {
+    /// Stable Diffusion 1.5.
+    Sd15,
+    /// SDXL.
+    Sdxl,
+}
+
+/// Options that pick a model, solver and hand-made schedule (shared by `sample` and `schedule`).
+#[derive(Args, Debug)]
+pub struct SolverArgs {
+    /// Model: an embedded name (see `ld3 list`) or gmm:FILE.json.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Solver: ddim, euler, heun, dpm-solver++, unipc, ipndm [default: dpm-solver++, or the
+    /// schedule file's].
+    #[arg(long)]
+    pub solver: Option<String>,
+    /// Solver order [default: 3 for dpm-solver++/unipc/ipndm].
+    #[arg(long)]
+    pub order: Option<usize>,
+    /// UniPC variant: bh1 or bh2 [default: bh2].
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Model evaluations [default: 10, or the schedule file's].
+    #[arg(long)]
+    pub nfe: Option<usize>,
+    /// Hand-made step schedule [default: logsnr].
+    #[arg(long, value_enum, conflicts_with = "schedule_file")]
+    pub schedule: Option<ScheduleName>,
+    /// ρ of the edm / time-edm schedules.
+    #[arg(long, default_value_t = 7.0)]
+    pub rho: f64,
+    /// The AYS list for --schedule ays.
+    #[arg(long, value_enum, default_value = "sd15")]
+    pub ays_model: AysModel,
+}
+
+impl SolverArgs {
+    /// The model.
+    pub fn load_model(&self) -> Result<(ModelSpec, Box<dyn Denoiser>)> {
+        let spec: ModelSpec = self.model.parse()?;
+        let model = load_model(&spec).with_context(|| format!("loading model {spec}"))?;
+        Ok((spec, model))
+    }
+
+    /// The solver description from --solver/--order/--variant, falling back to `default`.
+    pub fn solver_config(&self, default: Option<&SolverConfig>) -> Result<SolverConfig> {
+        let variant: Option<UniPcVariant> = self.variant.as_deref().map(str::parse).transpose()?;
+        match (&self.solver, default) {
+            (None, Some(d)) => {
+                if self.order.is_some() || variant.is_some() {
+                    Ok(SolverConfig::new(
+                        d.solver,
+                        self.order.or(Some(d.order)),
+                        variant.or(d.variant),
+                    )?)
+                } else {
+                    Ok(d.clone())
+                }
+            }
+            (name, _) => {
+                let name: SolverName = name.as_deref().unwrap_or("dpm-solver++").parse()?;
+                Ok(SolverConfig::new(name, self.order, variant)?)
+            }
+        }
+    }
+
+    /// The hand-made rule for `solver`.
+    pub fn step_rule(&self, solver: SolverName) -> Box<dyn StepSchedule> {
+        match self.schedule.unwrap_or(ScheduleName::Logsnr) {
+            ScheduleName::TimeUniform => Box::new(TimeUniform),
+            ScheduleName::TimeQuadratic => Box::new(TimePolynomial { rho: 2.0 }),
+            ScheduleName::Logsnr => Box::new(LogSnrUniform),
+            ScheduleName::Edm => Box::new(Karras { rho: self.rho }),
+            ScheduleName::TimeEdm => Box::new(KarrasInTime { rho: self.rho }),
+            ScheduleName::Gits => Box::new(if solver == SolverName::Ipndm {
+                Preset::GitsIpndm
+            } else {
+                Preset::GitsDpmSolver
+            }),
+            ScheduleName::Ays => Box::new(match self.ays_model {
+                AysModel::Sd15 => Preset::AysSd15,
+                AysModel::Sdxl => Preset::AysSdxl,
+            }),
+        }
+    }
+
+    /// A schedule file for the hand-made rule.
+    pub fn hand_made(&self, spec: &ModelSpec, model: &dyn Denoiser) -> Result<ScheduleFile> {
+        let config = self.solver_config(None)?;
+        let nfe = self.nfe.unwrap_or(10);
+        let (_, steps) = config.build_for_nfe(nfe)?;
+        let rule = self.step_rule(config.solver);
+        let t = rule.times(model.noise_schedule(), steps)?;
+        let provenance = serde_json::json!({
+            "rule": rule.name(),
+            "created_by": format!("ld3 {}", env!("CARGO_PKG_VERSION")),
+        });
+        Ok(ScheduleFile::new(
+            config,
+            nfe,
+            model.noise_schedule(),
+            t.clone(),
+            t,
+            spec.to_string(),
+            provenance,
+        )?)
+    }
+}
+
+/// `ld3 schedule`.
+#[derive(Args, Debug)]
+pub struct ScheduleArgs {
+    #[command(flatten)]
+    solver: SolverArgs,
+    /// Where to write the schedule file (JSON); printed to stdout when absent.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run(args: ScheduleArgs) -> Result<()> {
+    let (spec, model) = args.solver.load_model()?;
+    let file = args.solver.hand_made(&spec, model.as_ref())?;
+    match args.out {
+        Some(path) => {
+            file.write(&path)?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => println!("{}", serde_json::to_string_pretty(&file)?),
+    }
+    Ok(())
+}
+
+/// `ld3 list`.
+pub fn list() {
+    println!("embedded models (--model):");
+    for (name, about, _) in EMBEDDED {
+        let default = if name == DEFAULT_MODEL {
+            " [default]"
+        } else {
+            ""
+        };
+        println!("  {name:<14} {about}{default}");
+    }
+    println!("  gmm:FILE.json  a Gaussian mixture from a JSON file");
+    println!("solvers (--solver, --order):");
+    for s in SolverName::ALL {
+        let o = s.orders();
+        println!(
+            "  {:<14} orders {}..={} (default {})",
+            s.as_str(),
+            o.start(),
+            o.end(),
+            s.default_order()
+        );
+    }
+    println!("step schedules (--schedule):");
+    for v in ScheduleName::value_variants() {
+        if let Some(p) = v.to_possible_value() {
+            println!(
+                "  {:<14} {}",
+                p.get_name(),
+                p.get_help().map(|h| h.to_string()).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Rejects a schedule file whose times do not belong to `model`.
+pub fn check_file_fits(file: &ScheduleFile, model: &dyn Denoiser) -> Result<()> {
+    let ours = model.noise_schedule().config();
+    if file.noise_schedule != ours {
+        bail!(
+            "the schedule file was made for noise schedule {:?}, but the model uses {:?}; its times \
+             mean something else here (make a schedule for this model)",
+            file.noise_schedule,
+            ours
+        );
+    }
+    Ok(())
+}
