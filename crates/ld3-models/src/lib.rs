@@ -6,6 +6,9 @@
 //! predictions; and [`GaussianMixture`], the exact posterior-mean denoiser of an isotropic
 //! Gaussian mixture, the project's exact testbed.
 
+// Input checks are written `!(a < b)` on purpose: they must also reject NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 mod denoiser;
 mod gmm;
 mod spec;

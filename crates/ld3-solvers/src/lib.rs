@@ -20,6 +20,9 @@
 //! # Ok(()) }
 //! ```
 
+// Input checks are written `!(a < b)` on purpose: they must also reject NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 mod error;
 pub mod gradcheck;
 pub mod noise;
@@ -33,6 +36,6 @@ pub use noise::{NoiseSchedule, NoiseScheduleConfig};
 pub use schedule_file::ScheduleFile;
 pub use solvers::{
     sample, Evaluator, Grid, Predictor, Sample, Solver, SolverConfig, SolverName, SolverState,
-    StepInfo, Target, Times, UniPcVariant,
+    StepCallback, StepInfo, Target, Times, UniPcVariant,
 };
 pub use steps::StepSchedule;

@@ -112,7 +112,7 @@ impl ScheduleFile {
         if let Some(v) = self
             .t_net
             .iter()
-            .find(|v| !(v.is_finite() && **v >= lo * (1.0 - 1e-6) && **v <= hi * (1.0 + 1e-6)))
+            .find(|v| !crate::steps::in_time_range(schedule.as_ref(), **v))
         {
             return invalid(format!(
                 "schedule file \"t_net\" holds {v}, outside the time range [{lo}, {hi}]"

@@ -206,8 +206,19 @@ impl StepSchedule for Explicit {
     }
 }
 
+/// How far, relative to the end point, times may stray outside [t_min, t_max] (round-off of
+/// time conversions, finite-difference probes); anything further is an error.
+pub const TIME_RANGE_SLACK: f64 = 1e-4;
+
+/// Whether `t` lies in the time range of `s` (with [`TIME_RANGE_SLACK`]).
+pub fn in_time_range(s: &dyn NoiseSchedule, t: f64) -> bool {
+    t.is_finite()
+        && t >= s.t_min() * (1.0 - TIME_RANGE_SLACK)
+        && t <= s.t_max() * (1.0 + TIME_RANGE_SLACK)
+}
+
 /// Checks that `times` are finite, strictly decreasing and inside [t_min, t_max] of `s`
-/// (up to a relative slack of 1e-6).
+/// (up to a relative [`TIME_RANGE_SLACK`]).
 pub fn check_times(s: &dyn NoiseSchedule, times: &[f64]) -> Result<()> {
     if times.len() < 2 {
         return invalid(format!(
@@ -229,7 +240,7 @@ pub fn check_times(s: &dyn NoiseSchedule, times: &[f64]) -> Result<()> {
         ));
     }
     let (lo, hi) = (s.t_min(), s.t_max());
-    let slack = 1e-6;
+    let slack = TIME_RANGE_SLACK;
     if times[0] > hi * (1.0 + slack) || *times.last().unwrap() < lo * (1.0 - slack) {
         return invalid(format!(
             "times {}..{} leave the model's time range [{lo}, {hi}]; stay inside it",

@@ -113,7 +113,7 @@ impl Times {
         check_times(schedule, &self.t_values()?)?;
         let (lo, hi) = (schedule.t_min(), schedule.t_max());
         for (i, v) in self.t_net_values()?.iter().enumerate() {
-            if !(v.is_finite() && *v >= lo * (1.0 - 1e-6) && *v <= hi * (1.0 + 1e-6)) {
+            if !crate::steps::in_time_range(schedule, *v) {
                 return invalid(format!(
                     "network time t_net_{i} = {v} is outside the model's time range [{lo}, {hi}]"
                 ));
@@ -268,6 +268,9 @@ pub struct StepInfo<'a> {
     pub nfe: usize,
 }
 
+/// A per-step callback (progress bars, trajectories); an error stops the solve.
+pub type StepCallback<'a> = &'a mut dyn FnMut(&StepInfo) -> Result<()>;
+
 /// The result of a solve.
 #[derive(Clone, Debug)]
 pub struct Sample {
@@ -316,7 +319,7 @@ pub fn sample(
     model: &dyn Predictor,
     x_t: &Tensor,
     times: &Times,
-    mut callback: Option<&mut dyn FnMut(&StepInfo) -> Result<()>>,
+    mut callback: Option<StepCallback>,
 ) -> Result<Sample> {
     let steps = times.steps();
     if steps < solver.min_steps() {
