@@ -57,6 +57,9 @@ pub struct SampleArgs {
 pub fn run(args: SampleArgs) -> Result<()> {
     let (spec, model) = args.solver.load_model()?;
     let file = match &args.schedule_file {
+        Some(_) if args.solver.schedule.is_some() => {
+            bail!("give either --schedule or --schedule-file, not both")
+        }
         Some(path) => {
             let file = ScheduleFile::read(path)?;
             check_file_fits(&file, model.as_ref())

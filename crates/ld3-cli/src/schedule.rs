@@ -58,7 +58,7 @@ pub struct SolverArgs {
     #[arg(long)]
     pub nfe: Option<usize>,
     /// Hand-made step schedule [default: logsnr].
-    #[arg(long, value_enum, conflicts_with = "schedule_file")]
+    #[arg(long, value_enum)]
     pub schedule: Option<ScheduleName>,
     /// ρ of the edm / time-edm schedules.
     #[arg(long, default_value_t = 7.0)]
