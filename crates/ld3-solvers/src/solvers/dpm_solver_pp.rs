@@ -8,7 +8,7 @@
 //! is third order; [`DpmSolverPp::reference`] reproduces the reference weight.
 
 use super::{
-    constant, finish_step, lin, multistep_order, Evaluator, Grid, Solver, SolverConfig, SolverName,
+    finish_step, lin, multistep_order, Evaluator, Grid, Solver, SolverConfig, SolverName,
     SolverState, Target,
 };
 use crate::error::{invalid, Result};
@@ -70,35 +70,41 @@ impl Solver for DpmSolverPp {
         let a_phi_1 = alpha_t.mul(&phi_1)?;
         let keep_x = g.sigma(i + 1)?.div(&g.sigma(i)?)?;
         let (_, m0) = s.back(0);
-        let base = lin(&[(&keep_x, &s.x), (&a_phi_1.neg()?, m0)])?;
+        let minus_a_phi_1 = a_phi_1.neg()?;
+        // The update is linear in x and the history: the divided differences D are expanded into
+        // scalar weights on m_0, m_1, m_2 first, so the state is touched once per term.
         let x_next = match k {
-            1 => base,
+            1 => lin(&[(&keep_x, &s.x), (&minus_a_phi_1, m0)])?,
             2 => {
+                // x_t = x̃ − ½α_t·φ1·D,  D = (m_0 − m_1)/r0.
                 let (i1, m1) = s.back(1);
                 let r0 = g.h(i1, i)?.div(&h)?;
-                let d = lin(&[(&r0.recip()?, m0), (&r0.recip()?.neg()?, m1)])?;
-                base.sub(&super::scale(&a_phi_1.affine(0.5, 0.0)?, &d)?)?
+                let c_d = a_phi_1.affine(-0.5, 0.0)?.div(&r0)?;
+                let c0 = minus_a_phi_1.add(&c_d)?;
+                lin(&[(&keep_x, &s.x), (&c0, m0), (&c_d.neg()?, m1)])?
             }
             _ => {
+                // D1_0 = (m_0 − m_1)/r0, D1_1 = (m_1 − m_2)/r1, w = r0/(r0 + r1),
+                // D1 = (1 + w)·D1_0 − w·D1_1, D2 = (D1_0 − D1_1)/(r0 + r1),
+                // x_t = x̃ + α_t·φ2·D1 − 2α_t·φ3·D2.
                 let ((i1, m1), (i2, m2)) = (s.back(1), s.back(2));
                 let r0 = g.h(i1, i)?.div(&h)?;
                 let r1 = g.h(i2, i1)?.div(&h)?;
-                let d1_0 = lin(&[(&r0.recip()?, m0), (&r0.recip()?.neg()?, m1)])?;
-                let d1_1 = lin(&[(&r1.recip()?, m1), (&r1.recip()?.neg()?, m2)])?;
                 let r_sum = r0.add(&r1)?;
-                let one = constant(1.0, &r0)?;
-                // D1 = D1_0 + r0/(r0+r1)·(D1_0 − D1_1),  D2 = (D1_0 − D1_1)/(r0+r1).
                 let w = r0.div(&r_sum)?;
-                let d1 = lin(&[(&one.add(&w)?, &d1_0), (&w.neg()?, &d1_1)])?;
-                let d2 = lin(&[(&r_sum.recip()?, &d1_0), (&r_sum.recip()?.neg()?, &d1_1)])?;
                 let phi_2 = phi_1.div(&h)?.affine(1.0, 1.0)?;
                 let phi_3 = phi_2
                     .div(&h)?
                     .affine(self.d2_weight, -0.5 * self.d2_weight)?;
-                base.add(&lin(&[
-                    (&alpha_t.mul(&phi_2)?, &d1),
-                    (&alpha_t.mul(&phi_3)?.neg()?, &d2),
-                ])?)?
+                let a_d1 = alpha_t.mul(&phi_2)?;
+                let a_d2 = alpha_t.mul(&phi_3)?.neg()?.div(&r_sum)?;
+                // Weights on D1_0 and D1_1, then on m_0, m_1, m_2.
+                let c_a = a_d1.mul(&w.affine(1.0, 1.0)?)?.add(&a_d2)?;
+                let c_b = a_d1.mul(&w)?.add(&a_d2)?.neg()?;
+                let (c_a_r0, c_b_r1) = (c_a.div(&r0)?, c_b.div(&r1)?);
+                let c0 = minus_a_phi_1.add(&c_a_r0)?;
+                let c1 = c_b_r1.sub(&c_a_r0)?;
+                lin(&[(&keep_x, &s.x), (&c0, m0), (&c1, m1), (&c_b_r1.neg()?, m2)])?
             }
         };
         finish_step(eval, self.target(), s, x_next, i, n, self.order)

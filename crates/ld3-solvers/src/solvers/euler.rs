@@ -2,7 +2,7 @@
 //! Alg. 1 without the correction): y = x/α, s = σ/α, dy/ds = ε̂.
 
 use super::{
-    finish_step, scale, Evaluator, Grid, Solver, SolverConfig, SolverName, SolverState, Target,
+    finish_step, lin, Evaluator, Grid, Solver, SolverConfig, SolverName, SolverState, Target,
 };
 use crate::error::Result;
 
@@ -30,10 +30,11 @@ impl Solver for Euler {
         i: usize,
         n: usize,
     ) -> Result<SolverState> {
-        let y = scale(&g.alpha(i)?.recip()?, &s.x)?;
+        // x_{i+1} = α_{i+1}·(x_i/α_i + Δs·ε̂_i).
+        let alpha_next = g.alpha(i + 1)?;
+        let keep_x = alpha_next.div(&g.alpha(i)?)?;
         let ds = g.edm_sigma(i + 1)?.sub(&g.edm_sigma(i)?)?;
-        let y_next = y.add(&scale(&ds, s.newest())?)?;
-        let x_next = scale(&g.alpha(i + 1)?, &y_next)?;
+        let x_next = lin(&[(&keep_x, &s.x), (&alpha_next.mul(&ds)?, s.newest())])?;
         finish_step(eval, self.target(), s, x_next, i, n, 1)
     }
 }

@@ -2,7 +2,7 @@
 //! 2022, Algorithm 1): y = x/α, s = σ/α, dy/ds = ε̂.
 
 use super::{
-    finish_step, lin, scale, Evaluator, Grid, Solver, SolverConfig, SolverName, SolverState, Target,
+    finish_step, lin, Evaluator, Grid, Solver, SolverConfig, SolverName, SolverState, Target,
 };
 use crate::error::Result;
 
@@ -46,25 +46,19 @@ impl Solver for Heun {
         i: usize,
         n: usize,
     ) -> Result<SolverState> {
-        let (alpha_next, y) = (g.alpha(i + 1)?, scale(&g.alpha(i)?.recip()?, &s.x)?);
-        let ds = g.edm_sigma(i + 1)?.sub(&g.edm_sigma(i)?)?;
+        // In x: x' = (α_{i+1}/α_i)·x_i + α_{i+1}·Δs·ε̂_i, and the corrected step averages ε̂.
+        let alpha_next = g.alpha(i + 1)?;
+        let keep_x = alpha_next.div(&g.alpha(i)?)?;
+        let a_ds = alpha_next.mul(&g.edm_sigma(i + 1)?.sub(&g.edm_sigma(i)?)?)?;
         let eps = s.newest();
-        let y_euler = y.add(&scale(&ds, eps)?)?;
-        let y_next = if self.corrects(i, n) {
-            let eps_end = eval.at(&scale(&alpha_next, &y_euler)?, i + 1, Target::Noise)?;
-            let half_ds = ds.affine(0.5, 0.0)?;
-            y.add(&lin(&[(&half_ds, eps), (&half_ds, &eps_end)])?)?
+        let x_euler = lin(&[(&keep_x, &s.x), (&a_ds, eps)])?;
+        let x_next = if self.corrects(i, n) {
+            let eps_end = eval.at(&x_euler, i + 1, Target::Noise)?;
+            let half = a_ds.affine(0.5, 0.0)?;
+            lin(&[(&keep_x, &s.x), (&half, eps), (&half, &eps_end)])?
         } else {
-            y_euler
+            x_euler
         };
-        finish_step(
-            eval,
-            self.target(),
-            s,
-            scale(&alpha_next, &y_next)?,
-            i,
-            n,
-            1,
-        )
+        finish_step(eval, self.target(), s, x_next, i, n, 1)
     }
 }

@@ -2,7 +2,7 @@
 //! weights inside the first-order exponential integrator, orders 1–4, lower-order warm-up.
 
 use super::{
-    finish_step, lin, scale, Evaluator, Grid, Solver, SolverConfig, SolverName, SolverState, Target,
+    finish_step, lin, Evaluator, Grid, Solver, SolverConfig, SolverName, SolverState, Target,
 };
 use crate::error::{invalid, Result};
 
@@ -56,12 +56,17 @@ impl Solver for Ipndm {
             .iter()
             .map(|w| super::constant(*w, &like))
             .collect::<Result<_>>()?;
-        let terms: Vec<_> = (0..k).map(|j| (&weights[j], s.back(j).1)).collect();
-        let eps_bar = lin(&terms)?;
         let h = g.h(i, i + 1)?;
         let keep_x = g.alpha(i + 1)?.div(&g.alpha(i)?)?;
-        let take_eps = g.sigma(i + 1)?.mul(&h.exp()?.affine(1.0, -1.0)?)?;
-        let x_next = scale(&keep_x, &s.x)?.sub(&scale(&take_eps, &eps_bar)?)?;
+        let take_eps = g.sigma(i + 1)?.mul(&h.exp()?.affine(1.0, -1.0)?)?.neg()?;
+        // x_{i+1} = keep·x_i − σ_{i+1}(e^h − 1)·Σ_j w_j·ε_{i−j}, one weight per history entry.
+        let coefs: Vec<_> = weights
+            .iter()
+            .map(|w| w.mul(&take_eps))
+            .collect::<candle_core::Result<_>>()?;
+        let mut terms = vec![(&keep_x, &s.x)];
+        terms.extend((0..k).map(|j| (&coefs[j], s.back(j).1)));
+        let x_next = lin(&terms)?;
         finish_step(eval, self.target(), s, x_next, i, n, self.order)
     }
 }

@@ -1,6 +1,8 @@
 //! A single-Gaussian data distribution N(μ, s0²·I): its probability-flow ODE has the closed form
 //! y(s) = μ + (y_T − μ)·sqrt(s0² + s²)/sqrt(s0² + s_T²) in EDM's variables y = x/α, s = σ/α.
 
+#![allow(dead_code)] // each test binary uses part of it
+
 use candle_core::Tensor;
 use ld3_solvers::{NoiseSchedule, Predictor, Result, Target};
 
