@@ -198,6 +198,12 @@ impl NoiseSchedule for Edm {
     fn t_from_lambda(&self, lambda: f64) -> f64 {
         (-lambda).exp()
     }
+    fn edm_sigma(&self, t: f64) -> f64 {
+        t
+    }
+    fn t_from_edm_sigma(&self, edm_sigma: f64) -> f64 {
+        edm_sigma
+    }
 }
 
 /// How a discrete VP model's β_n were laid out (diffusers' `beta_schedule`).
