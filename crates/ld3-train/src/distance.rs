@@ -1,0 +1,77 @@
+//! Distances between student and teacher outputs, per sample.
+
+use candle_core::Tensor;
+use ld3_solvers::{Error, Result};
+
+/// A per-sample distance d(a, b) for batches [B, ...]; returns [B]. Must be differentiable in `a`.
+pub trait Distance: Send + Sync {
+    /// Name for logs and schedule files (`l2`, `l1`, `lpips`).
+    fn name(&self) -> &'static str;
+    /// d(a_b, b_b) for every sample b.
+    fn per_sample(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+}
+
+fn check(a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.dims() != b.dims() || a.rank() < 1 {
+        return Err(Error::Invalid(format!(
+            "distance between tensors of shapes {:?} and {:?}: they must match as [B, ...]",
+            a.dims(),
+            b.dims()
+        )));
+    }
+    Ok(())
+}
+
+/// Mean squared difference per sample, Σ(a − b)²/(C·H·W), as the LD3 code's L2.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct L2;
+
+impl Distance for L2 {
+    fn name(&self) -> &'static str {
+        "l2"
+    }
+    fn per_sample(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        check(a, b)?;
+        Ok(a.sub(b)?.sqr()?.flatten_from(1)?.mean(1)?)
+    }
+}
+
+/// Mean absolute difference per sample, Σ|a − b|/(C·H·W).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct L1;
+
+impl Distance for L1 {
+    fn name(&self) -> &'static str {
+        "l1"
+    }
+    fn per_sample(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        check(a, b)?;
+        Ok(a.sub(b)?.abs()?.flatten_from(1)?.mean(1)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn per_sample_means() {
+        let a = Tensor::new(&[[1.0f64, 2.0], [0.0, 0.0]], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[[0.0f64, 0.0], [1.0, -3.0]], &Device::Cpu).unwrap();
+        assert_eq!(
+            L2.per_sample(&a, &b).unwrap().to_vec1::<f64>().unwrap(),
+            vec![2.5, 5.0]
+        );
+        assert_eq!(
+            L1.per_sample(&a, &b).unwrap().to_vec1::<f64>().unwrap(),
+            vec![1.5, 2.0]
+        );
+        let c = Tensor::new(&[1.0f64], &Device::Cpu).unwrap();
+        assert!(L2
+            .per_sample(&a, &c)
+            .unwrap_err()
+            .to_string()
+            .contains("must match"));
+    }
+}

@@ -1,0 +1,18 @@
+//! # ld3-train
+//!
+//! The pieces of LD3 ("Learning to Discretize Denoising Diffusion ODEs", arXiv 2405.15506):
+//! the learnable discretisation θ → (t, t^c) ([`Discretization`]), distances ([`Distance`]),
+//! the soft-teacher-forcing ball ([`ball`]), and gradients of a whole solve with respect to θ,
+//! ξ and the start x'_T, through the full graph or by per-step recomputation with memory flat in
+//! NFE ([`grad`]).
+
+// Input checks are written `!(a < b)` on purpose: they must also reject NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
+pub mod ball;
+mod discretization;
+mod distance;
+pub mod grad;
+
+pub use discretization::{Discretization, TimeMode, WindowRule};
+pub use distance::{Distance, L1, L2};
