@@ -13,6 +13,11 @@ pub mod ball;
 mod discretization;
 mod distance;
 pub mod grad;
+pub mod optim;
+pub mod teacher;
+pub mod trainer;
 
 pub use discretization::{Discretization, TimeMode, WindowRule};
 pub use distance::{Distance, L1, L2};
+pub use teacher::TeacherConfig;
+pub use trainer::{Event, Init, Loss, Outcome, TableRow, TrainConfig, Trainer};

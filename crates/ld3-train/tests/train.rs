@@ -1,0 +1,164 @@
+//! The trainer end to end on an exact Gaussian mixture: it learns, it is deterministic, a resumed
+//! run equals an uninterrupted one, and bad input is a clear error.
+
+use std::path::PathBuf;
+
+use ld3_models::GaussianMixture;
+use ld3_solvers::{SolverConfig, SolverName, UniPcVariant};
+use ld3_train::{TeacherConfig, TrainConfig, Trainer};
+
+fn gmm() -> GaussianMixture {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gmm/edm-public");
+    GaussianMixture::from_file(&dir.join("gmm.json")).unwrap()
+}
+
+fn config(solver: SolverName, order: usize, nfe: usize) -> TrainConfig {
+    let teacher = TeacherConfig::new(
+        SolverConfig::new(SolverName::UniPc, Some(3), Some(UniPcVariant::Bh1)).unwrap(),
+        40,
+    )
+    .unwrap();
+    let mut c = TrainConfig::new(
+        SolverConfig::new(solver, Some(order), None).unwrap(),
+        nfe,
+        teacher,
+    );
+    c.train_samples = 20;
+    c.valid_samples = 20;
+    c.heldout_samples = 20;
+    c
+}
+
+fn run_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ld3-train-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn learns_far_better_steps_where_hand_made_ones_are_poor() {
+    let g = gmm();
+    let dir = run_dir("learn");
+    let out = Trainer::new(
+        &g,
+        "edm-public",
+        config(SolverName::DpmSolverPp, 3, 6),
+        &dir,
+    )
+    .unwrap()
+    .run(false, None)
+    .unwrap();
+    assert!(out.finished);
+    let learned = &out.table[0];
+    let best = out.table[1..]
+        .iter()
+        .map(|r| r.mean)
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(learned.schedule, "ld3");
+    assert!(
+        learned.mean < 0.5 * best,
+        "held-out: learned {} vs best hand-made {best}",
+        learned.mean
+    );
+    let p = &out.schedule.provenance;
+    assert!(p["best_valid_loss"].as_f64().unwrap() <= p["initial_valid_loss"].as_f64().unwrap());
+    // The run directory holds what a resume and a reader need.
+    for f in [
+        "teacher.safetensors",
+        "teacher.json",
+        "checkpoint.json",
+        "starts.safetensors",
+        "log.jsonl",
+        "best.json",
+    ] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    let reread = ld3_solvers::ScheduleFile::read(&dir.join("best.json")).unwrap();
+    assert_eq!(reread.t, out.schedule.t);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn same_seed_same_schedule_and_resume_equals_uninterrupted() {
+    let g = gmm();
+    let c = config(SolverName::Ipndm, 3, 4);
+    let (a, b, r) = (run_dir("a"), run_dir("b"), run_dir("resumed"));
+    let full_a = Trainer::new(&g, "edm-public", c.clone(), &a)
+        .unwrap()
+        .run(false, None)
+        .unwrap();
+    let full_b = Trainer::new(&g, "edm-public", c.clone(), &b)
+        .unwrap()
+        .run(false, None)
+        .unwrap();
+    assert_eq!(full_a.schedule.t, full_b.schedule.t);
+    assert_eq!(full_a.schedule.t_net, full_b.schedule.t_net);
+    // Interrupted after 3 rounds, then resumed.
+    let part = Trainer::new(&g, "edm-public", c.clone(), &r)
+        .unwrap()
+        .run(false, Some(3))
+        .unwrap();
+    assert!(!part.finished);
+    let resumed = Trainer::new(&g, "edm-public", c.clone(), &r)
+        .unwrap()
+        .run(true, None)
+        .unwrap();
+    assert!(resumed.finished);
+    assert_eq!(resumed.schedule.t, full_a.schedule.t);
+    assert_eq!(resumed.schedule.t_net, full_a.schedule.t_net);
+    for d in [a, b, r] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_loses_nothing() {
+    let g = gmm();
+    let e = Trainer::new(
+        &g,
+        "x",
+        config(SolverName::DpmSolverPp, 3, 2),
+        run_dir("e1"),
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("too small"), "{e}");
+    let mut c = config(SolverName::Ddim, 1, 4);
+    c.radius = Some(-1.0);
+    let e = Trainer::new(&g, "x", c, run_dir("e2")).err().unwrap();
+    assert!(e.to_string().contains("--radius"), "{e}");
+    let missing = run_dir("missing");
+    let e = Trainer::new(&g, "x", config(SolverName::Ddim, 1, 4), &missing)
+        .unwrap()
+        .run(true, None)
+        .unwrap_err();
+    assert!(e.to_string().contains("no run to resume"), "{e}");
+    // A finished run is not overwritten by a fresh start in the same directory.
+    let dir = run_dir("twice");
+    let mut c = config(SolverName::Ddim, 1, 4);
+    c.rounds_theta = 1;
+    c.rounds_joint = 0;
+    Trainer::new(&g, "x", c.clone(), &dir)
+        .unwrap()
+        .run(false, None)
+        .unwrap();
+    let before = std::fs::read_to_string(dir.join("checkpoint.json")).unwrap();
+    let e = Trainer::new(&g, "x", c.clone(), &dir)
+        .unwrap()
+        .run(false, None)
+        .unwrap_err();
+    assert!(e.to_string().contains("--resume"), "{e}");
+    assert_eq!(
+        before,
+        std::fs::read_to_string(dir.join("checkpoint.json")).unwrap()
+    );
+    // Resuming with other settings is refused.
+    let mut other = c.clone();
+    other.seed = 9;
+    let e = Trainer::new(&g, "x", other, &dir)
+        .unwrap()
+        .run(true, None)
+        .unwrap_err();
+    assert!(e.to_string().contains("other settings"), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
