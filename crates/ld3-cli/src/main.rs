@@ -2,6 +2,7 @@
 
 mod sample;
 mod schedule;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Sample a model with a solver and a step schedule (or a schedule file).
     Sample(sample::SampleArgs),
+    /// Learn the time steps of a solver at a given NFE with LD3.
+    Train(train::TrainArgs),
     /// Write the schedule file of a hand-made step schedule (to inspect, edit or reuse).
     Schedule(schedule::ScheduleArgs),
     /// List the embedded models, solvers and step schedules.
@@ -28,6 +31,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Sample(args) => sample::run(args),
         Command::Schedule(args) => schedule::run(args),
+        Command::Train(args) => train::run(args),
         Command::List => {
             schedule::list();
             Ok(())

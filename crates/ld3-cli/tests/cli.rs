@@ -274,3 +274,74 @@ fn bad_input_gets_clear_errors() {
         stderr(&o)
     );
 }
+
+#[test]
+fn train_writes_a_schedule_that_sample_uses_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tmp(&dir, "learned.json");
+    let out_s = out.to_str().unwrap();
+    let small = [
+        "--train-samples",
+        "6",
+        "--valid-samples",
+        "6",
+        "--heldout-samples",
+        "6",
+        "--quiet",
+    ];
+    let mut args = vec![
+        "train", "--solver", "ipndm", "--order", "2", "--nfe", "4", "--out", out_s,
+    ];
+    args.extend(small);
+    let o = ld3(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("ld3") && stdout.contains("logsnr") && stdout.contains("median"),
+        "{stdout}"
+    );
+    let file = ld3_solvers_file(&out);
+    assert_eq!(file["provenance"]["method"], "ld3");
+    let samples = tmp(&dir, "s.safetensors");
+    let o = ld3(&[
+        "sample",
+        "--schedule-file",
+        out_s,
+        "--num-samples",
+        "2",
+        "--quiet",
+        "--out",
+        samples.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("NFE: 4"));
+    // The same run again without --resume is refused (nothing is overwritten).
+    let o = ld3(&args);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+
+    for (extra, want) in [
+        (vec!["--resume", "/nonexistent-run"], "no run to resume"),
+        (vec!["--radius", "-1"], "--radius"),
+        (vec!["--loss", "lpips"], "ld3-metrics"),
+        (
+            vec!["--nfe", "2", "--solver", "unipc", "--order", "3"],
+            "too small",
+        ),
+    ] {
+        let other = tmp(&dir, "other.json");
+        let mut a = vec!["train", "--out", other.to_str().unwrap(), "--quiet"];
+        a.extend(extra.iter().copied());
+        let o = ld3(&a);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(want),
+            "{extra:?}: expected '{want}' in {}",
+            stderr(&o)
+        );
+    }
+}
+
+fn ld3_solvers_file(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}

@@ -1,0 +1,247 @@
+//! `ld3 train`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use ld3_solvers::noise::NoiseScheduleConfig;
+use ld3_solvers::{SolverConfig, SolverName, UniPcVariant};
+use ld3_train::{Event, Init, Loss, TeacherConfig, TimeMode, TrainConfig, Trainer, WindowRule};
+
+use crate::schedule::SolverArgs;
+
+/// Distances available to the trainer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LossName {
+    /// Mean squared error per sample.
+    L2,
+    /// Mean absolute error per sample.
+    L1,
+    /// LPIPS (VGG); arrives with ld3-metrics.
+    Lpips,
+}
+
+/// `ld3 train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    solver: SolverArgs,
+    /// Distance to the teacher.
+    #[arg(long, value_enum, default_value = "l2")]
+    loss: LossName,
+    /// Soft-teacher-forcing radius in z-space [default: 0.001·d/N²]; 0 = hard objective.
+    #[arg(long, allow_negative_numbers = true)]
+    radius: Option<f64>,
+    /// Training pairs.
+    #[arg(long, default_value_t = 50)]
+    train_samples: usize,
+    /// Validation pairs.
+    #[arg(long, default_value_t = 50)]
+    valid_samples: usize,
+    /// Held-out pairs for the final table.
+    #[arg(long, default_value_t = 50)]
+    heldout_samples: usize,
+    /// Training batch size.
+    #[arg(long, default_value_t = 2)]
+    batch_size: usize,
+    /// Teacher solver.
+    #[arg(long, default_value = "unipc")]
+    teacher_solver: String,
+    /// Teacher order [default: 3].
+    #[arg(long)]
+    teacher_order: Option<usize>,
+    /// Teacher UniPC variant [default: bh1 for EDM models, bh2 for VP].
+    #[arg(long)]
+    teacher_variant: Option<String>,
+    /// Teacher NFE (on Karras ρ=7 steps in σ/α).
+    #[arg(long, default_value_t = 20)]
+    teacher_nfe: usize,
+    /// Seed of the noise and of the shuffling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where θ starts: the best hand-made schedule on validation, or uniform θ (official).
+    #[arg(long, value_enum, default_value = "best-hand-made")]
+    init: InitName,
+    /// Variable θ lays the steps out in [default: lambda for EDM models, time for VP].
+    #[arg(long, value_enum)]
+    time_mode: Option<ModeName>,
+    /// How the window of the decoupled network times is measured.
+    #[arg(long, value_enum, default_value = "step-size")]
+    window: WindowName,
+    /// Rounds training θ only, then rounds training θ and ξ.
+    #[arg(long, default_value_t = 2)]
+    rounds_theta: usize,
+    /// Rounds training θ and ξ.
+    #[arg(long, default_value_t = 5)]
+    rounds_joint: usize,
+    /// Recompute each step in the backward pass (memory flat in NFE) instead of keeping the graph.
+    #[arg(long)]
+    recompute: bool,
+    /// Run directory (teacher pairs, checkpoints, log) [default: OUT.run].
+    #[arg(long, conflicts_with = "resume")]
+    run_dir: Option<PathBuf>,
+    /// Continue the run in this directory (same options).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Where to write the learned schedule file.
+    #[arg(long)]
+    out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// `--init`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InitName {
+    /// The hand-made schedule with the lowest validation loss.
+    BestHandMade,
+    /// Uniform logits.
+    Uniform,
+}
+
+/// `--time-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeName {
+    /// Half log-SNR.
+    Lambda,
+    /// The model's time.
+    Time,
+}
+
+/// `--window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WindowName {
+    /// Half the smallest step in the layout variable.
+    StepSize,
+    /// Half the smallest difference of the raw logits (official code).
+    RawLogits,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    if args.solver.schedule.is_some() {
+        bail!("--schedule does not apply to training: LD3 learns the schedule (see --init)");
+    }
+    let (spec, model) = args.solver.load_model()?;
+    let solver = args.solver.solver_config(None)?;
+    let nfe = args.solver.nfe.unwrap_or(10);
+    let loss = match args.loss {
+        LossName::L2 => Loss::L2,
+        LossName::L1 => Loss::L1,
+        LossName::Lpips => bail!(
+            "--loss lpips needs the LPIPS network, which arrives with ld3-metrics; use --loss l2 or l1"
+        ),
+    };
+    let is_edm = matches!(
+        model.noise_schedule().config(),
+        NoiseScheduleConfig::Edm { .. }
+    );
+    let teacher_name: SolverName = args.teacher_solver.parse()?;
+    let teacher_variant: Option<UniPcVariant> = match (&args.teacher_variant, teacher_name) {
+        (Some(v), _) => Some(v.parse()?),
+        (None, SolverName::UniPc) => Some(if is_edm {
+            UniPcVariant::Bh1
+        } else {
+            UniPcVariant::Bh2
+        }),
+        (None, _) => None,
+    };
+    let teacher = TeacherConfig::new(
+        SolverConfig::new(teacher_name, args.teacher_order, teacher_variant)?,
+        args.teacher_nfe,
+    )
+    .context("the teacher")?;
+    let mut config = TrainConfig::new(solver.clone(), nfe, teacher);
+    config.loss = loss;
+    config.radius = args.radius;
+    config.train_samples = args.train_samples;
+    config.valid_samples = args.valid_samples;
+    config.heldout_samples = args.heldout_samples;
+    config.batch_size = args.batch_size;
+    config.seed = args.seed;
+    config.rounds_theta = args.rounds_theta;
+    config.rounds_joint = args.rounds_joint;
+    config.recompute = args.recompute;
+    config.init = match args.init {
+        InitName::BestHandMade => Init::BestHandMade,
+        InitName::Uniform => Init::Uniform,
+    };
+    config.mode = args.time_mode.map(|m| match m {
+        ModeName::Lambda => TimeMode::Lambda,
+        ModeName::Time => TimeMode::Time,
+    });
+    config.window = match args.window {
+        WindowName::StepSize => WindowRule::StepSize,
+        WindowName::RawLogits => WindowRule::RawLogits,
+    };
+    let resume = args.resume.is_some();
+    let run_dir = args
+        .resume
+        .clone()
+        .or(args.run_dir.clone())
+        .unwrap_or_else(|| {
+            let mut p = args.out.clone().into_os_string();
+            p.push(".run");
+            PathBuf::from(p)
+        });
+
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} [{elapsed}]")
+            .expect("static template"),
+    );
+    eprintln!(
+        "{}: learning {solver} at NFE {nfe}; run directory {}",
+        model.describe(),
+        run_dir.display()
+    );
+    let observer = |e: &Event| match e {
+        Event::Teacher { count } => bar.set_message(format!("teacher pairs ({count})")),
+        Event::Round {
+            round,
+            rounds,
+            joint,
+            iterations,
+        } => {
+            bar.set_prefix(format!(
+                "round {}/{rounds} {}",
+                round + 1,
+                if *joint { "θ+ξ" } else { "θ" }
+            ));
+            bar.set_length(*iterations as u64);
+            bar.set_position(0);
+        }
+        Event::Iteration { loss, best, .. } => {
+            bar.inc(1);
+            bar.set_message(format!("loss {loss:.3e} best {best:.3e}"));
+        }
+        Event::Note(n) => bar.println(n),
+    };
+    let outcome = Trainer::new(model.as_ref(), spec.to_string(), config, &run_dir)?
+        .with_observer(observer)
+        .run(resume, None)?;
+    bar.finish_and_clear();
+    outcome.schedule.write(&args.out)?;
+    println!(
+        "held-out distance to the teacher ({} samples, {} at NFE {nfe}):",
+        args.heldout_samples, solver
+    );
+    println!("  {:<18} {:>12} {:>12}", "schedule", "mean", "median");
+    for row in &outcome.table {
+        println!(
+            "  {:<18} {:>12.4e} {:>12.4e}",
+            row.schedule, row.mean, row.median
+        );
+    }
+    println!(
+        "wrote {} (run directory {})",
+        args.out.display(),
+        run_dir.display()
+    );
+    Ok(())
+}
