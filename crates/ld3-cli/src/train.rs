@@ -60,8 +60,9 @@ pub struct TrainArgs {
     /// Seed of the noise and of the shuffling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Where θ starts: the best hand-made schedule on validation, or uniform θ (official).
-    #[arg(long, value_enum, default_value = "best-hand-made")]
+    /// Where θ starts: both uniform θ and the best hand-made schedule (two runs, the better on
+    /// validation wins), only the best hand-made schedule, or only uniform θ (official).
+    #[arg(long, value_enum, default_value = "both")]
     init: InitName,
     /// Variable θ lays the steps out in [default: lambda for EDM models, time for VP].
     #[arg(long, value_enum)]
@@ -95,6 +96,8 @@ pub struct TrainArgs {
 /// `--init`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum InitName {
+    /// Two runs, from uniform θ and from the best hand-made schedule.
+    Both,
     /// The hand-made schedule with the lowest validation loss.
     BestHandMade,
     /// Uniform logits.
@@ -164,6 +167,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     config.rounds_joint = args.rounds_joint;
     config.recompute = args.recompute;
     config.init = match args.init {
+        InitName::Both => Init::Both,
         InitName::BestHandMade => Init::BestHandMade,
         InitName::Uniform => Init::Uniform,
     };

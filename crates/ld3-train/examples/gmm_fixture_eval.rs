@@ -1,5 +1,5 @@
 //! Trains LD3 on a GMM fixture and compares learned and hand-made schedules with the exact ODE
-//! solutions: `cargo run --release -p ld3-train --example gmm_fixture_eval -- edm-public dpm-solver++ 3 6 [SEED] [TEACHER_NFE]`
+//! solutions: `cargo run --release -p ld3-train --example gmm_fixture_eval -- edm-public dpm-solver++ 3 6 [SEED] [TEACHER_NFE] [SAMPLES]`
 //! (run from the repository root).
 use candle_core::{DType, Device, Tensor};
 use ld3_models::{Denoiser, DenoiserPredictor, GaussianMixture};
@@ -18,6 +18,37 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
         .unwrap();
     let d: f64 = b.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
     (n / d).sqrt()
+}
+
+/// Median over samples of ‖a_b − b_b‖/‖b_b‖.
+fn median_rel(a: &Tensor, b: &Tensor) -> f64 {
+    let n: Vec<f64> = (a - b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .flatten_from(1)
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let d: Vec<f64> = b
+        .sqr()
+        .unwrap()
+        .flatten_from(1)
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mut r: Vec<f64> = n.iter().zip(&d).map(|(n, d)| (n / d).sqrt()).collect();
+    r.sort_by(|x, y| x.total_cmp(y));
+    let k = r.len();
+    if k % 2 == 1 {
+        r[k / 2]
+    } else {
+        0.5 * (r[k / 2 - 1] + r[k / 2])
+    }
 }
 
 fn main() {
@@ -66,6 +97,16 @@ fn main() {
     .unwrap();
     let mut cfg = TrainConfig::new(sc.clone(), nfe, teacher);
     cfg.seed = seed;
+    if std::env::var("INIT_UNIFORM").is_ok() {
+        cfg.init = ld3_train::Init::Uniform;
+    }
+    if let Ok(b) = std::env::var("BATCH") {
+        cfg.batch_size = b.parse().unwrap();
+    }
+    if let Some(n) = args.get(7).map(|s| s.parse::<usize>().unwrap()) {
+        cfg.train_samples = n;
+        cfg.valid_samples = n;
+    }
     let run = std::env::temp_dir().join(format!(
         "ld3probe-{}-{}-{}-{}-{}",
         fx, solver, order, nfe, seed
@@ -93,17 +134,22 @@ fn main() {
         let times = Times::from_f64(t, tn, &Device::Cpu).unwrap();
         sample(solver.as_ref(), &p, &x_t, &times, None).unwrap().x
     };
+    let x = run_t(&out.schedule.t, &out.schedule.t_net);
     println!(
-        "  vs exact: ld3 {:.4}",
-        rel(&run_t(&out.schedule.t, &out.schedule.t_net), &exact)
+        "  vs exact: {:<16} {:.4}  median {:.4}",
+        "ld3",
+        rel(&x, &exact),
+        median_rel(&x, &exact)
     );
     for rule in ld3_train::trainer::hand_made(name) {
         let (_, steps) = sc.build_for_nfe(nfe).unwrap();
         let t = rule.times(s, steps).unwrap();
+        let x = run_t(&t, &t);
         println!(
-            "  vs exact: {:<16} {:.4}",
+            "  vs exact: {:<16} {:.4}  median {:.4}",
             rule.name(),
-            rel(&run_t(&t, &t), &exact)
+            rel(&x, &exact),
+            median_rel(&x, &exact)
         );
     }
 }

@@ -62,16 +62,25 @@ fn learns_far_better_steps_where_hand_made_ones_are_poor() {
     );
     let p = &out.schedule.provenance;
     assert!(p["best_valid_loss"].as_f64().unwrap() <= p["initial_valid_loss"].as_f64().unwrap());
-    // The run directory holds what a resume and a reader need.
+    // The run directory holds what a resume and a reader need: shared teacher pairs and the
+    // best schedule, and one sub-run per start.
     for f in [
         "teacher.safetensors",
         "teacher.json",
-        "checkpoint.json",
-        "starts.safetensors",
-        "log.jsonl",
+        "heldout.safetensors",
         "best.json",
     ] {
         assert!(dir.join(f).exists(), "{f} missing");
+    }
+    for sub in ["from-uniform", "from-hand-made"] {
+        for f in [
+            "checkpoint.json",
+            "starts.safetensors",
+            "log.jsonl",
+            "best.json",
+        ] {
+            assert!(dir.join(sub).join(f).exists(), "{sub}/{f} missing");
+        }
     }
     let reread = ld3_solvers::ScheduleFile::read(&dir.join("best.json")).unwrap();
     assert_eq!(reread.t, out.schedule.t);
@@ -142,7 +151,7 @@ fn bad_input_is_a_clear_error_and_loses_nothing() {
         .unwrap()
         .run(false, None)
         .unwrap();
-    let before = std::fs::read_to_string(dir.join("checkpoint.json")).unwrap();
+    let before = std::fs::read_to_string(dir.join("from-uniform/checkpoint.json")).unwrap();
     let e = Trainer::new(&g, "x", c.clone(), &dir)
         .unwrap()
         .run(false, None)
@@ -150,7 +159,7 @@ fn bad_input_is_a_clear_error_and_loses_nothing() {
     assert!(e.to_string().contains("--resume"), "{e}");
     assert_eq!(
         before,
-        std::fs::read_to_string(dir.join("checkpoint.json")).unwrap()
+        std::fs::read_to_string(dir.join("from-uniform/checkpoint.json")).unwrap()
     );
     // Resuming with other settings is refused.
     let mut other = c.clone();
