@@ -315,10 +315,14 @@ fn train_writes_a_schedule_that_sample_uses_and_refuses_bad_input() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("NFE: 4"));
-    // The same run again without --resume is refused (nothing is overwritten).
+    // The same command again re-reports the finished run; another seed in its directory is refused.
     let o = ld3(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut reseeded = args.clone();
+    reseeded.extend(["--seed", "5"]);
+    let o = ld3(&reseeded);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("other settings"), "{}", stderr(&o));
 
     for (extra, want) in [
         (vec!["--resume", "/nonexistent-run"], "no run to resume"),

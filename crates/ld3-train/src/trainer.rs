@@ -364,7 +364,7 @@ impl<'a> Trainer<'a> {
                 observer: Box::new(|e: &Event| observer(e)),
             };
             // A resumed run may not have reached the second start yet.
-            let resume_this = resume && dir.join("checkpoint.json").exists();
+            let resume_this = dir.join("checkpoint.json").exists();
             if resume
                 && !resume_this
                 && !self
@@ -375,12 +375,6 @@ impl<'a> Trainer<'a> {
             {
                 return Err(Error::Invalid(format!(
                     "--resume: {} holds no run to resume (no checkpoint.json); start without --resume",
-                    self.run_dir.display()
-                )));
-            }
-            if !resume && dir.join("checkpoint.json").exists() {
-                return Err(Error::Invalid(format!(
-                    "{} already holds a run; continue it with --resume, or choose another run directory",
                     self.run_dir.display()
                 )));
             }
@@ -416,12 +410,33 @@ impl<'a> Trainer<'a> {
                 self.run_dir.display()
             )));
         }
-        if !resume && cp_path.exists() {
-            return Err(Error::Invalid(format!(
-                "{} already holds a run; continue it with --resume, or choose another run directory",
-                self.run_dir.display()
-            )));
-        }
+        // A run directory that already holds this run (same settings, checked below) is
+        // continued — or, when finished, only re-reported; nothing in it is ever overwritten.
+        let resume = resume || cp_path.exists();
+        // Check a stored run's settings before anything in its directory is touched.
+        let stored = if resume {
+            let cp: Checkpoint =
+                serde_json::from_str(&std::fs::read_to_string(&cp_path).map_err(|source| {
+                    Error::Io {
+                        path: cp_path.display().to_string(),
+                        source,
+                    }
+                })?)
+                .map_err(|source| Error::Json {
+                    what: format!("{} is not an ld3 checkpoint", cp_path.display()),
+                    source,
+                })?;
+            if cp.config != self.config || cp.model != self.model_name {
+                return Err(Error::Invalid(format!(
+                    "{} already holds a run with other settings or another model; continue it with \
+                     the same options, or choose another run directory",
+                    self.run_dir.display()
+                )));
+            }
+            Some(cp)
+        } else {
+            None
+        };
         std::fs::create_dir_all(&self.run_dir).map_err(|source| Error::Io {
             path: self.run_dir.display().to_string(),
             source,
@@ -488,25 +503,7 @@ impl<'a> Trainer<'a> {
         };
 
         let starts_path = self.run_dir.join("starts.safetensors");
-        let (mut cp, mut train_starts, mut valid_starts) = if resume {
-            let cp: Checkpoint =
-                serde_json::from_str(&std::fs::read_to_string(&cp_path).map_err(|source| {
-                    Error::Io {
-                        path: cp_path.display().to_string(),
-                        source,
-                    }
-                })?)
-                .map_err(|source| Error::Json {
-                    what: format!("{} is not an ld3 checkpoint", cp_path.display()),
-                    source,
-                })?;
-            if cp.config != c || cp.model != self.model_name {
-                return Err(Error::Invalid(format!(
-                    "the run in {} was started with other settings or another model; resume it \
-                     with the same options, or start a new run directory",
-                    self.run_dir.display()
-                )));
-            }
+        let (mut cp, mut train_starts, mut valid_starts) = if let Some(cp) = stored {
             let mut s = candle_core::safetensors::load(&starts_path, &Device::Cpu)
                 .map_err(|e| Error::Invalid(format!("{}: {e}", starts_path.display())))?;
             let (Some(tr), Some(va)) = (s.remove("train"), s.remove("valid")) else {

@@ -142,32 +142,38 @@ fn bad_input_is_a_clear_error_and_loses_nothing() {
         .run(true, None)
         .unwrap_err();
     assert!(e.to_string().contains("no run to resume"), "{e}");
-    // A finished run is not overwritten by a fresh start in the same directory.
+    // Starting the same run again in its directory re-reports the finished run and changes
+    // nothing; other settings in the same directory are refused, with or without --resume.
     let dir = run_dir("twice");
     let mut c = config(SolverName::Ddim, 1, 4);
     c.rounds_theta = 1;
     c.rounds_joint = 0;
-    Trainer::new(&g, "x", c.clone(), &dir)
+    let first = Trainer::new(&g, "x", c.clone(), &dir)
         .unwrap()
         .run(false, None)
         .unwrap();
     let before = std::fs::read_to_string(dir.join("from-uniform/checkpoint.json")).unwrap();
-    let e = Trainer::new(&g, "x", c.clone(), &dir)
+    let again = Trainer::new(&g, "x", c.clone(), &dir)
         .unwrap()
         .run(false, None)
-        .unwrap_err();
-    assert!(e.to_string().contains("--resume"), "{e}");
+        .unwrap();
+    assert_eq!(first.schedule.t, again.schedule.t);
     assert_eq!(
         before,
         std::fs::read_to_string(dir.join("from-uniform/checkpoint.json")).unwrap()
     );
-    // Resuming with other settings is refused.
     let mut other = c.clone();
     other.seed = 9;
-    let e = Trainer::new(&g, "x", other, &dir)
-        .unwrap()
-        .run(true, None)
-        .unwrap_err();
-    assert!(e.to_string().contains("other settings"), "{e}");
+    for resume in [false, true] {
+        let e = Trainer::new(&g, "x", other.clone(), &dir)
+            .unwrap()
+            .run(resume, None)
+            .unwrap_err();
+        assert!(e.to_string().contains("other settings"), "{e}");
+    }
+    assert_eq!(
+        before,
+        std::fs::read_to_string(dir.join("from-uniform/checkpoint.json")).unwrap()
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

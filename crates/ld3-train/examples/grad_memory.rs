@@ -1,0 +1,81 @@
+//! Wall time and peak memory of one LD3 gradient (θ, ξ, z') through the full graph or by per-step
+//! recomputation, on a 10-component Gaussian mixture over a [4, 64, 64] state (batch 2),
+//! UniPC-3: `cargo run --release -p ld3-train --example grad_memory -- NFE full|recompute`.
+//! Run one configuration per process: the peak (VmHWM) is per process. Results: docs/BENCHMARKS.md.
+
+use candle_core::{DType, Device, Tensor};
+use ld3_models::{DenoiserPredictor, GaussianMixture, GmmComponent};
+use ld3_solvers::noise::{BetaSchedule, VpDiscrete};
+use ld3_solvers::steps::{LogSnrUniform, StepSchedule};
+use ld3_solvers::{rng, NoiseSchedule, SolverConfig, SolverName, UniPcVariant};
+use ld3_train::grad::{Backprop, Problem};
+use ld3_train::{Discretization, TimeMode, L2};
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let nfe: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
+    let mode = match args.get(2).map(String::as_str) {
+        Some("recompute") => Backprop::Recompute,
+        _ => Backprop::FullGraph,
+    };
+    let shape = [4usize, 64, 64];
+    let schedule =
+        VpDiscrete::from_betas(BetaSchedule::ScaledLinear, 0.00085, 0.012, 1000).unwrap();
+    let components = (0..10)
+        .map(|k| GmmComponent {
+            weight: 1.0,
+            mean: rng::SplitMix64::new(k).normals(4 * 64 * 64),
+            std: 0.5,
+        })
+        .collect();
+    let gmm = GaussianMixture::new(shape.to_vec(), components, schedule.config()).unwrap();
+    let predictor = DenoiserPredictor::new(&gmm);
+    let config = SolverConfig::new(SolverName::UniPc, Some(3), Some(UniPcVariant::Bh2)).unwrap();
+    let (solver, steps) = config.build_for_nfe(nfe).unwrap();
+    let disc = Discretization::new(TimeMode::Time, steps).unwrap();
+    let theta = Tensor::new(
+        disc.fit(&schedule, &LogSnrUniform.times(&schedule, steps).unwrap())
+            .unwrap()
+            .as_slice(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let xi = Tensor::zeros(steps + 1, DType::F64, &Device::Cpu).unwrap();
+    let z = rng::standard_normal(0, 2, &shape, DType::F32, &Device::Cpu).unwrap();
+    let target = rng::standard_normal(1, 2, &shape, DType::F32, &Device::Cpu).unwrap();
+    let problem = Problem {
+        solver: solver.as_ref(),
+        model: &predictor,
+        discretization: &disc,
+        distance: &L2,
+    };
+    let before = peak_rss_mib();
+    let start = std::time::Instant::now();
+    let out = problem
+        .loss_and_grads(&theta, &xi, &z, &target, mode)
+        .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let norm: f64 = out
+        .d_theta
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    println!(
+        "nfe {nfe} {:?}: {secs:.2} s, peak RSS {:.0} MiB (before the gradient {before:.0} MiB), |dθ|² = {norm:.3e}",
+        mode,
+        peak_rss_mib()
+    );
+}
