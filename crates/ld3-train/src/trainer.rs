@@ -277,6 +277,14 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// Losses of candidate starts; where the model returned NaN the candidates are rejected.
+fn reject_non_finite(losses: Result<Vec<f64>>, count: usize) -> Result<Vec<f64>> {
+    match losses {
+        Err(Error::NonFinite { .. }) => Ok(vec![f64::INFINITY; count]),
+        other => other,
+    }
+}
+
 fn vec_tensor(v: &[f64]) -> Result<Tensor> {
     Ok(Tensor::new(v, &Device::Cpu)?)
 }
@@ -494,12 +502,12 @@ impl<'a> Trainer<'a> {
             Backprop::FullGraph
         };
         let valid_loss = |theta: &[f64], xi: &[f64], starts: &Tensor| -> Result<f64> {
-            Ok(mean(&problem.losses(
-                &vec_tensor(theta)?,
-                &vec_tensor(xi)?,
-                starts,
-                &valid.target,
-            )?))
+            match problem.losses(&vec_tensor(theta)?, &vec_tensor(xi)?, starts, &valid.target) {
+                Ok(l) => Ok(mean(&l)),
+                // A schedule on which the model returns NaN is never the best one.
+                Err(Error::NonFinite { .. }) => Ok(f64::INFINITY),
+                Err(e) => Err(e),
+            }
         };
 
         let starts_path = self.run_dir.join("starts.safetensors");
@@ -601,23 +609,34 @@ impl<'a> Trainer<'a> {
                     train.target.index_select(&idx, 0)?,
                 );
                 let (theta_t, xi_t) = (vec_tensor(&cp.theta)?, vec_tensor(&cp.xi)?);
-                let lg = problem.loss_and_grads(&theta_t, &xi_t, &z_prime, &target, backprop)?;
-                let mut g_theta: Vec<f64> = lg.d_theta.to_vec1()?;
-                let mut g_xi: Vec<f64> = lg.d_xi.to_vec1()?;
-                let finite = lg
-                    .per_sample
-                    .iter()
-                    .chain(&g_theta)
-                    .chain(&g_xi)
-                    .all(|v| v.is_finite());
-                if !finite {
-                    let note = format!("round {round}: non-finite loss or gradient; step skipped, best schedule reloaded");
-                    (self.observer)(&Event::Note(note.clone()));
+                // A non-finite loss or gradient (or model output) skips the step and reloads the
+                // best parameters; anything else is an error.
+                let step =
+                    match problem.loss_and_grads(&theta_t, &xi_t, &z_prime, &target, backprop) {
+                        Ok(lg) => {
+                            let g_theta: Vec<f64> = lg.d_theta.to_vec1()?;
+                            let g_xi: Vec<f64> = lg.d_xi.to_vec1()?;
+                            let finite = lg
+                                .per_sample
+                                .iter()
+                                .chain(&g_theta)
+                                .chain(&g_xi)
+                                .all(|v| v.is_finite());
+                            finite.then_some((lg, g_theta, g_xi))
+                        }
+                        Err(Error::NonFinite { .. }) => None,
+                        Err(e) => return Err(e),
+                    };
+                let Some((lg, mut g_theta, mut g_xi)) = step else {
+                    let note = format!(
+                        "round {round}: non-finite loss or gradient; step skipped, best schedule reloaded"
+                    );
+                    (self.observer)(&Event::Note(note));
                     self.log(serde_json::json!({"event": "nan", "round": round, "iteration": cp.iteration}))?;
                     cp.theta = cp.best.theta.clone();
                     cp.xi = cp.best.xi.clone();
                     continue;
-                }
+                };
                 let z_new = z_prime.sub(&(lg.d_z * cp.shift_lr)?)?;
                 clip_grad_norm(&mut g_theta, 1.0);
                 cp.opt_theta.step(&mut cp.theta, &g_theta);
@@ -667,11 +686,14 @@ impl<'a> Trainer<'a> {
                 // Projection onto the balls and greedy acceptance, with the updated θ, ξ.
                 if radius > 0.0 {
                     let projected = ball::project(&z_new, &centre, radius)?;
-                    let new_losses = problem.losses(
-                        &vec_tensor(&cp.theta)?,
-                        &vec_tensor(&cp.xi)?,
-                        &projected,
-                        &target,
+                    let new_losses = reject_non_finite(
+                        problem.losses(
+                            &vec_tensor(&cp.theta)?,
+                            &vec_tensor(&cp.xi)?,
+                            &projected,
+                            &target,
+                        ),
+                        batch.len(),
                     )?;
                     let (kept, _) =
                         ball::accept(&z_prime, &projected, &lg.per_sample, &new_losses)?;
@@ -691,15 +713,20 @@ impl<'a> Trainer<'a> {
                     let len = c.batch_size.min(n_va - start);
                     let z_prime = valid_starts.narrow(0, start, len)?;
                     let target = valid.target.narrow(0, start, len)?;
-                    let lg =
-                        problem.loss_and_grads(&theta_t, &xi_t, &z_prime, &target, backprop)?;
-                    if !lg.per_sample.iter().all(|v| v.is_finite()) {
-                        continue;
-                    }
+                    let lg = match problem
+                        .loss_and_grads(&theta_t, &xi_t, &z_prime, &target, backprop)
+                    {
+                        Ok(lg) if lg.per_sample.iter().all(|v| v.is_finite()) => lg,
+                        Ok(_) | Err(Error::NonFinite { .. }) => continue,
+                        Err(e) => return Err(e),
+                    };
                     let z_new = z_prime.sub(&(lg.d_z * cp.shift_lr)?)?;
                     let projected =
                         ball::project(&z_new, &valid.noise.narrow(0, start, len)?, radius)?;
-                    let new_losses = problem.losses(&theta_t, &xi_t, &projected, &target)?;
+                    let new_losses = reject_non_finite(
+                        problem.losses(&theta_t, &xi_t, &projected, &target),
+                        len,
+                    )?;
                     let (kept, moved) =
                         ball::accept(&z_prime, &projected, &lg.per_sample, &new_losses)?;
                     moved_any |= moved.iter().any(|m| *m);

@@ -177,3 +177,65 @@ fn bad_input_is_a_clear_error_and_loses_nothing() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A mixture whose outputs turn NaN for a window of calls, as a diverging network might.
+struct Flaky {
+    inner: GaussianMixture,
+    calls: std::sync::atomic::AtomicUsize,
+    nan_calls: std::ops::Range<usize>,
+}
+
+impl ld3_models::Denoiser for Flaky {
+    fn describe(&self) -> String {
+        "flaky".into()
+    }
+    fn sample_shape(&self) -> &[usize] {
+        self.inner.sample_shape()
+    }
+    fn noise_schedule(&self) -> &dyn ld3_solvers::NoiseSchedule {
+        self.inner.noise_schedule()
+    }
+    fn parameterization(&self) -> ld3_models::Parameterization {
+        self.inner.parameterization()
+    }
+    fn forward(
+        &self,
+        x: &candle_core::Tensor,
+        t_net: &candle_core::Tensor,
+    ) -> ld3_solvers::Result<candle_core::Tensor> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let out = self.inner.forward(x, t_net)?;
+        Ok(if self.nan_calls.contains(&n) {
+            (out * f64::NAN)?
+        } else {
+            out
+        })
+    }
+}
+
+#[test]
+fn nan_steps_are_skipped_reported_and_training_finishes() {
+    use ld3_models::Denoiser;
+    let flaky = Flaky {
+        inner: gmm(),
+        calls: 0.into(),
+        nan_calls: 700..740,
+    };
+    let dir = run_dir("nan");
+    let mut c = config(SolverName::UniPc, 2, 4);
+    c.init = ld3_train::Init::Uniform;
+    let out = Trainer::new(&flaky, "flaky", c, &dir)
+        .unwrap()
+        .run(false, None)
+        .unwrap();
+    let calls = flaky.calls.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        calls > flaky.nan_calls.end,
+        "the NaN window was never reached: {calls} calls"
+    );
+    assert!(out.finished && out.schedule.t.iter().all(|t| t.is_finite()));
+    let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+    assert!(log.contains("\"nan\""), "skipped steps are logged");
+    assert!(flaky.noise_schedule().t_max() > 0.0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
