@@ -1,8 +1,8 @@
 //! # ld3
 //!
 //! The ld3-rs workspace in one import: [`solvers`] (noise schedules, step schedules,
-//! differentiable diffusion ODE solvers) and [`models`] (the `Denoiser` trait, exact
-//! Gaussian mixtures). The cross-crate tests in `tests/` live here.
+//! differentiable diffusion ODE solvers), [`models`] (the `Denoiser` trait, exact
+//! Gaussian mixtures) and [`train`] (LD3). The cross-crate tests in `tests/` live here.
 //!
 //! A solve (the README's example):
 //!
@@ -23,3 +23,4 @@
 
 pub use ld3_models as models;
 pub use ld3_solvers as solvers;
+pub use ld3_train as train;

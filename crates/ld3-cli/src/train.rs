@@ -7,7 +7,9 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ld3_solvers::noise::NoiseScheduleConfig;
 use ld3_solvers::{SolverConfig, SolverName, UniPcVariant};
-use ld3_train::{Event, Init, Loss, TeacherConfig, TimeMode, TrainConfig, Trainer, WindowRule};
+use ld3_train::{
+    Event, Init, Loss, TeacherConfig, TimeMode, TrainConfig, Trainer, ValidationStat, WindowRule,
+};
 
 use crate::schedule::SolverArgs;
 
@@ -76,6 +78,9 @@ pub struct TrainArgs {
     /// Rounds training θ and ξ.
     #[arg(long, default_value_t = 5)]
     rounds_joint: usize,
+    /// Summary of the validation losses that picks the best parameters.
+    #[arg(long, value_enum, default_value = "trimmed")]
+    validation: ValidationName,
     /// Recompute each step in the backward pass (memory flat in NFE) instead of keeping the graph.
     #[arg(long)]
     recompute: bool,
@@ -91,6 +96,17 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+/// `--validation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ValidationName {
+    /// Mean of the per-sample losses (official).
+    Mean,
+    /// Median.
+    Median,
+    /// Mean of the best 90 %.
+    Trimmed,
 }
 
 /// `--init`.
@@ -166,6 +182,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     config.rounds_theta = args.rounds_theta;
     config.rounds_joint = args.rounds_joint;
     config.recompute = args.recompute;
+    config.validation = match args.validation {
+        ValidationName::Mean => ValidationStat::Mean,
+        ValidationName::Median => ValidationStat::Median,
+        ValidationName::Trimmed => ValidationStat::Trimmed,
+    };
     config.init = match args.init {
         InitName::Both => Init::Both,
         InitName::BestHandMade => Init::BestHandMade,

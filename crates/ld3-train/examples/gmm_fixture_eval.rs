@@ -1,6 +1,7 @@
 //! Trains LD3 on a GMM fixture and compares learned and hand-made schedules with the exact ODE
 //! solutions: `cargo run --release -p ld3-train --example gmm_fixture_eval -- edm-public dpm-solver++ 3 6 [SEED] [TEACHER_NFE] [SAMPLES]`
-//! (run from the repository root).
+//! (run from the repository root). Environment: MEAN or MEDIAN (validation statistic),
+//! INIT_UNIFORM, BATCH=n.
 use candle_core::{DType, Device, Tensor};
 use ld3_models::{Denoiser, DenoiserPredictor, GaussianMixture};
 use ld3_solvers::{sample, SolverConfig, SolverName, Times, UniPcVariant};
@@ -99,6 +100,12 @@ fn main() {
     cfg.seed = seed;
     if std::env::var("INIT_UNIFORM").is_ok() {
         cfg.init = ld3_train::Init::Uniform;
+    }
+    if std::env::var("MEDIAN").is_ok() {
+        cfg.validation = ld3_train::ValidationStat::Median;
+    }
+    if std::env::var("MEAN").is_ok() {
+        cfg.validation = ld3_train::ValidationStat::Mean;
     }
     if let Ok(b) = std::env::var("BATCH") {
         cfg.batch_size = b.parse().unwrap();
