@@ -6,10 +6,9 @@ mod common;
 use candle_core::Device;
 use common::{all_solver_configs, load, rel_err, rmse, Fixture};
 use ld3::models::{Denoiser, DenoiserPredictor};
-use ld3::solvers::steps::{
-    Karras, KarrasInTime, LogSnrUniform, Preset, StepSchedule, TimePolynomial, TimeUniform,
-};
+use ld3::solvers::steps::{Karras, LogSnrUniform, StepSchedule};
 use ld3::solvers::{sample, SolverConfig, SolverName, Times};
+use ld3::train::trainer::hand_made;
 
 fn solve(
     f: &Fixture,
@@ -62,21 +61,6 @@ fn every_solver_reaches_the_exact_solution_at_200_nfe() {
     }
 }
 
-fn baselines(solver: SolverName) -> Vec<Box<dyn StepSchedule>> {
-    vec![
-        Box::new(TimeUniform),
-        Box::new(TimePolynomial { rho: 2.0 }),
-        Box::new(LogSnrUniform),
-        Box::new(Karras::default()),
-        Box::new(KarrasInTime { rho: 7.0 }),
-        Box::new(if solver == SolverName::Ipndm {
-            Preset::GitsIpndm
-        } else {
-            Preset::GitsDpmSolver
-        }),
-    ]
-}
-
 #[test]
 fn best_baseline_is_at_least_as_close_as_diffusers_best_at_5_and_10_nfe() {
     for name in ["edm-public", "vp-public"] {
@@ -97,7 +81,7 @@ fn best_baseline_is_at_least_as_close_as_diffusers_best_at_5_and_10_nfe() {
                 if config.build_for_nfe(nfe).is_err() {
                     continue;
                 }
-                for rule in baselines(config.solver) {
+                for rule in hand_made(config.solver) {
                     let (x, _) = solve(&f, &config, rule.as_ref(), nfe);
                     let e = rmse(&x, &f.exact_at_sigma_min);
                     if e < best.0 {
