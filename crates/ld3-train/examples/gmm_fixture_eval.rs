@@ -52,6 +52,33 @@ fn median_rel(a: &Tensor, b: &Tensor) -> f64 {
     }
 }
 
+/// Per-sample ‖a_b − b_b‖/‖b_b‖, largest first (first three).
+fn worst(a: &Tensor, b: &Tensor) -> Vec<f64> {
+    let n: Vec<f64> = (a - b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .flatten_from(1)
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let d: Vec<f64> = b
+        .sqr()
+        .unwrap()
+        .flatten_from(1)
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mut r: Vec<f64> = n.iter().zip(&d).map(|(n, d)| (n / d).sqrt()).collect();
+    r.sort_by(|x, y| y.total_cmp(x));
+    r.truncate(3);
+    r
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (fx, solver, order, nfe) = (
@@ -96,7 +123,7 @@ fn main() {
         tnfe,
     )
     .unwrap();
-    let mut cfg = TrainConfig::new(sc.clone(), nfe, teacher);
+    let mut cfg = TrainConfig::new(sc.clone(), nfe, teacher.clone());
     cfg.seed = seed;
     if std::env::var("INIT_UNIFORM").is_ok() {
         cfg.init = ld3_train::Init::Uniform;
@@ -141,7 +168,15 @@ fn main() {
         let times = Times::from_f64(t, tn, &Device::Cpu).unwrap();
         sample(solver.as_ref(), &p, &x_t, &times, None).unwrap().x
     };
+    let teacher_x = teacher.solve(&gmm, &noise).unwrap();
+    println!(
+        "  vs exact: {:<16} {:.4}  median {:.4}",
+        "teacher",
+        rel(&teacher_x, &exact),
+        median_rel(&teacher_x, &exact)
+    );
     let x = run_t(&out.schedule.t, &out.schedule.t_net);
+    println!("  worst samples (ld3): {:.3?}", worst(&x, &exact));
     println!(
         "  vs exact: {:<16} {:.4}  median {:.4}",
         "ld3",
@@ -152,6 +187,13 @@ fn main() {
         let (_, steps) = sc.build_for_nfe(nfe).unwrap();
         let t = rule.times(s, steps).unwrap();
         let x = run_t(&t, &t);
+        if std::env::var("WORST").is_ok() {
+            println!(
+                "  worst samples ({}): {:.3?}",
+                rule.name(),
+                worst(&x, &exact)
+            );
+        }
         println!(
             "  vs exact: {:<16} {:.4}  median {:.4}",
             rule.name(),
