@@ -21,62 +21,34 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
     (n / d).sqrt()
 }
 
-/// Median over samples of ‖a_b − b_b‖/‖b_b‖.
-fn median_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let n: Vec<f64> = (a - b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .flatten_from(1)
-        .unwrap()
-        .sum(1)
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let d: Vec<f64> = b
-        .sqr()
-        .unwrap()
-        .flatten_from(1)
-        .unwrap()
-        .sum(1)
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+/// Per-sample ‖a_b − b_b‖/‖b_b‖, sorted ascending.
+fn per_sample_rel(a: &Tensor, b: &Tensor) -> Vec<f64> {
+    let sq = |t: &Tensor| -> Vec<f64> {
+        t.sqr()
+            .unwrap()
+            .flatten_from(1)
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (n, d) = (sq(&(a - b).unwrap()), sq(b));
     let mut r: Vec<f64> = n.iter().zip(&d).map(|(n, d)| (n / d).sqrt()).collect();
     r.sort_by(|x, y| x.total_cmp(y));
-    let k = r.len();
-    if k % 2 == 1 {
-        r[k / 2]
-    } else {
-        0.5 * (r[k / 2 - 1] + r[k / 2])
-    }
+    r
 }
 
-/// Per-sample ‖a_b − b_b‖/‖b_b‖, largest first (first three).
+/// Median over samples of ‖a_b − b_b‖/‖b_b‖.
+fn median_rel(a: &Tensor, b: &Tensor) -> f64 {
+    let r = per_sample_rel(a, b);
+    let k = r.len();
+    0.5 * (r[(k - 1) / 2] + r[k / 2])
+}
+
+/// The three largest per-sample relative errors.
 fn worst(a: &Tensor, b: &Tensor) -> Vec<f64> {
-    let n: Vec<f64> = (a - b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .flatten_from(1)
-        .unwrap()
-        .sum(1)
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let d: Vec<f64> = b
-        .sqr()
-        .unwrap()
-        .flatten_from(1)
-        .unwrap()
-        .sum(1)
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let mut r: Vec<f64> = n.iter().zip(&d).map(|(n, d)| (n / d).sqrt()).collect();
-    r.sort_by(|x, y| y.total_cmp(x));
-    r.truncate(3);
-    r
+    per_sample_rel(a, b).into_iter().rev().take(3).collect()
 }
 
 fn main() {
