@@ -4,30 +4,12 @@
 
 mod common;
 
-use candle_core::{Device, Tensor};
-use common::{load, rel_err, Fixture};
+use candle_core::Device;
+use common::{load, name, Fixture};
 use ld3::models::{Denoiser, DenoiserPredictor};
 use ld3::solvers::{sample, SolverConfig, SolverName, Times, UniPcVariant};
 use ld3::train::trainer::hand_made;
 use ld3::train::{TeacherConfig, TrainConfig, Trainer};
-
-fn median_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let per = |t: &Tensor| -> Vec<f64> {
-        t.sqr()
-            .unwrap()
-            .flatten_from(1)
-            .unwrap()
-            .sum(1)
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    let (num, den) = (per(&(a - b).unwrap()), per(b));
-    let mut r: Vec<f64> = num.iter().zip(&den).map(|(n, d)| (n / d).sqrt()).collect();
-    r.sort_by(|x, y| x.total_cmp(y));
-    let k = r.len();
-    0.5 * (r[(k - 1) / 2] + r[k / 2])
-}
 
 struct Scores {
     learned: (f64, f64),
@@ -36,7 +18,8 @@ struct Scores {
 }
 
 fn train_and_score(f: &Fixture, solver: SolverConfig, nfe: usize) -> Scores {
-    let edm = f.name.starts_with("edm");
+    let case = name(f);
+    let edm = case.starts_with("edm");
     let variant = if edm {
         UniPcVariant::Bh1
     } else {
@@ -49,14 +32,14 @@ fn train_and_score(f: &Fixture, solver: SolverConfig, nfe: usize) -> Scores {
     .unwrap();
     let dir = std::env::temp_dir().join(format!(
         "ld3-fixture-{}-{}-{nfe}-{}",
-        f.name,
+        case,
         solver.solver.as_str(),
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
     let out = Trainer::new(
         &f.gmm,
-        f.name.clone(),
+        case.clone(),
         TrainConfig::new(solver.clone(), nfe, teacher),
         &dir,
     )
@@ -74,8 +57,8 @@ fn train_and_score(f: &Fixture, solver: SolverConfig, nfe: usize) -> Scores {
             .unwrap()
             .x;
         (
-            rel_err(&x, &f.exact_at_sigma_min),
-            median_rel(&x, &f.exact_at_sigma_min),
+            f.relative_error(&x).unwrap(),
+            f.median_relative_error(&x).unwrap(),
         )
     };
     let learned = score(&out.schedule.t, &out.schedule.t_net);

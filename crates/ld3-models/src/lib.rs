@@ -10,9 +10,11 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 mod denoiser;
+pub mod fixture;
 mod gmm;
 mod spec;
 
 pub use denoiser::{Denoiser, DenoiserPredictor, Parameterization};
+pub use fixture::GmmFixture;
 pub use gmm::{GaussianMixture, GmmComponent};
 pub use spec::{load_model, ModelSpec, DEFAULT_MODEL, EMBEDDED};

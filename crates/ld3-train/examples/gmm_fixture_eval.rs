@@ -1,54 +1,27 @@
 //! Trains LD3 on a GMM fixture and compares learned and hand-made schedules with the exact ODE
 //! solutions: `cargo run --release -p ld3-train --example gmm_fixture_eval -- edm-public dpm-solver++ 3 6 [SEED] [TEACHER_NFE] [SAMPLES]`
 //! (run from the repository root). Environment: MEAN or MEDIAN (validation statistic),
-//! INIT_UNIFORM, BATCH=n.
-use candle_core::{DType, Device, Tensor};
-use ld3_models::{Denoiser, DenoiserPredictor, GaussianMixture};
+//! INIT_UNIFORM, BATCH=n, WORST (print the largest per-sample errors of every schedule).
+
+use candle_core::{Device, Tensor};
+use ld3_models::{Denoiser, DenoiserPredictor, GmmFixture};
 use ld3_solvers::{sample, SolverConfig, SolverName, Times, UniPcVariant};
 use ld3_train::{TeacherConfig, TrainConfig, Trainer};
 use std::path::PathBuf;
 
-fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    let n: f64 = (a - b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let d: f64 = b.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
-    (n / d).sqrt()
-}
-
-/// Per-sample ‖a_b − b_b‖/‖b_b‖, sorted ascending.
-fn per_sample_rel(a: &Tensor, b: &Tensor) -> Vec<f64> {
-    let sq = |t: &Tensor| -> Vec<f64> {
-        t.sqr()
-            .unwrap()
-            .flatten_from(1)
-            .unwrap()
-            .sum(1)
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    let (n, d) = (sq(&(a - b).unwrap()), sq(b));
-    let mut r: Vec<f64> = n.iter().zip(&d).map(|(n, d)| (n / d).sqrt()).collect();
-    r.sort_by(|x, y| x.total_cmp(y));
-    r
-}
-
-/// Median over samples of ‖a_b − b_b‖/‖b_b‖.
-fn median_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let r = per_sample_rel(a, b);
-    let k = r.len();
-    0.5 * (r[(k - 1) / 2] + r[k / 2])
-}
-
-/// The three largest per-sample relative errors.
-fn worst(a: &Tensor, b: &Tensor) -> Vec<f64> {
-    per_sample_rel(a, b).into_iter().rev().take(3).collect()
+/// Prints a schedule's RMS and median relative error against the exact solution (and, for
+/// `worst`, its three largest per-sample errors).
+fn report(case: &GmmFixture, label: &str, x: &Tensor, worst: bool) {
+    if worst {
+        let mut r = case.per_sample_relative_errors(x).unwrap();
+        r.sort_by(|a, b| b.total_cmp(a));
+        println!("  worst samples ({label}): {:.3?}", &r[..3.min(r.len())]);
+    }
+    println!(
+        "  vs exact: {label:<16} {:.4}  median {:.4}",
+        case.relative_error(x).unwrap(),
+        case.median_relative_error(x).unwrap()
+    );
 }
 
 fn main() {
@@ -61,18 +34,8 @@ fn main() {
     );
     let seed: u64 = args.get(5).map(|s| s.parse().unwrap()).unwrap_or(0);
     let tnfe: usize = args.get(6).map(|s| s.parse().unwrap()).unwrap_or(20);
-    let dir = PathBuf::from("fixtures/gmm").join(fx);
-    let gmm = GaussianMixture::from_file(&dir.join("gmm.json")).unwrap();
-    let noise = candle_core::safetensors::load(dir.join("noise.safetensors"), &Device::Cpu)
-        .unwrap()
-        .remove("noise")
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
-    let exact: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("exact.json")).unwrap()).unwrap();
-    let rows: Vec<Vec<f64>> = serde_json::from_value(exact["exact_at_sigma_min"].clone()).unwrap();
-    let exact = Tensor::from_vec(rows.concat(), noise.shape(), &Device::Cpu).unwrap();
+    let case = GmmFixture::load(&PathBuf::from("fixtures/gmm").join(fx)).unwrap();
+    let (gmm, noise) = (&case.gmm, &case.noise);
     let name: SolverName = solver.parse().unwrap();
     let variant = if name == SolverName::UniPc {
         Some(UniPcVariant::Bh2)
@@ -119,7 +82,7 @@ fn main() {
     ));
     let _ = std::fs::remove_dir_all(&run);
     let t0 = std::time::Instant::now();
-    let mut tr = Trainer::new(&gmm, fx.clone(), cfg, &run).unwrap();
+    let mut tr = Trainer::new(gmm, fx.clone(), cfg, &run).unwrap();
     let out = tr.run(false, None).unwrap();
     println!(
         "train {:.1}s  init {:?}",
@@ -133,44 +96,24 @@ fn main() {
         );
     }
     let (solver, _) = sc.build_for_nfe(nfe).unwrap();
-    let p = DenoiserPredictor::new(&gmm);
+    let p = DenoiserPredictor::new(gmm);
     let s = gmm.noise_schedule();
-    let x_t = (&noise * s.prior_scale()).unwrap();
+    let x_t = (noise * s.prior_scale()).unwrap();
     let run_t = |t: &[f64], tn: &[f64]| {
         let times = Times::from_f64(t, tn, &Device::Cpu).unwrap();
         sample(solver.as_ref(), &p, &x_t, &times, None).unwrap().x
     };
-    let teacher_x = teacher.solve(&gmm, &noise).unwrap();
-    println!(
-        "  vs exact: {:<16} {:.4}  median {:.4}",
-        "teacher",
-        rel(&teacher_x, &exact),
-        median_rel(&teacher_x, &exact)
-    );
-    let x = run_t(&out.schedule.t, &out.schedule.t_net);
-    println!("  worst samples (ld3): {:.3?}", worst(&x, &exact));
-    println!(
-        "  vs exact: {:<16} {:.4}  median {:.4}",
+    let worst = std::env::var("WORST").is_ok();
+    report(&case, "teacher", &teacher.solve(gmm, noise).unwrap(), false);
+    report(
+        &case,
         "ld3",
-        rel(&x, &exact),
-        median_rel(&x, &exact)
+        &run_t(&out.schedule.t, &out.schedule.t_net),
+        true,
     );
+    let (_, steps) = sc.build_for_nfe(nfe).unwrap();
     for rule in ld3_train::trainer::hand_made(name) {
-        let (_, steps) = sc.build_for_nfe(nfe).unwrap();
         let t = rule.times(s, steps).unwrap();
-        let x = run_t(&t, &t);
-        if std::env::var("WORST").is_ok() {
-            println!(
-                "  worst samples ({}): {:.3?}",
-                rule.name(),
-                worst(&x, &exact)
-            );
-        }
-        println!(
-            "  vs exact: {:<16} {:.4}  median {:.4}",
-            rule.name(),
-            rel(&x, &exact),
-            median_rel(&x, &exact)
-        );
+        report(&case, &rule.name(), &run_t(&t, &t), worst);
     }
 }

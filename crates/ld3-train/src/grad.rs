@@ -123,10 +123,11 @@ impl Problem<'_> {
         let steps = self.discretization.steps;
         let prior = self.model.noise_schedule().prior_scale();
         // Forward: keep each step's input state, no graph.
+        let fixed = self.times(&theta.detach(), &xi.detach())?;
         let states = {
-            let times = self.times(&theta.detach(), &xi.detach())?;
-            let grid = Grid::new(self.model.noise_schedule(), &times)?;
-            let eval = Evaluator::new(self.model, &times);
+            let times = &fixed;
+            let grid = Grid::new(self.model.noise_schedule(), times)?;
+            let eval = Evaluator::new(self.model, times);
             let mut states = vec![self.solver.start(&eval, &(z.detach() * prior)?)?.detach()];
             for i in 0..steps {
                 let next = self
@@ -144,10 +145,7 @@ impl Problem<'_> {
         let mut g_hist: HashMap<usize, Tensor> = HashMap::new();
         // Backward: one step's graph at a time, collecting ∂L/∂t and ∂L/∂t^c; then one pass
         // through θ, ξ → (t, t^c).
-        let (t_fixed, t_net_fixed) = {
-            let times = self.times(&theta.detach(), &xi.detach())?;
-            (times.t().clone(), times.t_net().clone())
-        };
+        let (t_fixed, t_net_fixed) = (fixed.t().clone(), fixed.t_net().clone());
         let (t_v, t_net_v) = (var(&t_fixed)?, var(&t_net_fixed)?);
         let times = Times::new(t_v.as_tensor(), t_net_v.as_tensor())?;
         let mut d_t = Tensor::zeros_like(&t_fixed)?;

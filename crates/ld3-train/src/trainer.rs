@@ -552,8 +552,12 @@ impl<'a> Trainer<'a> {
         } else {
             // Initial θ: the best hand-made schedule on the validation set, or uniform.
             let zeros = vec![0.0; steps + 1];
-            let (init_name, theta) = match c.init {
-                Init::Uniform | Init::Both => ("uniform".to_string(), vec![1.0; steps + 1]),
+            let (init_name, theta, loss) = match c.init {
+                Init::Uniform | Init::Both => {
+                    let theta = vec![1.0; steps + 1];
+                    let loss = valid_loss(&theta, &zeros, &valid.noise)?;
+                    ("uniform".to_string(), theta, loss)
+                }
                 Init::BestHandMade => {
                     let mut best: Option<(f64, String, Vec<f64>)> = None;
                     for rule in hand_made(c.solver.solver) {
@@ -563,11 +567,10 @@ impl<'a> Trainer<'a> {
                             best = Some((loss, rule.name(), theta));
                         }
                     }
-                    let (_, name, theta) = best.expect("at least one hand-made schedule");
-                    (name, theta)
+                    let (loss, name, theta) = best.expect("at least one hand-made schedule");
+                    (name, theta, loss)
                 }
             };
-            let loss = valid_loss(&theta, &zeros, &valid.noise)?;
             let cp = Checkpoint {
                 config: c.clone(),
                 model: self.model_name.clone(),

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use ld3_models::{Denoiser, DenoiserPredictor, GaussianMixture};
+use ld3_models::{Denoiser, DenoiserPredictor, GaussianMixture, GmmFixture};
 use ld3_solvers::gradcheck::GradCheck;
 use ld3_solvers::steps::{Karras, StepSchedule};
 use ld3_solvers::{rng, SolverConfig, SolverName, UniPcVariant};
@@ -15,16 +15,8 @@ fn fixture(name: &str) -> (GaussianMixture, Tensor) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../fixtures/gmm")
         .join(name);
-    let gmm = GaussianMixture::from_file(&dir.join("gmm.json")).unwrap();
-    let noise = candle_core::safetensors::load(dir.join("noise.safetensors"), &Device::Cpu)
-        .unwrap()
-        .remove("noise")
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .narrow(0, 0, 2)
-        .unwrap();
-    (gmm, noise)
+    let case = GmmFixture::load(&dir).unwrap();
+    (case.gmm, case.noise.narrow(0, 0, 2).unwrap())
 }
 
 fn max_abs(t: &Tensor) -> f64 {

@@ -1,0 +1,142 @@
+//! Gaussian-mixture test cases on disk — a directory with `gmm.json`, `noise.safetensors`
+//! (tensor `noise` [B, ...shape], standard normals) and `exact.json` (the exact ODE solutions
+//! for that noise) — and the errors against the exact solution that judge a sampler on them.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use ld3_solvers::{Error, Result};
+
+use crate::denoiser::Denoiser;
+use crate::gmm::GaussianMixture;
+
+/// One test case.
+#[derive(Clone, Debug)]
+pub struct GmmFixture {
+    /// The directory it was read from.
+    pub dir: PathBuf,
+    /// The mixture.
+    pub gmm: GaussianMixture,
+    /// The noise z [B, ...shape] (f64).
+    pub noise: Tensor,
+    /// The exact ODE solution at σ_min for each noise [B, ...shape] (f64).
+    pub exact_at_sigma_min: Tensor,
+    /// All of `exact.json` (σ range, scale, the errors peers reach, ...).
+    pub exact: serde_json::Value,
+}
+
+impl GmmFixture {
+    /// Reads a test-case directory.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let gmm = GaussianMixture::from_file(&dir.join("gmm.json"))?;
+        let noise_path = dir.join("noise.safetensors");
+        let noise = candle_core::safetensors::load(&noise_path, &Device::Cpu)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", noise_path.display())))?
+            .remove("noise")
+            .ok_or_else(|| {
+                Error::Invalid(format!("{} has no tensor `noise`", noise_path.display()))
+            })?
+            .to_dtype(DType::F64)?;
+        let exact_path = dir.join("exact.json");
+        let text = std::fs::read_to_string(&exact_path).map_err(|source| Error::Io {
+            path: exact_path.display().to_string(),
+            source,
+        })?;
+        let exact: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| Error::Json {
+                what: format!("{} is not JSON", exact_path.display()),
+                source,
+            })?;
+        let rows: Vec<Vec<f64>> = serde_json::from_value(exact["exact_at_sigma_min"].clone())
+            .map_err(|source| Error::Json {
+                what: format!(
+                    "{}: \"exact_at_sigma_min\" must be one list of numbers per noise",
+                    exact_path.display()
+                ),
+                source,
+            })?;
+        let mut dims = vec![rows.len()];
+        dims.extend_from_slice(gmm.sample_shape());
+        if dims != noise.dims() {
+            return Err(Error::Invalid(format!(
+                "{}: {} exact solutions of the mixture's shape do not match the noise {:?}",
+                exact_path.display(),
+                rows.len(),
+                noise.dims()
+            )));
+        }
+        let exact_at_sigma_min = Tensor::from_vec(rows.concat(), dims, &Device::Cpu)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", exact_path.display())))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            gmm,
+            noise,
+            exact_at_sigma_min,
+            exact,
+        })
+    }
+
+    /// ‖x − x*‖/‖x*‖ over all samples, x* the exact solution at σ_min.
+    pub fn relative_error(&self, x: &Tensor) -> Result<f64> {
+        let err: f64 = x
+            .to_dtype(DType::F64)?
+            .sub(&self.exact_at_sigma_min)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar()?;
+        let norm: f64 = self.exact_at_sigma_min.sqr()?.sum_all()?.to_scalar()?;
+        Ok((err / norm).sqrt())
+    }
+
+    /// ‖x_b − x*_b‖/‖x*_b‖ for each sample b, in sample order.
+    pub fn per_sample_relative_errors(&self, x: &Tensor) -> Result<Vec<f64>> {
+        let sq =
+            |t: &Tensor| -> Result<Vec<f64>> { Ok(t.sqr()?.flatten_from(1)?.sum(1)?.to_vec1()?) };
+        let err = sq(&x.to_dtype(DType::F64)?.sub(&self.exact_at_sigma_min)?)?;
+        let norm = sq(&self.exact_at_sigma_min)?;
+        Ok(err.iter().zip(&norm).map(|(e, n)| (e / n).sqrt()).collect())
+    }
+
+    /// The median of [`GmmFixture::per_sample_relative_errors`] (a few samples that switch
+    /// mixture components dominate the RMS error; the median shows the rest).
+    pub fn median_relative_error(&self, x: &Tensor) -> Result<f64> {
+        let mut r = self.per_sample_relative_errors(x)?;
+        r.sort_by(|a, b| a.total_cmp(b));
+        let k = r.len();
+        Ok(0.5 * (r[(k - 1) / 2] + r[k / 2]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/gmm")
+            .join(name)
+    }
+
+    #[test]
+    fn loads_the_shipped_cases_and_scores_the_exact_solution_as_zero() {
+        for name in ["edm-public", "vp-public"] {
+            let f = GmmFixture::load(&dir(name)).unwrap();
+            assert_eq!(f.noise.dims()[0], 16);
+            assert_eq!(f.relative_error(&f.exact_at_sigma_min).unwrap(), 0.0);
+            assert_eq!(f.median_relative_error(&f.exact_at_sigma_min).unwrap(), 0.0);
+            let doubled = (&f.exact_at_sigma_min * 2.0).unwrap();
+            assert!((f.relative_error(&doubled).unwrap() - 1.0).abs() < 1e-12);
+            assert!(f
+                .per_sample_relative_errors(&doubled)
+                .unwrap()
+                .iter()
+                .all(|e| (e - 1.0).abs() < 1e-12));
+        }
+    }
+
+    #[test]
+    fn a_missing_or_broken_case_is_a_clear_error() {
+        let e = GmmFixture::load(Path::new("/nonexistent-case")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent-case/gmm.json"), "{e}");
+    }
+}
