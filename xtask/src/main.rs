@@ -2,8 +2,11 @@
 //!
 //! - `lint`: `cargo fmt --all -- --check` and `cargo clippy --workspace --all-targets -- -D warnings`
 //! - `bench`: the solver-overhead benchmark behind docs/BENCHMARKS.md
+//! - `fetch-weights NAME...`: registry models from the Hugging Face hub into its cache
 
 use std::process::{Command, ExitCode};
+
+mod fetch;
 
 fn cargo(args: &[&str]) -> bool {
     eprintln!("$ cargo {}", args.join(" "));
@@ -32,9 +35,23 @@ fn main() -> ExitCode {
                 ])
         }
         Some("bench") => cargo(&["bench", "--bench", "solver_overhead"]),
+        Some("fetch-weights") => {
+            let names: Vec<String> = std::env::args().skip(2).collect();
+            if cfg!(feature = "hub") || names.is_empty() {
+                match fetch::run(&names) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        false
+                    }
+                }
+            } else {
+                fetch::reexec_with_hub(&names)
+            }
+        }
         other => {
             eprintln!(
-                "usage: cargo xtask <lint|bench>{}",
+                "usage: cargo xtask <lint|bench|fetch-weights NAME...>{}",
                 other
                     .map(|t| format!(" (unknown task '{t}')"))
                     .unwrap_or_default()

@@ -1,5 +1,6 @@
 //! `ld3`: sample diffusion models with classic or learned time steps.
 
+mod images;
 mod sample;
 mod schedule;
 mod train;

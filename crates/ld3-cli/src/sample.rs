@@ -12,6 +12,7 @@ use ld3_models::DenoiserPredictor;
 use ld3_solvers::schedule_file::write_atomic;
 use ld3_solvers::{rng, sample, ScheduleFile, StepInfo, Times};
 
+use crate::images;
 use crate::schedule::{check_file_fits, SolverArgs};
 
 /// Floating-point type of the computation.
@@ -49,6 +50,13 @@ pub struct SampleArgs {
     /// Output safetensors file; holds tensor `samples` [B, ...shape].
     #[arg(long)]
     out: PathBuf,
+    /// PNG grid of the samples, for image models [default: --out with the extension .png].
+    #[arg(long)]
+    grid: Option<PathBuf>,
+    /// Also write each sample as a PNG in this folder (image models): `seed-S.png` for drawn
+    /// noise (S is its seed: `--seed S --num-samples 1` redraws it), `sample-I.png` for --noise.
+    #[arg(long)]
+    images: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -99,6 +107,13 @@ pub fn run(args: SampleArgs) -> Result<()> {
     };
     let device = Device::Cpu;
     let shape = model.sample_shape().to_vec();
+    let image_model = images::is_image(&shape);
+    if !image_model && (args.grid.is_some() || args.images.is_some()) {
+        bail!(
+            "--grid and --images need an image model ([1 or 3, H, W]); {} makes {shape:?}",
+            model.describe()
+        );
+    }
     let z = match (&args.noise, args.num_samples) {
         (Some(path), _) => read_noise(path, &shape)?,
         (None, Some(0)) => bail!("--num-samples must be at least 1"),
@@ -160,6 +175,25 @@ pub fn run(args: SampleArgs) -> Result<()> {
         let tensors = HashMap::from([("samples".to_string(), samples.clone())]);
         Ok(candle_core::safetensors::save(&tensors, tmp)?)
     })?;
+    if image_model {
+        let grid = args
+            .grid
+            .clone()
+            .unwrap_or_else(|| args.out.with_extension("png"));
+        images::sample_grid(&samples)?.save(&grid)?;
+        println!("wrote {} (grid of {total} images)", grid.display());
+    }
+    if let Some(dir) = &args.images {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (i, img) in images::Image::from_batch(&samples)?.iter().enumerate() {
+            let name = match args.noise {
+                Some(_) => format!("sample-{i:05}.png"),
+                None => format!("seed-{}.png", args.seed + i as u64),
+            };
+            img.save(&dir.join(name))?;
+        }
+        println!("wrote {total} PNG files to {}", dir.display());
+    }
     println!("NFE: {nfe} per sample ({total} samples)");
     println!("wall time: {elapsed:.3} s");
     println!(

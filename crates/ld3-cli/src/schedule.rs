@@ -166,16 +166,27 @@ pub fn run(args: ScheduleArgs) -> Result<()> {
 
 /// `ld3 list`.
 pub fn list() {
-    println!("embedded models (--model):");
-    for (name, about, _) in EMBEDDED {
-        let default = if name == DEFAULT_MODEL {
-            " [default]"
-        } else {
-            ""
+    println!("models (--model):");
+    for e in ld3_models::registry::REGISTRY {
+        let (default, source) = match e.source {
+            _ if e.name == DEFAULT_MODEL => (" [default]", "embedded".to_string()),
+            ld3_models::registry::Source::Embedded { .. } => ("", "embedded".to_string()),
+            ld3_models::registry::Source::Hub { repo, .. } => (
+                "",
+                format!("hub {repo}; `cargo xtask fetch-weights {}` once", e.name),
+            ),
         };
-        println!("  {name:<14} {about}{default}");
+        println!("  {:<16} {}{default}", e.name, e.description);
+        println!(
+            "  {:<16}   {}; {}; {:?}; {:?}; {}; {source}",
+            "", e.architecture, e.noise_schedule, e.parameterization, e.resolution, e.license
+        );
     }
-    println!("  gmm:FILE.json  a Gaussian mixture from a JSON file");
+    for (name, about, _) in EMBEDDED {
+        println!("  {name:<16} {about}");
+    }
+    println!("  gmm:FILE.json    a Gaussian mixture from a JSON file");
+    println!("  DIR              a folder in the diffusers layout (config.json, weights, scheduler_config.json)");
     println!("solvers (--solver, --order):");
     for s in SolverName::ALL {
         let o = s.orders();

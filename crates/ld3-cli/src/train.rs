@@ -11,7 +11,46 @@ use ld3_train::{
     Event, Init, Loss, TeacherConfig, TimeMode, TrainConfig, Trainer, ValidationStat, WindowRule,
 };
 
+use crate::images::{self, Image};
 use crate::schedule::SolverArgs;
+
+/// Columns of the comparison picture.
+const COMPARE_COLUMNS: usize = 8;
+
+/// One PNG, three rows on the same held-out noise: the teacher, the best hand-made schedule
+/// (lowest mean held-out distance), and the learned schedule.
+fn write_comparison(outcome: &ld3_train::Outcome, path: &std::path::Path) -> Result<()> {
+    let best = outcome
+        .table
+        .iter()
+        .filter(|r| r.schedule != "ld3")
+        .min_by(|a, b| a.mean.total_cmp(&b.mean))
+        .context("no hand-made schedule in the table")?;
+    let row = |name: &str| -> Result<Vec<Image>> {
+        let (_, x) = outcome
+            .heldout_samples
+            .iter()
+            .find(|(n, _)| n == name)
+            .with_context(|| format!("no held-out samples for {name}"))?;
+        let n = x.dim(0)?.min(COMPARE_COLUMNS);
+        Image::from_batch(&x.narrow(0, 0, n)?)
+    };
+    let rows = vec![row("teacher")?, row(&best.schedule)?, row("ld3")?];
+    // Small images (MNIST, CIFAR) are enlarged 3x to be seen.
+    let grid = Image::grid(&rows, 2)?;
+    let grid = if rows[0][0].height() <= 64 {
+        grid.upscale(3)
+    } else {
+        grid
+    };
+    grid.save(path)?;
+    println!(
+        "wrote {}: rows teacher, best hand-made ({}), ld3 — same noise per column",
+        path.display(),
+        best.schedule
+    );
+    Ok(())
+}
 
 /// Distances available to the trainer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -44,6 +83,10 @@ pub struct TrainArgs {
     /// Held-out pairs for the final table.
     #[arg(long, default_value_t = 50)]
     heldout_samples: usize,
+    /// PNG comparing teacher, best hand-made and learned samples on the same held-out noise
+    /// (image models) [default: --out followed by .compare.png].
+    #[arg(long)]
+    compare: Option<PathBuf>,
     /// Training batch size.
     #[arg(long, default_value_t = 2)]
     batch_size: usize,
@@ -262,6 +305,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "  {:<18} {:>12.4e} {:>12.4e}",
             row.schedule, row.mean, row.median
         );
+    }
+    if images::is_image(model.sample_shape()) {
+        let compare = args.compare.clone().unwrap_or_else(|| {
+            let mut p = args.out.clone().into_os_string();
+            p.push(".compare.png");
+            PathBuf::from(p)
+        });
+        write_comparison(&outcome, &compare)?;
+    } else if args.compare.is_some() {
+        bail!("--compare needs an image model");
     }
     println!(
         "wrote {} (run directory {})",

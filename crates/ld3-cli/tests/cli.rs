@@ -1,13 +1,54 @@
-//! The `ld3` binary end to end: sampling, schedule files, and clear errors on bad input.
+//! The `ld3` binary end to end: sampling (tensors and PNGs), schedule files, training, and clear
+//! errors on bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn ld3(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ld3"))
-        .args(args)
-        .output()
-        .expect("ld3 runs")
+/// One `ld3` invocation, built up argument by argument.
+#[derive(Clone)]
+struct Ld3(Vec<String>);
+
+fn ld3(subcommand: &str) -> Ld3 {
+    Ld3(vec![subcommand.to_string()])
+}
+
+impl Ld3 {
+    fn args(mut self, args: &[&str]) -> Self {
+        self.0.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+    fn path(self, flag: &str, p: &Path) -> Self {
+        self.args(&[flag, p.to_str().unwrap()])
+    }
+    /// `--model gmm:<fixture>`.
+    fn gmm(self, fixture_dir: &str) -> Self {
+        let m = format!("gmm:{}", fixture(&format!("{fixture_dir}/gmm.json")));
+        self.args(&["--model", &m])
+    }
+    fn run(&self) -> Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ld3"))
+            .args(&self.0)
+            .output()
+            .expect("ld3 runs")
+    }
+    /// Runs and asserts success; returns stdout.
+    fn ok(&self) -> String {
+        let o = self.run();
+        assert!(o.status.success(), "{:?}: {}", self.0, stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+    /// Runs and asserts a clean failure (exit 1, no panic) whose message contains `want`.
+    fn fails_with(&self, want: &str) {
+        let o = self.run();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{:?}: {err}", self.0);
+        assert!(
+            err.contains(want),
+            "{:?}: expected '{want}' in: {err}",
+            self.0
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }
 
 fn fixture(path: &str) -> String {
@@ -25,6 +66,17 @@ fn read_samples(path: &Path) -> candle_core::Tensor {
         .unwrap()
 }
 
+fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -34,40 +86,44 @@ fn tmp(dir: &tempfile::TempDir, name: &str) -> PathBuf {
 }
 
 #[test]
-fn samples_the_embedded_default_and_reports_nfe() {
+fn samples_the_embedded_default_as_tensors_and_pngs_reproducible_per_image() {
     let dir = tempfile::tempdir().unwrap();
-    let out = tmp(&dir, "s.safetensors");
-    let o = ld3(&[
-        "sample",
-        "--num-samples",
-        "3",
-        "--seed",
-        "1",
-        "--nfe",
-        "6",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("NFE: 6"), "{stdout}");
-    assert!(stdout.contains("wall time"), "{stdout}");
+    let (out, pngs) = (tmp(&dir, "s.safetensors"), tmp(&dir, "pngs"));
+    let stdout = ld3("sample")
+        .args(&["--num-samples", "3", "--seed", "1", "--nfe", "6", "--quiet"])
+        .path("--out", &out)
+        .path("--images", &pngs)
+        .ok();
+    assert!(
+        stdout.contains("NFE: 6") && stdout.contains("wall time"),
+        "{stdout}"
+    );
     let s = read_samples(&out);
-    assert_eq!(s.dims(), &[3, 1, 4, 4]);
+    assert_eq!(s.dims(), &[3, 1, 32, 32]);
     assert_eq!(s.dtype(), candle_core::DType::F32);
+    assert!(
+        out.with_extension("png").is_file(),
+        "the grid next to --out"
+    );
+    for seed in 1..=3 {
+        assert!(pngs.join(format!("seed-{seed}.png")).is_file());
+    }
+    // The second image again, alone, from its own seed.
+    let one = tmp(&dir, "one.safetensors");
+    ld3("sample")
+        .args(&["--num-samples", "1", "--seed", "2", "--nfe", "6", "--quiet"])
+        .path("--out", &one)
+        .ok();
+    let again = read_samples(&one);
+    assert!(max_abs_diff(&again, &s.narrow(0, 1, 1).unwrap()) < 1e-4);
 }
 
 #[test]
 fn fixture_noise_reaches_the_exact_solution_and_schedule_files_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let gmm = format!("gmm:{}", fixture("edm-public/gmm.json"));
     let noise = fixture("edm-public/noise.safetensors");
     let sched = tmp(&dir, "sched.json");
-    let o = ld3(&[
-        "schedule",
-        "--model",
-        &gmm,
+    let unipc = [
         "--solver",
         "unipc",
         "--order",
@@ -76,57 +132,24 @@ fn fixture_noise_reaches_the_exact_solution_and_schedule_files_round_trip() {
         "40",
         "--schedule",
         "logsnr",
-        "--out",
-        sched.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    ];
+    ld3("schedule")
+        .gmm("edm-public")
+        .args(&unipc)
+        .path("--out", &sched)
+        .ok();
+    let sample = ld3("sample")
+        .gmm("edm-public")
+        .args(&["--noise", &noise, "--dtype", "f64", "--quiet"]);
     let (a, b) = (tmp(&dir, "a.safetensors"), tmp(&dir, "b.safetensors"));
-    let o = ld3(&[
-        "sample",
-        "--model",
-        &gmm,
-        "--noise",
-        &noise,
-        "--schedule-file",
-        sched.to_str().unwrap(),
-        "--dtype",
-        "f64",
-        "--quiet",
-        "--out",
-        a.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = ld3(&[
-        "sample",
-        "--model",
-        &gmm,
-        "--noise",
-        &noise,
-        "--solver",
-        "unipc",
-        "--order",
-        "3",
-        "--nfe",
-        "40",
-        "--schedule",
-        "logsnr",
-        "--dtype",
-        "f64",
-        "--quiet",
-        "--out",
-        b.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    sample
+        .clone()
+        .path("--schedule-file", &sched)
+        .path("--out", &a)
+        .ok();
+    sample.args(&unipc).path("--out", &b).ok();
     let (xa, xb) = (read_samples(&a), read_samples(&b));
-    let diff: f32 = (&xa - &xb)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    assert_eq!(diff, 0.0);
+    assert_eq!(max_abs_diff(&xa, &xb), 0.0);
     let exact: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("edm-public/exact.json")).unwrap())
             .unwrap();
@@ -140,190 +163,129 @@ fn fixture_noise_reaches_the_exact_solution_and_schedule_files_round_trip() {
         .sum();
     let den: f64 = want.iter().map(|w| w * w).sum();
     // UniPC-3 at 40 NFE on this mixture: 4.6e-3.
-    assert!(
-        (num / den).sqrt() < 1e-2,
-        "relative error {}",
-        (num / den).sqrt()
-    );
+    let err = (num / den).sqrt();
+    assert!(err < 1e-2, "relative error {err}");
 }
 
 #[test]
 fn bad_input_gets_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out = tmp(&dir, "x.safetensors");
-    let out_s = out.to_str().unwrap();
-    let cases: Vec<(Vec<String>, &str)> = vec![
+    let sample = ld3("sample").args(&["--quiet"]).path("--out", &out);
+    let one = ["--num-samples", "1"];
+    let cases: Vec<(Ld3, &str)> = vec![
         (
-            vec![
-                "--solver".into(),
-                "rk4".into(),
-                "--num-samples".into(),
-                "1".into(),
-            ],
+            sample.clone().args(&["--solver", "rk4"]).args(&one),
             "unknown solver 'rk4'",
         ),
         (
-            vec![
-                "--solver".into(),
-                "dpm-solver++".into(),
-                "--order".into(),
-                "3".into(),
-                "--nfe".into(),
-                "2".into(),
-                "--num-samples".into(),
-                "1".into(),
-            ],
+            sample
+                .clone()
+                .args(&["--solver", "dpm-solver++", "--order", "3", "--nfe", "2"])
+                .args(&one),
             "too small",
         ),
         (
-            vec!["--noise".into(), fixture("vp-public/noise.safetensors")],
-            "this model needs [B, 1, 4, 4]",
+            sample
+                .clone()
+                .args(&["--noise", &fixture("vp-public/noise.safetensors")]),
+            "this model needs [B, 1, 32, 32]",
         ),
         (
-            vec!["--noise".into(), fixture("edm-public/gmm.json")],
+            sample
+                .clone()
+                .args(&["--noise", &fixture("edm-public/gmm.json")]),
             "reading noise file",
         ),
         (
-            vec![
-                "--model".into(),
-                "gmm:/nonexistent.json".into(),
-                "--num-samples".into(),
-                "1".into(),
-            ],
+            sample
+                .clone()
+                .args(&["--model", "gmm:/nonexistent.json"])
+                .args(&one),
             "/nonexistent.json",
         ),
         (
-            vec![
-                "--model".into(),
-                "sd-turbo-xl".into(),
-                "--num-samples".into(),
-                "1".into(),
-            ],
+            sample.clone().args(&["--model", "sd-turbo-xl"]).args(&one),
             "unknown model",
         ),
-        (vec![], "give the noise"),
+        (
+            sample
+                .clone()
+                .gmm("edm-public")
+                .args(&["--grid", "g.png"])
+                .args(&one),
+            "need an image model",
+        ),
+        (sample.clone(), "give the noise"),
     ];
-    for (args, want) in cases {
-        let mut all = vec![
-            "sample".to_string(),
-            "--quiet".into(),
-            "--out".into(),
-            out_s.into(),
-        ];
-        all.extend(args.clone());
-        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        let o = ld3(&refs);
-        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
-        assert!(
-            stderr(&o).contains(want),
-            "{args:?}: expected '{want}' in: {}",
-            stderr(&o)
-        );
-        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    for (cmd, want) in cases {
+        cmd.fails_with(want);
     }
     assert!(!out.exists(), "a failed run must not leave an output file");
 
     // A hand-edited schedule file that is no longer monotone.
     let sched = tmp(&dir, "s.json");
-    assert!(
-        ld3(&["schedule", "--nfe", "5", "--out", sched.to_str().unwrap()])
-            .status
-            .success()
-    );
+    ld3("schedule")
+        .args(&["--nfe", "5"])
+        .path("--out", &sched)
+        .ok();
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&sched).unwrap()).unwrap();
-    let t = v["t"].as_array_mut().unwrap();
-    t.swap(1, 2);
+    v["t"].as_array_mut().unwrap().swap(1, 2);
     std::fs::write(&sched, v.to_string()).unwrap();
-    let o = ld3(&[
-        "sample",
-        "--schedule-file",
-        sched.to_str().unwrap(),
-        "--num-samples",
-        "1",
-        "--out",
-        out_s,
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("decrease strictly"), "{}", stderr(&o));
+    let with_file = sample.clone().path("--schedule-file", &sched).args(&one);
+    with_file.fails_with("decrease strictly");
 
     // A schedule file for another model's noise schedule.
-    let o = ld3(&[
-        "schedule",
-        "--model",
-        "demo-sd-gmm",
-        "--nfe",
-        "5",
-        "--out",
-        sched.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = ld3(&[
-        "sample",
-        "--schedule-file",
-        sched.to_str().unwrap(),
-        "--num-samples",
-        "1",
-        "--out",
-        out_s,
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("made for noise schedule"),
-        "{}",
-        stderr(&o)
-    );
+    ld3("schedule")
+        .args(&["--model", "demo-sd-gmm", "--nfe", "5"])
+        .path("--out", &sched)
+        .ok();
+    with_file.fails_with("made for noise schedule");
 }
 
 #[test]
 fn train_writes_a_schedule_that_sample_uses_and_refuses_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let out = tmp(&dir, "learned.json");
-    let out_s = out.to_str().unwrap();
-    let small = [
-        "--train-samples",
-        "6",
-        "--valid-samples",
-        "6",
-        "--heldout-samples",
-        "6",
-        "--quiet",
-    ];
-    let mut args = vec![
-        "train", "--solver", "ipndm", "--order", "2", "--nfe", "4", "--out", out_s,
-    ];
-    args.extend(small);
-    let o = ld3(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let stdout = String::from_utf8_lossy(&o.stdout);
+    let train = ld3("train")
+        .gmm("edm-public")
+        .args(&["--solver", "ipndm", "--order", "2", "--nfe", "4", "--quiet"])
+        .args(&[
+            "--train-samples",
+            "6",
+            "--valid-samples",
+            "6",
+            "--heldout-samples",
+            "6",
+        ])
+        .path("--out", &out);
+    let stdout = train.ok();
     assert!(
         stdout.contains("ld3") && stdout.contains("logsnr") && stdout.contains("median"),
         "{stdout}"
     );
-    let file = ld3_solvers_file(&out);
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(file["provenance"]["method"], "ld3");
-    let samples = tmp(&dir, "s.safetensors");
-    let o = ld3(&[
-        "sample",
-        "--schedule-file",
-        out_s,
-        "--num-samples",
-        "2",
-        "--quiet",
-        "--out",
-        samples.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("NFE: 4"));
+    let stdout = ld3("sample")
+        .gmm("edm-public")
+        .path("--schedule-file", &out)
+        .args(&["--num-samples", "2", "--quiet"])
+        .path("--out", &tmp(&dir, "s.safetensors"))
+        .ok();
+    assert!(stdout.contains("NFE: 4"), "{stdout}");
     // The same command again re-reports the finished run; another seed in its directory is refused.
-    let o = ld3(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let mut reseeded = args.clone();
-    reseeded.extend(["--seed", "5"]);
-    let o = ld3(&reseeded);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("other settings"), "{}", stderr(&o));
+    train.ok();
+    train
+        .clone()
+        .args(&["--seed", "5"])
+        .fails_with("other settings");
 
+    let other = ld3("train")
+        .gmm("edm-public")
+        .args(&["--quiet"])
+        .path("--out", &tmp(&dir, "other.json"));
     for (extra, want) in [
         (vec!["--resume", "/nonexistent-run"], "no run to resume"),
         (vec!["--radius", "-1"], "--radius"),
@@ -332,20 +294,54 @@ fn train_writes_a_schedule_that_sample_uses_and_refuses_bad_input() {
             vec!["--nfe", "2", "--solver", "unipc", "--order", "3"],
             "too small",
         ),
+        (vec!["--compare", "c.png"], "--compare needs an image model"),
     ] {
-        let other = tmp(&dir, "other.json");
-        let mut a = vec!["train", "--out", other.to_str().unwrap(), "--quiet"];
-        a.extend(extra.iter().copied());
-        let o = ld3(&a);
-        assert_eq!(o.status.code(), Some(1), "{extra:?}: {}", stderr(&o));
-        assert!(
-            stderr(&o).contains(want),
-            "{extra:?}: expected '{want}' in {}",
-            stderr(&o)
-        );
+        other.clone().args(&extra).fails_with(want);
     }
 }
 
-fn ld3_solvers_file(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+#[test]
+fn trains_on_the_embedded_network_and_draws_the_comparison() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tmp(&dir, "mnist.json");
+    let stdout = ld3("train")
+        .args(&[
+            "--solver",
+            "dpm-solver++",
+            "--order",
+            "2",
+            "--nfe",
+            "4",
+            "--quiet",
+        ])
+        .args(&[
+            "--train-samples",
+            "2",
+            "--valid-samples",
+            "2",
+            "--heldout-samples",
+            "3",
+        ])
+        .args(&[
+            "--teacher-nfe",
+            "8",
+            "--rounds-theta",
+            "1",
+            "--rounds-joint",
+            "1",
+        ])
+        .args(&["--init", "best-hand-made"])
+        .path("--out", &out)
+        .ok();
+    assert!(stdout.contains("rows teacher, best hand-made"), "{stdout}");
+    let compare = tmp(&dir, "mnist.json.compare.png");
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&compare).unwrap(),
+    ));
+    let info = decoder.read_info().unwrap();
+    // Three rows (teacher, best hand-made, learned) of three 32x32 images, 2-pixel gaps.
+    assert_eq!(
+        (info.info().width, info.info().height),
+        (2 + 3 * 34, 2 + 3 * 34)
+    );
 }

@@ -224,6 +224,9 @@ pub struct Outcome {
     pub table: Vec<TableRow>,
     /// Whether all rounds (or the early stop) are done.
     pub finished: bool,
+    /// The held-out samples: `teacher` first, then `ld3` and each hand-made schedule in the
+    /// order of [`Outcome::table`], each [M, ...shape] from the same noise.
+    pub heldout_samples: Vec<(String, Tensor)>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -782,14 +785,17 @@ impl<'a> Trainer<'a> {
             &vec_tensor(&cp.best.xi)?,
         )?;
         let (t, t_net): (Vec<f64>, Vec<f64>) = (t.to_vec1()?, t_net.to_vec1()?);
-        let heldout_losses = |t: &[f64], t_net: &[f64]| -> Result<Vec<f64>> {
+        let mut heldout_samples = vec![("teacher".to_string(), heldout.target.clone())];
+        let mut heldout_losses = |name: String, t: &[f64], t_net: &[f64]| -> Result<Vec<f64>> {
             let times = ld3_solvers::Times::from_f64(t, t_net, &Device::Cpu)?;
             let x_t = (&heldout.noise * schedule.prior_scale())?;
             let out = ld3_solvers::sample(solver.as_ref(), &predictor, &x_t, &times, None)?;
-            Ok(distance.per_sample(&out.x, &heldout.target)?.to_vec1()?)
+            let losses = distance.per_sample(&out.x, &heldout.target)?.to_vec1()?;
+            heldout_samples.push((name, out.x));
+            Ok(losses)
         };
         let mut table = vec![];
-        let learned = heldout_losses(&t, &t_net)?;
+        let learned = heldout_losses("ld3".into(), &t, &t_net)?;
         table.push(TableRow {
             schedule: "ld3".into(),
             mean: mean(&learned),
@@ -797,7 +803,7 @@ impl<'a> Trainer<'a> {
         });
         for rule in hand_made(c.solver.solver) {
             let tt = rule.times(schedule, steps)?;
-            let l = heldout_losses(&tt, &tt)?;
+            let l = heldout_losses(rule.name(), &tt, &tt)?;
             table.push(TableRow {
                 schedule: rule.name(),
                 mean: mean(&l),
@@ -840,6 +846,7 @@ impl<'a> Trainer<'a> {
             schedule: file,
             table,
             finished,
+            heldout_samples,
         })
     }
 

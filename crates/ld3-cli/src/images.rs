@@ -1,0 +1,181 @@
+//! PNG output for image models: samples in [−1, 1] as 8-bit grey or RGB, one file per image
+//! or a grid, written atomically.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use ld3_solvers::schedule_file::write_atomic;
+
+/// Whether samples of this shape are images ([C, H, W] with 1 or 3 channels).
+pub fn is_image(shape: &[usize]) -> bool {
+    shape.len() == 3 && matches!(shape[0], 1 | 3) && shape[1] >= 8 && shape[2] >= 8
+}
+
+/// An 8-bit image: `channels` of 1 (grey) or 3 (RGB), rows of `width · channels` bytes.
+pub struct Image {
+    width: usize,
+    height: usize,
+    channels: usize,
+    pixels: Vec<u8>,
+}
+
+impl Image {
+    /// A blank (black) image.
+    pub fn blank(width: usize, height: usize, channels: usize) -> Self {
+        Self {
+            width,
+            height,
+            channels,
+            pixels: vec![0; width * height * channels],
+        }
+    }
+
+    /// Each sample of `x` [B, C, H, W] in [−1, 1] as an image ((x + 1)·127.5, rounded, clamped).
+    pub fn from_batch(x: &Tensor) -> Result<Vec<Self>> {
+        let (b, c, h, w) = x.dims4().context("images must be [B, C, H, W]")?;
+        if !matches!(c, 1 | 3) {
+            bail!("images need 1 or 3 channels, got {c}");
+        }
+        let data: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        Ok((0..b)
+            .map(|i| {
+                let sample = &data[i * c * h * w..(i + 1) * c * h * w];
+                let mut pixels = vec![0u8; c * h * w];
+                for ch in 0..c {
+                    for p in 0..h * w {
+                        let v = ((sample[ch * h * w + p] + 1.0) * 127.5).round();
+                        pixels[p * c + ch] = v.clamp(0.0, 255.0) as u8;
+                    }
+                }
+                Self {
+                    width: w,
+                    height: h,
+                    channels: c,
+                    pixels,
+                }
+            })
+            .collect())
+    }
+
+    /// Height in pixels.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// Each pixel as a k×k block (nearest-neighbour enlargement, for small images).
+    pub fn upscale(&self, k: usize) -> Self {
+        let c = self.channels;
+        let (w, h) = (self.width * k, self.height * k);
+        let mut pixels = vec![0u8; w * h * c];
+        for y in 0..h {
+            for x in 0..w {
+                let from = ((y / k) * self.width + x / k) * c;
+                pixels[(y * w + x) * c..(y * w + x + 1) * c]
+                    .copy_from_slice(&self.pixels[from..from + c]);
+            }
+        }
+        Self {
+            width: w,
+            height: h,
+            channels: c,
+            pixels,
+        }
+    }
+
+    /// Copies `other` in with its top-left corner at (x, y).
+    fn paste(&mut self, other: &Image, x: usize, y: usize) {
+        let c = self.channels;
+        for row in 0..other.height {
+            let from = &other.pixels[row * other.width * c..(row + 1) * other.width * c];
+            let start = ((y + row) * self.width + x) * c;
+            self.pixels[start..start + from.len()].copy_from_slice(from);
+        }
+    }
+
+    /// Rows of images laid out in a grid with `gap` pixels between cells.
+    pub fn grid(rows: &[Vec<Image>], gap: usize) -> Result<Self> {
+        let Some(first) = rows.iter().flatten().next() else {
+            bail!("no images to lay out");
+        };
+        let (w, h, c) = (first.width, first.height, first.channels);
+        let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut grid = Self::blank(gap + cols * (w + gap), gap + rows.len() * (h + gap), c);
+        for (r, row) in rows.iter().enumerate() {
+            for (k, img) in row.iter().enumerate() {
+                grid.paste(img, gap + k * (w + gap), gap + r * (h + gap));
+            }
+        }
+        Ok(grid)
+    }
+
+    /// Writes the image as PNG, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let color = if self.channels == 1 {
+            png::ColorType::Grayscale
+        } else {
+            png::ColorType::Rgb
+        };
+        write_atomic(path, |tmp| {
+            let file = std::fs::File::create(tmp).map_err(|source| ld3_solvers::Error::Io {
+                path: tmp.display().to_string(),
+                source,
+            })?;
+            let mut enc = png::Encoder::new(
+                std::io::BufWriter::new(file),
+                self.width as u32,
+                self.height as u32,
+            );
+            enc.set_color(color);
+            enc.set_depth(png::BitDepth::Eight);
+            let io = |e: png::EncodingError| {
+                ld3_solvers::Error::Invalid(format!("{}: {e}", tmp.display()))
+            };
+            let mut writer = enc.write_header().map_err(io)?;
+            writer.write_image_data(&self.pixels).map_err(io)?;
+            writer.finish().map_err(io)?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
+
+/// Samples as a grid of about √B columns.
+pub fn sample_grid(x: &Tensor) -> Result<Image> {
+    let images = Image::from_batch(x)?;
+    let cols = (images.len() as f64).sqrt().ceil().max(1.0) as usize;
+    let mut rows = Vec::new();
+    let mut it = images.into_iter().peekable();
+    while it.peek().is_some() {
+        rows.push(it.by_ref().take(cols).collect());
+    }
+    Image::grid(&rows, 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn maps_minus_one_to_black_and_one_to_white_and_lays_out_a_grid() {
+        let x = Tensor::new(&[-1f32, 1.0, 0.0, 2.0], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 2, 2))
+            .unwrap();
+        let img = &Image::from_batch(&x).unwrap()[0];
+        assert_eq!(img.pixels, vec![0, 255, 128, 255]);
+        let x = Tensor::zeros((5, 3, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        let g = sample_grid(&x).unwrap();
+        // 3 columns and 2 rows of 4x4 with 2-pixel gaps.
+        assert_eq!((g.width, g.height, g.channels), (2 + 3 * 6, 2 + 2 * 6, 3));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.png");
+        g.save(&path).unwrap();
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+        let reader = decoder.read_info().unwrap();
+        assert_eq!((reader.info().width, reader.info().height), (20, 14));
+        assert!(is_image(&[1, 32, 32]) && !is_image(&[1, 4, 4]) && !is_image(&[2, 32, 32]));
+    }
+}

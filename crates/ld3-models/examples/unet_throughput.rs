@@ -1,0 +1,106 @@
+//! UNet2DModel throughput on the CPU: forward, and forward + backward (gradient in x and t, as
+//! LD3 needs), at several batch sizes, for the embedded model and google/ddpm-cifar10-32's
+//! architecture with random weights. Prints a Markdown table (docs/BENCHMARKS.md).
+//!
+//! cargo run --release -p ld3-models --example unet_throughput [-- ARCH...]
+//! with ARCH in ld3-mnist-32, ddpm-cifar10-32 (default: both); BATCHES=1,8,32 to choose sizes.
+//! fixtures/gen/unet_throughput.py measures PyTorch + diffusers on the same shapes.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+use ld3_models::registry::{find, Source};
+use ld3_models::{Checkpoint, UNet2DConfig, UNet2DModel};
+
+const CIFAR_CONFIG: &str = r#"{"_class_name":"UNet2DModel","act_fn":"silu","attention_head_dim":null,
+ "block_out_channels":[128,256,256,256],"center_input_sample":false,
+ "down_block_types":["DownBlock2D","AttnDownBlock2D","DownBlock2D","DownBlock2D"],
+ "downsample_padding":0,"flip_sin_to_cos":false,"freq_shift":1,"in_channels":3,
+ "layers_per_block":2,"mid_block_scale_factor":1,"norm_eps":1e-06,"norm_num_groups":32,
+ "out_channels":3,"sample_size":32,"time_embedding_type":"positional",
+ "up_block_types":["UpBlock2D","UpBlock2D","AttnUpBlock2D","UpBlock2D"]}"#;
+
+fn model(name: &str) -> anyhow::Result<UNet2DModel> {
+    let dev = Device::Cpu;
+    Ok(match name {
+        "ld3-mnist-32" => {
+            let Some(Source::Embedded {
+                config, weights, ..
+            }) = find(name).map(|e| e.source)
+            else {
+                anyhow::bail!("no embedded {name}");
+            };
+            let ckpt = Checkpoint::from_safetensors_bytes(weights, name)?;
+            UNet2DModel::new(
+                UNet2DConfig::from_json(config).map_err(anyhow::Error::msg)?,
+                ckpt.var_builder(DType::F32, &dev),
+            )?
+        }
+        "ddpm-cifar10-32" => {
+            let config = UNet2DConfig::from_json(CIFAR_CONFIG).map_err(anyhow::Error::msg)?;
+            let varmap = candle_nn::VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+            UNet2DModel::new(config, vb)?
+        }
+        other => anyhow::bail!("unknown architecture {other}"),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let archs: Vec<String> = std::env::args().skip(1).collect();
+    let archs = if archs.is_empty() {
+        vec!["ld3-mnist-32".to_string(), "ddpm-cifar10-32".to_string()]
+    } else {
+        archs
+    };
+    let batches: Vec<usize> = std::env::var("BATCHES")
+        .unwrap_or_else(|_| "1,8,32".into())
+        .split(',')
+        .map(|b| b.parse())
+        .collect::<Result<_, _>>()?;
+    println!("| model | batch | forward ms | images/s | fwd+bwd ms | images/s |");
+    println!("|---|---|---|---|---|---|");
+    for arch in &archs {
+        let m = model(arch)?;
+        let c = m.config();
+        let (h, w) = c.sample_size.hw();
+        for &b in &batches {
+            let x = Tensor::randn(0f32, 1.0, (b, c.in_channels, h, w), &Device::Cpu)?;
+            let t = Tensor::full(500f32, b, &Device::Cpu)?;
+            let reps = if b * h * w * c.block_out_channels[0] > 1 << 22 {
+                3
+            } else {
+                5
+            };
+            let mut fwd = vec![];
+            let mut both = vec![];
+            m.forward(&x, &t)?; // warm-up
+            for _ in 0..reps {
+                let s = Instant::now();
+                m.forward(&x, &t)?;
+                fwd.push(s.elapsed().as_secs_f64());
+                let (xv, tv) = (Var::from_tensor(&x)?, Var::from_tensor(&t)?);
+                let s = Instant::now();
+                let out = m.forward(xv.as_tensor(), tv.as_tensor())?;
+                let grads = out.sqr()?.sum_all()?.backward()?;
+                assert!(grads.get(xv.as_tensor()).is_some() && grads.get(tv.as_tensor()).is_some());
+                both.push(s.elapsed().as_secs_f64());
+            }
+            let (f, fb) = (median(fwd), median(both));
+            println!(
+                "| {arch} | {b} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                f * 1e3,
+                b as f64 / f,
+                fb * 1e3,
+                b as f64 / fb
+            );
+        }
+    }
+    Ok(())
+}
