@@ -339,9 +339,7 @@ fn trains_on_the_embedded_network_and_draws_the_comparison() {
         std::fs::File::open(&compare).unwrap(),
     ));
     let info = decoder.read_info().unwrap();
-    // Three rows (teacher, best hand-made, learned) of three 32x32 images, 2-pixel gaps.
-    assert_eq!(
-        (info.info().width, info.info().height),
-        (2 + 3 * 34, 2 + 3 * 34)
-    );
+    // Three rows (teacher, best hand-made, learned) of three 32x32 images, 2-pixel gaps, 3x.
+    let side = 3 * (2 + 3 * 34);
+    assert_eq!((info.info().width, info.info().height), (side, side));
 }
