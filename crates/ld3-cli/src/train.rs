@@ -63,6 +63,17 @@ pub enum LossName {
     Lpips,
 }
 
+/// On, off, or chosen from the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// Decide from the model's size.
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
 /// `ld3 train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -124,9 +135,10 @@ pub struct TrainArgs {
     /// Summary of the validation losses that picks the best parameters.
     #[arg(long, value_enum, default_value = "trimmed")]
     validation: ValidationName,
-    /// Recompute each step in the backward pass (memory flat in NFE) instead of keeping the graph.
-    #[arg(long)]
-    recompute: bool,
+    /// Recompute each step in the backward pass (memory flat in NFE) instead of keeping the
+    /// graph: `auto` turns it on for networks of 10M parameters or more.
+    #[arg(long, value_enum, default_value = "auto", num_args = 0..=1, default_missing_value = "on")]
+    recompute: Switch,
     /// Run directory (teacher pairs, checkpoints, log) [default: OUT.run].
     #[arg(long, conflicts_with = "resume")]
     run_dir: Option<PathBuf>,
@@ -224,7 +236,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     config.seed = args.seed;
     config.rounds_theta = args.rounds_theta;
     config.rounds_joint = args.rounds_joint;
-    config.recompute = args.recompute;
+    config.recompute = match args.recompute {
+        Switch::Auto => ld3_train::recompute_by_default(model.as_ref()),
+        Switch::On => true,
+        Switch::Off => false,
+    };
     config.validation = match args.validation {
         ValidationName::Mean => ValidationStat::Mean,
         ValidationName::Median => ValidationStat::Median,

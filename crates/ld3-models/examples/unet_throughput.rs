@@ -9,17 +9,8 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarBuilder;
-use ld3_models::registry::{find, Source};
+use ld3_models::registry::{find, Source, DDPM_CIFAR10_32_CONFIG};
 use ld3_models::{Checkpoint, UNet2DConfig, UNet2DModel};
-
-const CIFAR_CONFIG: &str = r#"{"_class_name":"UNet2DModel","act_fn":"silu","attention_head_dim":null,
- "block_out_channels":[128,256,256,256],"center_input_sample":false,
- "down_block_types":["DownBlock2D","AttnDownBlock2D","DownBlock2D","DownBlock2D"],
- "downsample_padding":0,"flip_sin_to_cos":false,"freq_shift":1,"in_channels":3,
- "layers_per_block":2,"mid_block_scale_factor":1,"norm_eps":1e-06,"norm_num_groups":32,
- "out_channels":3,"sample_size":32,"time_embedding_type":"positional",
- "up_block_types":["UpBlock2D","UpBlock2D","AttnUpBlock2D","UpBlock2D"]}"#;
 
 fn model(name: &str) -> anyhow::Result<UNet2DModel> {
     let dev = Device::Cpu;
@@ -38,10 +29,10 @@ fn model(name: &str) -> anyhow::Result<UNet2DModel> {
             )?
         }
         "ddpm-cifar10-32" => {
-            let config = UNet2DConfig::from_json(CIFAR_CONFIG).map_err(anyhow::Error::msg)?;
-            let varmap = candle_nn::VarMap::new();
-            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-            UNet2DModel::new(config, vb)?
+            let config =
+                UNet2DConfig::from_json(DDPM_CIFAR10_32_CONFIG).map_err(anyhow::Error::msg)?;
+            let weights = UNet2DModel::random_weights(&config, DType::F32, &dev)?;
+            UNet2DModel::new(config, weights.var_builder(DType::F32, &dev))?
         }
         other => anyhow::bail!("unknown architecture {other}"),
     })

@@ -63,6 +63,11 @@ impl Checkpoint {
         Ok(Self::new(label.to_string(), tensors))
     }
 
+    /// Tensors already in memory; `label` names them in errors.
+    pub fn from_tensors(label: &str, tensors: HashMap<String, Tensor>) -> Self {
+        Self::new(label.to_string(), tensors)
+    }
+
     fn new(label: String, tensors: HashMap<String, Tensor>) -> Self {
         Self {
             inner: Arc::new(Tracked {
@@ -76,6 +81,11 @@ impl Checkpoint {
     /// Number of tensors in the file.
     pub fn len(&self) -> usize {
         self.inner.tensors.len()
+    }
+
+    /// Total number of values in the file's tensors.
+    pub fn value_count(&self) -> usize {
+        self.inner.tensors.values().map(Tensor::elem_count).sum()
     }
 
     /// Whether the file holds no tensor.

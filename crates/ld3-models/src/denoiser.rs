@@ -30,6 +30,11 @@ pub trait Denoiser: Send + Sync {
     fn parameterization(&self) -> Parameterization;
     /// The raw prediction for the batch `x` at network time `t_net`.
     fn forward(&self, x: &Tensor, t_net: &Tensor) -> Result<Tensor>;
+    /// Number of learned parameters (0 for closed-form models); sizes memory decisions such as
+    /// the trainer's recomputation default.
+    fn parameter_count(&self) -> usize {
+        0
+    }
 }
 
 /// A [`Denoiser`] seen as a solver's [`Predictor`]: converts its output to x̂_0 or ε̂ with

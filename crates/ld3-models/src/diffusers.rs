@@ -173,6 +173,7 @@ pub struct DiffusersUNet {
     shape: Vec<usize>,
     name: String,
     dtype: DType,
+    parameters: usize,
 }
 
 fn invalid_file(path: &str, msg: String) -> Error {
@@ -223,6 +224,7 @@ impl DiffusersUNet {
             shape,
             name: name.to_string(),
             dtype,
+            parameters: files.weights.value_count(),
         })
     }
 
@@ -280,6 +282,9 @@ impl Denoiser for DiffusersUNet {
     }
     fn parameterization(&self) -> Parameterization {
         self.parameterization
+    }
+    fn parameter_count(&self) -> usize {
+        self.parameters
     }
     /// Runs in the weights' dtype (chosen at load); `x` and the output keep the caller's.
     fn forward(&self, x: &Tensor, t_net: &Tensor) -> Result<Tensor> {

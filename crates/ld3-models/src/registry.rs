@@ -79,6 +79,19 @@ const DDPM_FILES: &[HubFile] = &[
     },
 ];
 
+/// google/ddpm-cifar10-32's `config.json` (its architecture, for benchmarks with random weights).
+pub const DDPM_CIFAR10_32_CONFIG: &str = r#"{"_class_name":"UNet2DModel","act_fn":"silu",
+ "attention_head_dim":null,"block_out_channels":[128,256,256,256],"center_input_sample":false,
+ "down_block_types":["DownBlock2D","AttnDownBlock2D","DownBlock2D","DownBlock2D"],
+ "downsample_padding":0,"flip_sin_to_cos":false,"freq_shift":1,"in_channels":3,
+ "layers_per_block":2,"mid_block_scale_factor":1,"norm_eps":1e-06,"norm_num_groups":32,
+ "out_channels":3,"sample_size":32,"time_embedding_type":"positional",
+ "up_block_types":["UpBlock2D","UpBlock2D","AttnUpBlock2D","UpBlock2D"]}"#;
+
+/// DDPM's `scheduler_config.json` (linear β 1e-4..0.02, 1000 steps, ε).
+pub const DDPM_SCHEDULER_CONFIG: &str = r#"{"_class_name":"DDPMScheduler","beta_start":0.0001,
+ "beta_end":0.02,"beta_schedule":"linear","num_train_timesteps":1000,"prediction_type":"epsilon"}"#;
+
 /// The registry.
 pub const REGISTRY: &[RegistryEntry] = &[
     RegistryEntry {

@@ -1,10 +1,17 @@
 //! Wall time and peak memory of one LD3 gradient (θ, ξ, z') through the full graph or by per-step
-//! recomputation, on a 10-component Gaussian mixture over a [4, 64, 64] state (batch 2),
-//! UniPC-3: `cargo run --release -p ld3-train --example grad_memory -- NFE full|recompute`.
+//! recomputation, UniPC-3, batch 2, on a 10-component Gaussian mixture over a [4, 64, 64] state,
+//! the embedded ld3-mnist-32 UNet, or google/ddpm-cifar10-32's UNet (35.7M parameters, random
+//! weights): `cargo run --release -p ld3-train --example grad_memory -- NFE full|recompute
+//! [gmm|ld3-mnist-32|ddpm-cifar10-32]`.
 //! Run one configuration per process: the peak (VmHWM) is per process. Results: docs/BENCHMARKS.md.
 
 use candle_core::{DType, Device, Tensor};
-use ld3_models::{DenoiserPredictor, GaussianMixture, GmmComponent};
+use ld3_models::diffusers::DiffusersFiles;
+use ld3_models::registry::{DDPM_CIFAR10_32_CONFIG, DDPM_SCHEDULER_CONFIG};
+use ld3_models::{
+    load_model, Denoiser, DenoiserPredictor, DiffusersUNet, GaussianMixture, GmmComponent,
+    UNet2DConfig, UNet2DModel,
+};
 use ld3_solvers::noise::{BetaSchedule, VpDiscrete};
 use ld3_solvers::steps::{LogSnrUniform, StepSchedule};
 use ld3_solvers::{rng, NoiseSchedule, SolverConfig, SolverName, UniPcVariant};
@@ -21,6 +28,37 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+fn load(name: &str) -> Box<dyn Denoiser> {
+    match name {
+        "gmm" => {
+            let schedule =
+                VpDiscrete::from_betas(BetaSchedule::ScaledLinear, 0.00085, 0.012, 1000).unwrap();
+            let components = (0..10)
+                .map(|k| GmmComponent {
+                    weight: 1.0,
+                    mean: rng::SplitMix64::new(k).normals(4 * 64 * 64),
+                    std: 0.5,
+                })
+                .collect();
+            Box::new(GaussianMixture::new(vec![4, 64, 64], components, schedule.config()).unwrap())
+        }
+        "ddpm-cifar10-32" => {
+            let config = UNet2DConfig::from_json(DDPM_CIFAR10_32_CONFIG).unwrap();
+            let weights = UNet2DModel::random_weights(&config, DType::F32, &Device::Cpu).unwrap();
+            let files = DiffusersFiles {
+                config: DDPM_CIFAR10_32_CONFIG,
+                scheduler: DDPM_SCHEDULER_CONFIG,
+                weights,
+            };
+            let labels = ["config.json", "scheduler_config.json"];
+            Box::new(
+                DiffusersUNet::from_files(files, name, labels, DType::F32, &Device::Cpu).unwrap(),
+            )
+        }
+        other => load_model(&other.parse().unwrap()).unwrap(),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let nfe: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
@@ -28,23 +66,15 @@ fn main() {
         Some("recompute") => Backprop::Recompute,
         _ => Backprop::FullGraph,
     };
-    let shape = [4usize, 64, 64];
-    let schedule =
-        VpDiscrete::from_betas(BetaSchedule::ScaledLinear, 0.00085, 0.012, 1000).unwrap();
-    let components = (0..10)
-        .map(|k| GmmComponent {
-            weight: 1.0,
-            mean: rng::SplitMix64::new(k).normals(4 * 64 * 64),
-            std: 0.5,
-        })
-        .collect();
-    let gmm = GaussianMixture::new(shape.to_vec(), components, schedule.config()).unwrap();
-    let predictor = DenoiserPredictor::new(&gmm);
+    let model = load(args.get(3).map_or("gmm", String::as_str));
+    let shape = model.sample_shape().to_vec();
+    let schedule = model.noise_schedule();
+    let predictor = DenoiserPredictor::new(model.as_ref());
     let config = SolverConfig::new(SolverName::UniPc, Some(3), Some(UniPcVariant::Bh2)).unwrap();
     let (solver, steps) = config.build_for_nfe(nfe).unwrap();
     let disc = Discretization::new(TimeMode::Time, steps).unwrap();
     let theta = Tensor::new(
-        disc.fit(&schedule, &LogSnrUniform.times(&schedule, steps).unwrap())
+        disc.fit(schedule, &LogSnrUniform.times(schedule, steps).unwrap())
             .unwrap()
             .as_slice(),
         &Device::Cpu,

@@ -20,4 +20,7 @@ pub mod trainer;
 pub use discretization::{Discretization, TimeMode, WindowRule};
 pub use distance::{Distance, L1, L2};
 pub use teacher::TeacherConfig;
-pub use trainer::{Event, Init, Loss, Outcome, TableRow, TrainConfig, Trainer, ValidationStat};
+pub use trainer::{
+    recompute_by_default, Event, Init, Loss, Outcome, TableRow, TrainConfig, Trainer,
+    ValidationStat, RECOMPUTE_FROM_PARAMETERS,
+};

@@ -120,6 +120,15 @@ pub struct TrainConfig {
     pub validation: ValidationStat,
 }
 
+/// Models with at least this many parameters train with recomputation unless told otherwise.
+pub const RECOMPUTE_FROM_PARAMETERS: usize = 10_000_000;
+
+/// Whether `model` is large enough that keeping the whole graph of an LD3 solve would dominate
+/// memory (the default of `--recompute auto`).
+pub fn recompute_by_default(model: &dyn Denoiser) -> bool {
+    model.parameter_count() >= RECOMPUTE_FROM_PARAMETERS
+}
+
 impl TrainConfig {
     /// The paper's defaults for `solver` at `nfe`.
     pub fn new(solver: SolverConfig, nfe: usize, teacher: TeacherConfig) -> Self {
@@ -461,7 +470,12 @@ impl<'a> Trainer<'a> {
                     what: format!("{} is not an ld3 checkpoint", cp_path.display()),
                     source,
                 })?;
-            if cp.config != self.config || cp.model != self.model_name {
+            // Recomputation changes memory, not results: a run may continue with or without it.
+            let same = TrainConfig {
+                recompute: self.config.recompute,
+                ..cp.config.clone()
+            } == self.config;
+            if !same || cp.model != self.model_name {
                 return Err(Error::Invalid(format!(
                     "{} already holds a run with other settings or another model; continue it with \
                      the same options, or choose another run directory",

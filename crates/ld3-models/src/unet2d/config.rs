@@ -293,7 +293,7 @@ impl UNet2DConfig {
         }
         let c_mid = self.block_out_channels[n - 1];
         if let Some(ga) = self.mid_attn_groups() {
-            if ga == 0 || c_mid % ga != 0 {
+            if ga == 0 || !c_mid.is_multiple_of(ga) {
                 return Err(format!(
                     "{c_mid} channels do not split into attn_norm_num_groups {ga} GroupNorm groups"
                 ));

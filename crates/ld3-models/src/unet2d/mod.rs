@@ -108,6 +108,28 @@ impl UNet2DModel {
         })
     }
 
+    /// Random weights for `config` (candle's default initialisation), as plain tensors: an
+    /// architecture to benchmark without its checkpoint.
+    pub fn random_weights(
+        config: &UNet2DConfig,
+        dtype: candle_core::DType,
+        device: &candle_core::Device,
+    ) -> Result<crate::Checkpoint> {
+        let varmap = candle_nn::VarMap::new();
+        Self::new(
+            config.clone(),
+            VarBuilder::from_varmap(&varmap, dtype, device),
+        )?;
+        let tensors = varmap
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        Ok(crate::Checkpoint::from_tensors("random weights", tensors))
+    }
+
     /// The configuration the network was built from.
     pub fn config(&self) -> &UNet2DConfig {
         &self.config
@@ -122,8 +144,8 @@ impl UNet2DModel {
         let dims = x.dims();
         if dims.len() != 4
             || dims[1] != c.in_channels
-            || dims[2] % factor != 0
-            || dims[3] % factor != 0
+            || !dims[2].is_multiple_of(factor)
+            || !dims[3].is_multiple_of(factor)
         {
             candle_core::bail!(
                 "UNet2DModel input must be [B, {}, H, W] with H and W multiples of {factor}, got {:?}",
