@@ -6,13 +6,17 @@ use std::process::Output;
 
 /// One `ld3` invocation, built up argument by argument.
 #[derive(Clone)]
-struct Ld3(Vec<String>);
+struct Ld3(Vec<String>, Vec<(String, String)>);
 
 fn ld3(subcommand: &str) -> Ld3 {
-    Ld3(vec![subcommand.to_string()])
+    Ld3(vec![subcommand.to_string()], vec![])
 }
 
 impl Ld3 {
+    fn env(mut self, key: &str, value: &Path) -> Self {
+        self.1.push((key.into(), value.display().to_string()));
+        self
+    }
     fn args(mut self, args: &[&str]) -> Self {
         self.0.extend(args.iter().map(|a| a.to_string()));
         self
@@ -28,6 +32,7 @@ impl Ld3 {
     fn run(&self) -> Output {
         std::process::Command::new(env!("CARGO_BIN_EXE_ld3"))
             .args(&self.0)
+            .envs(self.1.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("ld3 runs")
     }
@@ -116,6 +121,26 @@ fn samples_the_embedded_default_as_tensors_and_pngs_reproducible_per_image() {
         .ok();
     let again = read_samples(&one);
     assert!(max_abs_diff(&again, &s.narrow(0, 1, 1).unwrap()) < 1e-4);
+}
+
+#[test]
+fn samples_a_model_folder_in_the_diffusers_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tmp(&dir, "unet.safetensors");
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/unet/tiny-attn");
+    ld3("sample")
+        .path("--model", &folder)
+        .args(&["--num-samples", "2", "--nfe", "3", "--quiet"])
+        .path("--out", &out)
+        .ok();
+    assert_eq!(read_samples(&out).dims(), &[2, 3, 16, 16]);
+    assert!(out.with_extension("png").is_file());
+    // A hub model that is not in the (here: empty) Hugging Face cache.
+    ld3("sample")
+        .env("HF_HUB_CACHE", dir.path())
+        .args(&["--model", "ddpm-cifar10-32", "--num-samples", "1"])
+        .path("--out", &out)
+        .fails_with("cargo xtask fetch-weights ddpm-cifar10-32");
 }
 
 #[test]
