@@ -1,0 +1,11 @@
+//! # ld3-metrics
+//!
+//! Image metrics that reproduce their reference implementations number for number. Now:
+//! [`Lpips`] — LPIPS v0.1 (Zhang et al. 2018) with the VGG16 or AlexNet backbone and the learned
+//! linear heads of PyPI `lpips` 0.1.4 (compiled in), differentiable in its inputs so LD3 can
+//! train with it. FID/KID follow.
+
+pub mod lpips;
+mod pool;
+
+pub use lpips::{Lpips, LpipsNet};

@@ -1,0 +1,162 @@
+//! LPIPS against the reference implementation (PyPI `lpips` 0.1.4) on real CIFAR-10 images, with
+//! the real v0.1 heads and pseudo-random backbones regenerated from fixtures/gen/lpips_fixtures.py's
+//! recipe; and its gradient against finite differences.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use ld3_metrics::{Lpips, LpipsNet};
+use ld3_models::Checkpoint;
+use ld3_solvers::gradcheck::GradCheck;
+use ld3_solvers::rng::SplitMix64;
+
+/// torchvision conv layers: (index, in, out, kernel).
+fn convs(net: LpipsNet) -> Vec<(usize, usize, usize, usize)> {
+    match net {
+        LpipsNet::Vgg16 => [
+            (0, 3, 64),
+            (2, 64, 64),
+            (5, 64, 128),
+            (7, 128, 128),
+            (10, 128, 256),
+            (12, 256, 256),
+            (14, 256, 256),
+            (17, 256, 512),
+            (19, 512, 512),
+            (21, 512, 512),
+            (24, 512, 512),
+            (26, 512, 512),
+            (28, 512, 512),
+        ]
+        .iter()
+        .map(|&(i, a, b)| (i, a, b, 3))
+        .collect(),
+        LpipsNet::Alex => vec![
+            (0, 3, 64, 11),
+            (3, 64, 192, 5),
+            (6, 192, 384, 3),
+            (8, 384, 256, 3),
+            (10, 256, 256, 3),
+        ],
+    }
+}
+
+/// Tensor k is SplitMix64 stream 1000 + k: (2u − 1)·bound, bound √(6/fan_in) (weights), 0.05 (biases).
+fn pseudo_random_backbone(net: LpipsNet) -> Checkpoint {
+    let mut tensors = HashMap::new();
+    let mut k = 0;
+    for (i, c_in, c_out, ks) in convs(net) {
+        let fan_in = c_in * ks * ks;
+        for (name, shape, bound) in [
+            (
+                "weight",
+                vec![c_out, c_in, ks, ks],
+                (6.0 / fan_in as f64).sqrt(),
+            ),
+            ("bias", vec![c_out], 0.05),
+        ] {
+            let n: usize = shape.iter().product();
+            let mut rng = SplitMix64::new(1000 + k);
+            let v: Vec<f32> = (0..n)
+                .map(|_| ((2.0 * rng.next_open01() - 1.0) * bound) as f32)
+                .collect();
+            tensors.insert(
+                format!("features.{i}.{name}"),
+                Tensor::from_vec(v, shape, &Device::Cpu).unwrap(),
+            );
+            k += 1;
+        }
+    }
+    Checkpoint::from_tensors("pseudo-random backbone", tensors)
+}
+
+fn lpips(net: LpipsNet, dtype: DType) -> Lpips {
+    let dev = Device::Cpu;
+    let heads = Checkpoint::from_safetensors_bytes(net.heads_v01(), "heads").unwrap();
+    Lpips::new(
+        net,
+        pseudo_random_backbone(net).var_builder(dtype, &dev),
+        heads.var_builder(dtype, &dev),
+    )
+    .unwrap()
+}
+
+fn reference() -> HashMap<String, Tensor> {
+    let p =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/lpips/reference.safetensors");
+    candle_core::safetensors::load(p, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn matches_the_lpips_package_on_real_images() {
+    let r = reference();
+    for (net, key) in [(LpipsNet::Vgg16, "d_vgg"), (LpipsNet::Alex, "d_alex")] {
+        let d = lpips(net, DType::F32)
+            .per_sample(&r["x0"], &r["x1"])
+            .unwrap();
+        let (got, want): (Vec<f32>, Vec<f32>) = (d.to_vec1().unwrap(), r[key].to_vec1().unwrap());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(((g - w) / w).abs() < 1e-4, "{key}[{i}]: {g} vs {w}");
+        }
+    }
+}
+
+#[test]
+fn identical_images_are_at_distance_zero_and_grey_is_repeated() {
+    let r = reference();
+    let m = lpips(LpipsNet::Alex, DType::F32);
+    let d: Vec<f32> = m.per_sample(&r["x0"], &r["x0"]).unwrap().to_vec1().unwrap();
+    assert!(d.iter().all(|v| *v == 0.0), "{d:?}");
+    let grey = r["x0"].narrow(1, 0, 1).unwrap();
+    let a = m
+        .per_sample(&grey, &r["x1"].narrow(1, 0, 1).unwrap())
+        .unwrap();
+    let b = m
+        .per_sample(
+            &grey.repeat((1, 3, 1, 1)).unwrap(),
+            &r["x1"]
+                .narrow(1, 0, 1)
+                .unwrap()
+                .repeat((1, 3, 1, 1))
+                .unwrap(),
+        )
+        .unwrap();
+    let diff: f32 = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+    let e = m.per_sample(&r["x0"], &grey).unwrap_err().to_string();
+    assert!(e.contains("same shape"), "{e}");
+}
+
+#[test]
+fn gradient_matches_finite_differences() {
+    let r = reference();
+    for net in [LpipsNet::Vgg16, LpipsNet::Alex] {
+        let m = lpips(net, DType::F64);
+        let x0 = r["x0"]
+            .narrow(0, 0, 1)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        let x1 = r["x1"]
+            .narrow(0, 0, 1)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        let check = GradCheck {
+            eps: 1e-4,
+            max_coords: 16,
+        };
+        let report = check
+            .run(&[x0], |v| Ok(m.per_sample(&v[0], &x1)?.sum_all()?))
+            .unwrap();
+        report.assert_within(1e-5);
+    }
+}
