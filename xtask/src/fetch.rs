@@ -22,7 +22,9 @@ pub fn run(names: &[String]) -> Result<()> {
     if names.is_empty() {
         let known: Vec<String> = REGISTRY
             .iter()
-            .map(|e| format!("  {:<18} {}", e.name, e.description))
+            .map(|e| (e.name, e.description))
+            .chain(registry::WEIGHTS.iter().map(|w| (w.name, w.description)))
+            .map(|(n, d)| format!("  {n:<18} {d}"))
             .collect();
         return Err(format!(
             "usage: cargo xtask fetch-weights NAME...\nknown models:\n{}",
@@ -32,8 +34,23 @@ pub fn run(names: &[String]) -> Result<()> {
     let cache = registry::hf_cache_dir(|k| std::env::var(k).ok())
         .ok_or("no Hugging Face cache folder: set HF_HOME (or HF_HUB_CACHE)")?;
     for name in names {
+        if let Some(w) = registry::find_weights(name) {
+            let files = std::slice::from_ref(&w.file);
+            if !offline() {
+                download(&cache, w.repo, w.revision, files)?;
+            }
+            let path = registry::resolve_weights(w, Some(&cache)).map_err(|e| e.to_string())?;
+            verify(&path, &w.file)?;
+            let ckpt = ld3_models::Checkpoint::from_file(&path).map_err(|e| e.to_string())?;
+            println!("{name}: ok ({}, {} tensors)", path.display(), ckpt.len());
+            continue;
+        }
         let entry = registry::find(name).ok_or_else(|| {
-            let known: Vec<&str> = REGISTRY.iter().map(|e| e.name).collect();
+            let known: Vec<&str> = REGISTRY
+                .iter()
+                .map(|e| e.name)
+                .chain(registry::WEIGHTS.iter().map(|w| w.name))
+                .collect();
             format!("unknown model {name}; known: {}", known.join(", "))
         })?;
         match entry.source {

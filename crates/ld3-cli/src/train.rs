@@ -11,6 +11,13 @@ use ld3_train::{
     Event, Init, Loss, TeacherConfig, TimeMode, TrainConfig, Trainer, ValidationStat, WindowRule,
 };
 
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use ld3_metrics::{Lpips, LpipsNet};
+use ld3_models::registry;
+use ld3_train::LpipsDistance;
+
 use crate::images::{self, Image};
 use crate::schedule::SolverArgs;
 
@@ -55,12 +62,51 @@ fn write_comparison(outcome: &ld3_train::Outcome, path: &std::path::Path) -> Res
 /// Distances available to the trainer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LossName {
+    /// LPIPS for image models when its backbone weights are at hand, else L2 (with a note).
+    Auto,
     /// Mean squared error per sample.
     L2,
     /// Mean absolute error per sample.
     L1,
-    /// LPIPS (VGG); arrives with ld3-metrics.
+    /// LPIPS v0.1 (the paper's loss); needs the backbone weights.
     Lpips,
+}
+
+/// LPIPS backbones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LpipsNetName {
+    /// VGG16 (the paper's).
+    Vgg,
+    /// AlexNet.
+    Alex,
+}
+
+/// The LPIPS distance, its backbone from `--lpips-weights` or the cached `vgg16` entry.
+fn lpips_distance(
+    net: LpipsNetName,
+    weights: Option<&std::path::Path>,
+) -> Result<Arc<dyn ld3_train::Distance>> {
+    let net = match net {
+        LpipsNetName::Vgg => LpipsNet::Vgg16,
+        LpipsNetName::Alex => LpipsNet::Alex,
+    };
+    let path = match (weights, net) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, LpipsNet::Vgg16) => {
+            let entry = registry::find_weights("vgg16").context("registry has vgg16")?;
+            let cache = registry::hf_cache_dir(|k| std::env::var(k).ok());
+            registry::resolve_weights(entry, cache.as_deref()).context(
+                "LPIPS(VGG) needs the VGG16 backbone; or give a torchvision-layout file with \
+                 --lpips-weights",
+            )?
+        }
+        (None, LpipsNet::Alex) => bail!(
+            "LPIPS(AlexNet) needs its backbone: give torchvision's alexnet weights (safetensors or \
+             .pth, names features.N.*) with --lpips-weights"
+        ),
+    };
+    let lpips = Lpips::load(net, &path, DType::F32, &Device::Cpu)?;
+    Ok(Arc::new(LpipsDistance(lpips)))
 }
 
 /// On, off, or chosen from the model.
@@ -80,8 +126,15 @@ pub struct TrainArgs {
     #[command(flatten)]
     solver: SolverArgs,
     /// Distance to the teacher.
-    #[arg(long, value_enum, default_value = "l2")]
+    #[arg(long, value_enum, default_value = "auto")]
     loss: LossName,
+    /// LPIPS backbone.
+    #[arg(long, value_enum, default_value = "vgg")]
+    lpips_net: LpipsNetName,
+    /// LPIPS backbone weights in torchvision's names (safetensors or .pth) [default: the
+    /// Hugging Face cache's timm/vgg16.tv_in1k, fetched by `cargo xtask fetch-weights vgg16`].
+    #[arg(long)]
+    lpips_weights: Option<PathBuf>,
     /// Soft-teacher-forcing radius in z-space [default: 0.001·d/N²]; 0 = hard objective.
     #[arg(long, allow_negative_numbers = true)]
     radius: Option<f64>,
@@ -200,12 +253,29 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (spec, model) = args.solver.load_model()?;
     let solver = args.solver.solver_config(None)?;
     let nfe = args.solver.nfe.unwrap_or(10);
-    let loss = match args.loss {
-        LossName::L2 => Loss::L2,
-        LossName::L1 => Loss::L1,
-        LossName::Lpips => bail!(
-            "--loss lpips needs the LPIPS network, which arrives with ld3-metrics; use --loss l2 or l1"
-        ),
+    let (loss, distance) = match args.loss {
+        LossName::L2 => (Loss::L2, None),
+        LossName::L1 => (Loss::L1, None),
+        LossName::Lpips => {
+            if !images::is_image(model.sample_shape()) {
+                bail!(
+                    "--loss lpips compares images; this model makes {:?}",
+                    model.sample_shape()
+                );
+            }
+            let d = lpips_distance(args.lpips_net, args.lpips_weights.as_deref())?;
+            (Loss::Lpips, Some(d))
+        }
+        LossName::Auto if images::is_image(model.sample_shape()) => {
+            match lpips_distance(args.lpips_net, args.lpips_weights.as_deref()) {
+                Ok(d) => (Loss::Lpips, Some(d)),
+                Err(e) => {
+                    eprintln!("note: training with L2, not LPIPS: {e:#}");
+                    (Loss::L2, None)
+                }
+            }
+        }
+        LossName::Auto => (Loss::L2, None),
     };
     let is_edm = matches!(
         model.noise_schedule().config(),
@@ -306,14 +376,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         Event::Note(n) => bar.println(n),
     };
-    let outcome = Trainer::new(model.as_ref(), spec.to_string(), config, &run_dir)?
-        .with_observer(observer)
-        .run(resume, None)?;
+    let mut trainer =
+        Trainer::new(model.as_ref(), spec.to_string(), config, &run_dir)?.with_observer(observer);
+    if let Some(d) = distance {
+        trainer = trainer.with_distance(d);
+    }
+    let outcome = trainer.run(resume, None)?;
     bar.finish_and_clear();
     outcome.schedule.write(&args.out)?;
     println!(
-        "held-out distance to the teacher ({} samples, {} at NFE {nfe}):",
-        args.heldout_samples, solver
+        "held-out {} distance to the teacher ({} samples, {} at NFE {nfe}):",
+        outcome.schedule.provenance["loss"].as_str().unwrap_or("?"),
+        args.heldout_samples,
+        solver
     );
     println!("  {:<18} {:>12} {:>12}", "schedule", "mean", "median");
     for row in &outcome.table {

@@ -314,7 +314,7 @@ fn train_writes_a_schedule_that_sample_uses_and_refuses_bad_input() {
     for (extra, want) in [
         (vec!["--resume", "/nonexistent-run"], "no run to resume"),
         (vec!["--radius", "-1"], "--radius"),
-        (vec!["--loss", "lpips"], "ld3-metrics"),
+        (vec!["--loss", "lpips"], "compares images"),
         (
             vec!["--nfe", "2", "--solver", "unipc", "--order", "3"],
             "too small",
@@ -326,38 +326,30 @@ fn train_writes_a_schedule_that_sample_uses_and_refuses_bad_input() {
 }
 
 #[test]
-fn trains_on_the_embedded_network_and_draws_the_comparison() {
+fn trains_on_the_embedded_network_with_lpips_and_draws_the_comparison() {
     let dir = tempfile::tempdir().unwrap();
     let out = tmp(&dir, "mnist.json");
-    let stdout = ld3("train")
-        .args(&[
-            "--solver",
-            "dpm-solver++",
-            "--order",
-            "2",
-            "--nfe",
-            "4",
-            "--quiet",
-        ])
-        .args(&[
-            "--train-samples",
-            "2",
-            "--valid-samples",
-            "2",
-            "--heldout-samples",
-            "3",
-        ])
-        .args(&[
-            "--teacher-nfe",
-            "8",
-            "--rounds-theta",
-            "1",
-            "--rounds-joint",
-            "1",
-        ])
-        .args(&["--init", "best-hand-made"])
+    let small = "--solver dpm-solver++ --order 2 --nfe 4 --quiet --train-samples 2 \
+                 --valid-samples 2 --heldout-samples 3 --teacher-nfe 8 --rounds-theta 1 \
+                 --rounds-joint 1 --init best-hand-made";
+    let small: Vec<&str> = small.split_whitespace().collect();
+    let train = ld3("train").env("HF_HUB_CACHE", dir.path()).args(&small);
+    // No VGG16 in the (empty) cache: --loss lpips says how to get it.
+    train
+        .clone()
+        .args(&["--loss", "lpips"])
+        .path("--out", &out)
+        .fails_with("cargo xtask fetch-weights vgg16");
+    // LPIPS(AlexNet) with a backbone file in torchvision's layout (pseudo-random weights here).
+    let backbone = tmp(&dir, "alexnet.safetensors");
+    let tensors = ld3_metrics::pseudo_random_backbone(ld3_metrics::LpipsNet::Alex).unwrap();
+    candle_core::safetensors::save(&tensors, &backbone).unwrap();
+    let stdout = train
+        .args(&["--loss", "lpips", "--lpips-net", "alex"])
+        .path("--lpips-weights", &backbone)
         .path("--out", &out)
         .ok();
+    assert!(stdout.contains("held-out lpips distance"), "{stdout}");
     assert!(stdout.contains("rows teacher, best hand-made"), "{stdout}");
     let compare = tmp(&dir, "mnist.json.compare.png");
     let decoder = png::Decoder::new(std::io::BufReader::new(

@@ -8,4 +8,4 @@
 pub mod lpips;
 mod pool;
 
-pub use lpips::{Lpips, LpipsNet};
+pub use lpips::{pseudo_random_backbone, Lpips, LpipsNet};

@@ -6,77 +6,17 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use ld3_metrics::{Lpips, LpipsNet};
+use ld3_metrics::{pseudo_random_backbone, Lpips, LpipsNet};
 use ld3_models::Checkpoint;
 use ld3_solvers::gradcheck::GradCheck;
-use ld3_solvers::rng::SplitMix64;
-
-/// torchvision conv layers: (index, in, out, kernel).
-fn convs(net: LpipsNet) -> Vec<(usize, usize, usize, usize)> {
-    match net {
-        LpipsNet::Vgg16 => [
-            (0, 3, 64),
-            (2, 64, 64),
-            (5, 64, 128),
-            (7, 128, 128),
-            (10, 128, 256),
-            (12, 256, 256),
-            (14, 256, 256),
-            (17, 256, 512),
-            (19, 512, 512),
-            (21, 512, 512),
-            (24, 512, 512),
-            (26, 512, 512),
-            (28, 512, 512),
-        ]
-        .iter()
-        .map(|&(i, a, b)| (i, a, b, 3))
-        .collect(),
-        LpipsNet::Alex => vec![
-            (0, 3, 64, 11),
-            (3, 64, 192, 5),
-            (6, 192, 384, 3),
-            (8, 384, 256, 3),
-            (10, 256, 256, 3),
-        ],
-    }
-}
-
-/// Tensor k is SplitMix64 stream 1000 + k: (2u − 1)·bound, bound √(6/fan_in) (weights), 0.05 (biases).
-fn pseudo_random_backbone(net: LpipsNet) -> Checkpoint {
-    let mut tensors = HashMap::new();
-    let mut k = 0;
-    for (i, c_in, c_out, ks) in convs(net) {
-        let fan_in = c_in * ks * ks;
-        for (name, shape, bound) in [
-            (
-                "weight",
-                vec![c_out, c_in, ks, ks],
-                (6.0 / fan_in as f64).sqrt(),
-            ),
-            ("bias", vec![c_out], 0.05),
-        ] {
-            let n: usize = shape.iter().product();
-            let mut rng = SplitMix64::new(1000 + k);
-            let v: Vec<f32> = (0..n)
-                .map(|_| ((2.0 * rng.next_open01() - 1.0) * bound) as f32)
-                .collect();
-            tensors.insert(
-                format!("features.{i}.{name}"),
-                Tensor::from_vec(v, shape, &Device::Cpu).unwrap(),
-            );
-            k += 1;
-        }
-    }
-    Checkpoint::from_tensors("pseudo-random backbone", tensors)
-}
 
 fn lpips(net: LpipsNet, dtype: DType) -> Lpips {
     let dev = Device::Cpu;
     let heads = Checkpoint::from_safetensors_bytes(net.heads_v01(), "heads").unwrap();
+    let backbone = Checkpoint::from_tensors("backbone", pseudo_random_backbone(net).unwrap());
     Lpips::new(
         net,
-        pseudo_random_backbone(net).var_builder(dtype, &dev),
+        backbone.var_builder(dtype, &dev),
         heads.var_builder(dtype, &dev),
     )
     .unwrap()

@@ -125,6 +125,55 @@ pub const REGISTRY: &[RegistryEntry] = &[
     },
 ];
 
+/// Network weights other than diffusion models (metric backbones), fetched the same way.
+#[derive(Clone, Copy, Debug)]
+pub struct WeightsEntry {
+    /// The name users type (`cargo xtask fetch-weights NAME`).
+    pub name: &'static str,
+    /// One line about it.
+    pub description: &'static str,
+    /// `owner/name` on the hub.
+    pub repo: &'static str,
+    /// Branch, tag or commit.
+    pub revision: &'static str,
+    /// The weights file.
+    pub file: HubFile,
+    /// Licence of the weights.
+    pub license: &'static str,
+}
+
+/// Metric weights.
+pub const WEIGHTS: &[WeightsEntry] = &[WeightsEntry {
+    name: "vgg16",
+    description:
+        "torchvision's ImageNet VGG16 (timm/vgg16.tv_in1k, 553 MB): the LPIPS(VGG) backbone",
+    repo: "timm/vgg16.tv_in1k",
+    revision: "main",
+    file: HubFile {
+        path: "model.safetensors",
+        size: None,
+        sha256: None,
+    },
+    license: "BSD-3-Clause (torchvision)",
+}];
+
+/// The weights entry called `name`.
+pub fn find_weights(name: &str) -> Option<&'static WeightsEntry> {
+    WEIGHTS.iter().find(|e| e.name == name)
+}
+
+/// The cached file of a weights entry, or an error naming the fetch command.
+pub fn resolve_weights(entry: &WeightsEntry, cache: Option<&Path>) -> ld3_solvers::Result<PathBuf> {
+    let dir = resolve_hub(
+        entry.name,
+        cache,
+        entry.repo,
+        entry.revision,
+        std::slice::from_ref(&entry.file),
+    )?;
+    Ok(dir.join(entry.file.path))
+}
+
 /// The registry entry called `name`.
 pub fn find(name: &str) -> Option<&'static RegistryEntry> {
     REGISTRY.iter().find(|e| e.name == name)
@@ -171,7 +220,7 @@ pub fn resolve_hub(
 ) -> ld3_solvers::Result<PathBuf> {
     let fetch = format!(
         "fetch it once with `cargo xtask fetch-weights {name}` (needs network access to the \
-         Hugging Face hub), or pass the path of a local folder in the diffusers layout as --model"
+         Hugging Face hub), or pass a local copy instead"
     );
     let Some(cache) = cache else {
         return Err(ld3_solvers::Error::Invalid(format!(

@@ -50,6 +50,19 @@ impl Distance for L1 {
     }
 }
 
+/// LPIPS per sample (the LD3 paper's loss), on images in [−1, 1].
+pub struct LpipsDistance(pub ld3_metrics::Lpips);
+
+impl Distance for LpipsDistance {
+    fn name(&self) -> &'static str {
+        "lpips"
+    }
+    fn per_sample(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        check(a, b)?;
+        self.0.per_sample(a, b)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

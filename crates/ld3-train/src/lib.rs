@@ -18,7 +18,7 @@ pub mod teacher;
 pub mod trainer;
 
 pub use discretization::{Discretization, TimeMode, WindowRule};
-pub use distance::{Distance, L1, L2};
+pub use distance::{Distance, LpipsDistance, L1, L2};
 pub use teacher::TeacherConfig;
 pub use trainer::{
     recompute_by_default, Event, Init, Loss, Outcome, TableRow, TrainConfig, Trainer,

@@ -48,6 +48,8 @@ pub enum Loss {
     L2,
     /// Mean absolute error per sample.
     L1,
+    /// LPIPS (the paper's loss): the network comes with [`Trainer::with_distance`].
+    Lpips,
 }
 
 /// How the per-sample validation losses are summarised into the number that picks the best.
@@ -272,6 +274,7 @@ pub struct Trainer<'a> {
     run_dir: PathBuf,
     teacher_dir: PathBuf,
     observer: Box<dyn FnMut(&Event) + 'a>,
+    distance: Option<std::sync::Arc<dyn Distance>>,
 }
 
 /// The hand-made schedules a learned one is compared with (and may start from).
@@ -342,7 +345,15 @@ impl<'a> Trainer<'a> {
             teacher_dir: run_dir.clone(),
             run_dir,
             observer: Box::new(|_| {}),
+            distance: None,
         })
+    }
+
+    /// The distance to use for [`Loss::Lpips`] (or to replace the built-in L2/L1): its
+    /// [`Distance::name`] must be the configured loss's.
+    pub fn with_distance(mut self, distance: std::sync::Arc<dyn Distance>) -> Self {
+        self.distance = Some(distance);
+        self
     }
 
     /// Reports progress to `observer`.
@@ -360,10 +371,25 @@ impl<'a> Trainer<'a> {
             })
     }
 
-    fn distance(&self) -> Box<dyn Distance> {
-        match self.config.loss {
-            Loss::L2 => Box::new(L2),
-            Loss::L1 => Box::new(L1),
+    fn distance(&self) -> Result<std::sync::Arc<dyn Distance>> {
+        let name = match self.config.loss {
+            Loss::L2 => "l2",
+            Loss::L1 => "l1",
+            Loss::Lpips => "lpips",
+        };
+        match (&self.distance, self.config.loss) {
+            (Some(d), _) if d.name() == name => Ok(d.clone()),
+            (Some(d), _) => Err(Error::Invalid(format!(
+                "the distance given to the trainer is {}, but the configured loss is {name}",
+                d.name()
+            ))),
+            (None, Loss::L2) => Ok(std::sync::Arc::new(L2)),
+            (None, Loss::L1) => Ok(std::sync::Arc::new(L1)),
+            (None, Loss::Lpips) => Err(Error::Invalid(
+                "the LPIPS loss needs its network: give it with Trainer::with_distance \
+                 (ld3 train --loss lpips loads it)"
+                    .into(),
+            )),
         }
     }
 
@@ -406,6 +432,7 @@ impl<'a> Trainer<'a> {
                 run_dir: dir.clone(),
                 teacher_dir: self.run_dir.clone(),
                 observer: Box::new(|e: &Event| observer(e)),
+                distance: self.distance.clone(),
             };
             // A resumed run may not have reached the second start yet.
             let resume_this = dir.join("checkpoint.json").exists();
@@ -530,7 +557,7 @@ impl<'a> Trainer<'a> {
         let (train, valid) = (pairs.slice(0, n_tr)?, pairs.slice(n_tr, n_va)?);
 
         let predictor = DenoiserPredictor::new(self.model);
-        let distance = self.distance();
+        let distance = self.distance()?;
         let problem = Problem {
             solver: solver.as_ref(),
             model: &predictor,
