@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub use ld3_metrics as metrics;
 pub use ld3_models as models;
 pub use ld3_solvers as solvers;
 pub use ld3_train as train;

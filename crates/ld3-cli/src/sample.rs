@@ -63,7 +63,11 @@ pub struct SampleArgs {
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
-    let (spec, model) = args.solver.load_model()?;
+    let dtype = match args.dtype {
+        Precision::F32 => DType::F32,
+        Precision::F64 => DType::F64,
+    };
+    let (spec, model) = args.solver.load_model_as(dtype)?;
     let file = match &args.schedule_file {
         Some(_) if args.solver.schedule.is_some() => {
             bail!("give either --schedule or --schedule-file, not both")
@@ -101,13 +105,19 @@ pub fn run(args: SampleArgs) -> Result<()> {
         None => args.solver.hand_made(&spec, model.as_ref())?,
     };
     let (solver, steps) = file.solver.build_for_nfe(file.nfe)?;
-    let dtype = match args.dtype {
-        Precision::F32 => DType::F32,
-        Precision::F64 => DType::F64,
-    };
     let device = Device::Cpu;
     let shape = model.sample_shape().to_vec();
     let image_model = images::is_image(&shape);
+    let grid = args
+        .grid
+        .clone()
+        .unwrap_or_else(|| args.out.with_extension("png"));
+    if image_model && grid == args.out {
+        bail!(
+            "the PNG grid would overwrite --out {}: give --out a .safetensors name, or --grid another file",
+            args.out.display()
+        );
+    }
     if !image_model && (args.grid.is_some() || args.images.is_some()) {
         bail!(
             "--grid and --images need an image model ([1 or 3, H, W]); {} makes {shape:?}",
@@ -176,10 +186,6 @@ pub fn run(args: SampleArgs) -> Result<()> {
         Ok(candle_core::safetensors::save(&tensors, tmp)?)
     })?;
     if image_model {
-        let grid = args
-            .grid
-            .clone()
-            .unwrap_or_else(|| args.out.with_extension("png"));
         images::sample_grid(&samples)?.save(&grid)?;
         println!("wrote {} (grid of {total} images)", grid.display());
     }
@@ -188,7 +194,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         for (i, img) in images::Image::from_batch(&samples)?.iter().enumerate() {
             let name = match args.noise {
                 Some(_) => format!("sample-{i:05}.png"),
-                None => format!("seed-{}.png", args.seed + i as u64),
+                None => format!("seed-{}.png", args.seed.wrapping_add(i as u64)),
             };
             img.save(&dir.join(name))?;
         }

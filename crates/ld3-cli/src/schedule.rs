@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use ld3_models::{load_model, Denoiser, ModelSpec, DEFAULT_MODEL, EMBEDDED};
+use ld3_models::{Denoiser, ModelSpec, DEFAULT_MODEL, EMBEDDED};
 use ld3_solvers::steps::{
     Karras, KarrasInTime, LogSnrUniform, Preset, StepSchedule, TimePolynomial, TimeUniform,
 };
@@ -71,8 +71,17 @@ pub struct SolverArgs {
 impl SolverArgs {
     /// The model.
     pub fn load_model(&self) -> Result<(ModelSpec, Box<dyn Denoiser>)> {
+        self.load_model_as(candle_core::DType::F32)
+    }
+
+    /// The model, a network's weights in `dtype`.
+    pub fn load_model_as(
+        &self,
+        dtype: candle_core::DType,
+    ) -> Result<(ModelSpec, Box<dyn Denoiser>)> {
         let spec: ModelSpec = self.model.parse()?;
-        let model = load_model(&spec).with_context(|| format!("loading model {spec}"))?;
+        let model = ld3_models::load_model_as(&spec, dtype, &candle_core::Device::Cpu)
+            .with_context(|| format!("loading model {spec}"))?;
         Ok((spec, model))
     }
 

@@ -81,15 +81,18 @@ pub enum LpipsNetName {
     Alex,
 }
 
+/// The cached VGG16 backbone, if `cargo xtask fetch-weights vgg16` has fetched it.
+fn cached_vgg16() -> Option<PathBuf> {
+    let entry = registry::find_weights("vgg16")?;
+    let cache = registry::hf_cache_dir(|k| std::env::var(k).ok());
+    registry::resolve_weights(entry, cache.as_deref()).ok()
+}
+
 /// The LPIPS distance, its backbone from `--lpips-weights` or the cached `vgg16` entry.
 fn lpips_distance(
-    net: LpipsNetName,
+    net: LpipsNet,
     weights: Option<&std::path::Path>,
 ) -> Result<Arc<dyn ld3_train::Distance>> {
-    let net = match net {
-        LpipsNetName::Vgg => LpipsNet::Vgg16,
-        LpipsNetName::Alex => LpipsNet::Alex,
-    };
     let path = match (weights, net) {
         (Some(p), _) => p.to_path_buf(),
         (None, LpipsNet::Vgg16) => {
@@ -253,29 +256,51 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (spec, model) = args.solver.load_model()?;
     let solver = args.solver.solver_config(None)?;
     let nfe = args.solver.nfe.unwrap_or(10);
+    let shape = model.sample_shape();
+    let image = images::is_image(shape);
+    if args.compare.is_some() && !image {
+        bail!("--compare needs an image model; this model makes {shape:?}");
+    }
+    let net = match args.lpips_net {
+        LpipsNetName::Vgg => LpipsNet::Vgg16,
+        LpipsNetName::Alex => LpipsNet::Alex,
+    };
+    let lpips_fits = image && shape[1].min(shape[2]) >= net.min_size();
+    let explicit_lpips = args.lpips_weights.is_some() || net != LpipsNet::Vgg16;
+    let lpips_loss = match net {
+        LpipsNet::Vgg16 => Loss::LpipsVgg,
+        LpipsNet::Alex => Loss::LpipsAlex,
+    };
     let (loss, distance) = match args.loss {
         LossName::L2 => (Loss::L2, None),
         LossName::L1 => (Loss::L1, None),
         LossName::Lpips => {
-            if !images::is_image(model.sample_shape()) {
+            if !lpips_fits {
                 bail!(
-                    "--loss lpips compares images; this model makes {:?}",
-                    model.sample_shape()
+                    "--loss lpips compares RGB or grey images of at least {0}x{0} pixels \
+                     (LPIPS-{1}); this model makes {shape:?}",
+                    net.min_size(),
+                    net.as_str()
                 );
             }
-            let d = lpips_distance(args.lpips_net, args.lpips_weights.as_deref())?;
-            (Loss::Lpips, Some(d))
+            let d = lpips_distance(net, args.lpips_weights.as_deref())?;
+            (lpips_loss, Some(d))
         }
-        LossName::Auto if images::is_image(model.sample_shape()) => {
-            match lpips_distance(args.lpips_net, args.lpips_weights.as_deref()) {
-                Ok(d) => (Loss::Lpips, Some(d)),
-                Err(e) => {
-                    eprintln!("note: training with L2, not LPIPS: {e:#}");
-                    (Loss::L2, None)
-                }
+        // Explicit LPIPS options are honoured (their errors stop the run); only a VGG16
+        // backbone missing from the cache falls back to L2.
+        LossName::Auto if lpips_fits && (explicit_lpips || cached_vgg16().is_some()) => {
+            let d = lpips_distance(net, args.lpips_weights.as_deref())?;
+            (lpips_loss, Some(d))
+        }
+        LossName::Auto => {
+            if lpips_fits {
+                eprintln!(
+                    "note: training with L2: the LPIPS(VGG) backbone is not in the Hugging Face \
+                     cache (`cargo xtask fetch-weights vgg16` fetches it, or give --lpips-weights)"
+                );
             }
+            (Loss::L2, None)
         }
-        LossName::Auto => (Loss::L2, None),
     };
     let is_edm = matches!(
         model.noise_schedule().config(),
@@ -397,15 +422,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
             row.schedule, row.mean, row.median
         );
     }
-    if images::is_image(model.sample_shape()) {
+    if image {
         let compare = args.compare.clone().unwrap_or_else(|| {
             let mut p = args.out.clone().into_os_string();
             p.push(".compare.png");
             PathBuf::from(p)
         });
         write_comparison(&outcome, &compare)?;
-    } else if args.compare.is_some() {
-        bail!("--compare needs an image model");
     }
     println!(
         "wrote {} (run directory {})",

@@ -242,6 +242,18 @@ fn bad_input_gets_clear_errors() {
             "need an image model",
         ),
         (sample.clone(), "give the noise"),
+        (
+            ld3("sample").args(&[
+                "--quiet",
+                "--num-samples",
+                "1",
+                "--out",
+                "same.png",
+                "--grid",
+                "same.png",
+            ]),
+            "would overwrite --out",
+        ),
     ];
     for (cmd, want) in cases {
         cmd.fails_with(want);
@@ -314,7 +326,7 @@ fn train_writes_a_schedule_that_sample_uses_and_refuses_bad_input() {
     for (extra, want) in [
         (vec!["--resume", "/nonexistent-run"], "no run to resume"),
         (vec!["--radius", "-1"], "--radius"),
-        (vec!["--loss", "lpips"], "compares images"),
+        (vec!["--loss", "lpips"], "compares RGB or grey images"),
         (
             vec!["--nfe", "2", "--solver", "unipc", "--order", "3"],
             "too small",
@@ -349,7 +361,7 @@ fn trains_on_the_embedded_network_with_lpips_and_draws_the_comparison() {
         .path("--lpips-weights", &backbone)
         .path("--out", &out)
         .ok();
-    assert!(stdout.contains("held-out lpips distance"), "{stdout}");
+    assert!(stdout.contains("held-out lpips-alex distance"), "{stdout}");
     assert!(stdout.contains("rows teacher, best hand-made"), "{stdout}");
     let compare = tmp(&dir, "mnist.json.compare.png");
     let decoder = png::Decoder::new(std::io::BufReader::new(

@@ -66,6 +66,15 @@ impl LpipsNet {
         }
     }
 
+    /// The smallest image side the backbone's pooling accepts (VGG16: four 2×2 pools; AlexNet:
+    /// a stride-4 11×11 convolution and two 3×3 stride-2 pools).
+    pub fn min_size(self) -> usize {
+        match self {
+            Self::Vgg16 => 16,
+            Self::Alex => 31,
+        }
+    }
+
     /// Name as the lpips package spells it (`vgg`, `alex`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -254,6 +263,14 @@ impl Lpips {
                 "LPIPS compares two [B, 1 or 3, H, W] batches of the same shape, got {:?} and {:?}",
                 x0.dims(),
                 x1.dims()
+            )));
+        }
+        let min = self.net.min_size();
+        if x0.dim(2)?.min(x0.dim(3)?) < min {
+            return Err(Error::Invalid(format!(
+                "LPIPS-{} needs images of at least {min}x{min} pixels, got {:?}",
+                self.net.as_str(),
+                x0.dims()
             )));
         }
         let rgb = |x: &Tensor| -> Result<Tensor> {

@@ -220,7 +220,10 @@ impl DiffusersUNet {
             unet,
             schedule,
             parameterization,
-            num_train_timesteps: sched.num_train_timesteps,
+            num_train_timesteps: sched
+                .trained_betas
+                .as_ref()
+                .map_or(sched.num_train_timesteps, Vec::len),
             shape,
             name: name.to_string(),
             dtype,
@@ -288,7 +291,11 @@ impl Denoiser for DiffusersUNet {
     }
     /// Runs in the weights' dtype (chosen at load); `x` and the output keep the caller's.
     fn forward(&self, x: &Tensor, t_net: &Tensor) -> Result<Tensor> {
-        let steps = self.timestep_index(&t_net.to_dtype(self.dtype)?)?;
+        let t_dtype = match self.dtype {
+            DType::F64 => DType::F64,
+            _ => DType::F32,
+        };
+        let steps = self.timestep_index(&t_net.to_dtype(t_dtype)?)?;
         let out = self.unet.forward(&x.to_dtype(self.dtype)?, &steps)?;
         Ok(out.to_dtype(x.dtype())?)
     }

@@ -1,5 +1,5 @@
 //! Known models by name: where their files come from (compiled in, or a hub repository at a
-//! pinned revision), what they are, and their licence. `cargo xtask fetch-weights NAME` fetches
+//! named revision), what they are, and their licence. `cargo xtask fetch-weights NAME` fetches
 //! the hub ones into the Hugging Face cache; loading reads them from there without a network.
 
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@ use ld3_solvers::{Error, Result};
 
 /// A per-sample distance d(a, b) for batches [B, ...]; returns [B]. Must be differentiable in `a`.
 pub trait Distance: Send + Sync {
-    /// Name for logs and schedule files (`l2`, `l1`, `lpips`).
+    /// Name for logs and schedule files (`l2`, `l1`, `lpips-vgg`, `lpips-alex`).
     fn name(&self) -> &'static str;
     /// d(a_b, b_b) for every sample b.
     fn per_sample(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
@@ -55,7 +55,10 @@ pub struct LpipsDistance(pub ld3_metrics::Lpips);
 
 impl Distance for LpipsDistance {
     fn name(&self) -> &'static str {
-        "lpips"
+        match self.0.net() {
+            ld3_metrics::LpipsNet::Vgg16 => "lpips-vgg",
+            ld3_metrics::LpipsNet::Alex => "lpips-alex",
+        }
     }
     fn per_sample(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         check(a, b)?;

@@ -48,8 +48,22 @@ pub enum Loss {
     L2,
     /// Mean absolute error per sample.
     L1,
-    /// LPIPS (the paper's loss): the network comes with [`Trainer::with_distance`].
-    Lpips,
+    /// LPIPS(VGG16) (the paper's loss): the network comes with [`Trainer::with_distance`].
+    LpipsVgg,
+    /// LPIPS(AlexNet), likewise.
+    LpipsAlex,
+}
+
+impl Loss {
+    /// The [`Distance::name`] this loss expects.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::L2 => "l2",
+            Self::L1 => "l1",
+            Self::LpipsVgg => "lpips-vgg",
+            Self::LpipsAlex => "lpips-alex",
+        }
+    }
 }
 
 /// How the per-sample validation losses are summarised into the number that picks the best.
@@ -349,7 +363,7 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// The distance to use for [`Loss::Lpips`] (or to replace the built-in L2/L1): its
+    /// The distance to use for the LPIPS losses (or to replace the built-in L2/L1): its
     /// [`Distance::name`] must be the configured loss's.
     pub fn with_distance(mut self, distance: std::sync::Arc<dyn Distance>) -> Self {
         self.distance = Some(distance);
@@ -372,11 +386,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn distance(&self) -> Result<std::sync::Arc<dyn Distance>> {
-        let name = match self.config.loss {
-            Loss::L2 => "l2",
-            Loss::L1 => "l1",
-            Loss::Lpips => "lpips",
-        };
+        let name = self.config.loss.name();
         match (&self.distance, self.config.loss) {
             (Some(d), _) if d.name() == name => Ok(d.clone()),
             (Some(d), _) => Err(Error::Invalid(format!(
@@ -385,7 +395,7 @@ impl<'a> Trainer<'a> {
             ))),
             (None, Loss::L2) => Ok(std::sync::Arc::new(L2)),
             (None, Loss::L1) => Ok(std::sync::Arc::new(L1)),
-            (None, Loss::Lpips) => Err(Error::Invalid(
+            (None, Loss::LpipsVgg | Loss::LpipsAlex) => Err(Error::Invalid(
                 "the LPIPS loss needs its network: give it with Trainer::with_distance \
                  (ld3 train --loss lpips loads it)"
                     .into(),

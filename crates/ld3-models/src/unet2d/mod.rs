@@ -154,17 +154,31 @@ impl UNet2DModel {
             );
         }
         let b = dims[0];
-        let timesteps = timesteps.to_dtype(x.dtype())?;
+        // The step index and its sinusoids in f32 at least (as diffusers): in f16/bf16 the
+        // index near 999 would be rounded to steps of 0.5 to 4.
+        let t_dtype = match x.dtype() {
+            candle_core::DType::F64 => candle_core::DType::F64,
+            _ => candle_core::DType::F32,
+        };
+        let timesteps = timesteps.to_dtype(t_dtype)?;
         let timesteps = match timesteps.rank() {
             0 => timesteps.reshape(1)?.broadcast_as(b)?.contiguous()?,
-            _ => timesteps.reshape(b)?,
+            _ if timesteps.elem_count() == 1 => {
+                timesteps.reshape(1)?.broadcast_as(b)?.contiguous()?
+            }
+            _ if timesteps.elem_count() == b => timesteps.reshape(b)?,
+            _ => candle_core::bail!(
+                "timesteps must be a scalar, [1] or [{b}] for a batch of {b}, got {:?}",
+                timesteps.dims()
+            ),
         };
         let t_emb = blocks::timestep_embedding(
             &timesteps,
             c.block_out_channels[0],
             c.flip_sin_to_cos,
             c.freq_shift,
-        )?;
+        )?
+        .to_dtype(x.dtype())?;
         let temb = self.time_embedding.forward(&t_emb)?;
 
         let x = if c.center_input_sample {
