@@ -1,0 +1,140 @@
+//! The Fréchet distance between Gaussian fits of features (Heusel et al. 2017, FID) and the
+//! kernel inception distance (Bińkowski et al. 2018, KID), as pytorch-fid and torch-fidelity
+//! compute them from features; statistics read from and written to `.npz` (`mu`, `sigma`: the
+//! layout of EDM's and pytorch-fid's reference files).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use ld3_solvers::{Error, Result};
+use nalgebra::{DMatrix, DVector, SymmetricEigen};
+
+/// Mean and covariance of a feature set.
+#[derive(Clone, Debug)]
+pub struct FeatureStats {
+    /// Mean feature.
+    pub mu: DVector<f64>,
+    /// Covariance (unbiased, N − 1, as `np.cov`).
+    pub sigma: DMatrix<f64>,
+}
+
+fn invalid(msg: String) -> Error {
+    Error::Invalid(msg)
+}
+
+impl FeatureStats {
+    /// From features [N, D], N ≥ 2.
+    pub fn from_features(features: &Tensor) -> Result<Self> {
+        let (n, d) = features.dims2().map_err(|_| {
+            invalid(format!(
+                "features must be [N, D], got {:?}",
+                features.dims()
+            ))
+        })?;
+        if n < 2 {
+            return Err(invalid(format!(
+                "statistics need at least 2 samples, got {n}; add images"
+            )));
+        }
+        let data: Vec<f64> = features.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        let x = DMatrix::from_row_slice(n, d, &data);
+        let mu = x.row_mean().transpose();
+        let centred = DMatrix::from_fn(n, d, |i, j| x[(i, j)] - mu[j]);
+        let sigma = (centred.transpose() * &centred) / (n as f64 - 1.0);
+        Ok(Self { mu, sigma })
+    }
+
+    /// Reads `mu` and `sigma` from an `.npz` file.
+    pub fn read_npz(path: &Path) -> Result<Self> {
+        let label = path.display().to_string();
+        let tensors = Tensor::read_npz_by_name(path, &["mu", "sigma"]).map_err(|e| {
+            invalid(format!(
+                "{label}: not a statistics file with arrays `mu` and `sigma` ({e})"
+            ))
+        })?;
+        let mu: Vec<f64> = tensors[0].to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        let d = mu.len();
+        if tensors[1].dims() != [d, d] {
+            return Err(invalid(format!(
+                "{label}: `sigma` is {:?}, but `mu` has {d} entries",
+                tensors[1].dims()
+            )));
+        }
+        let sigma: Vec<f64> = tensors[1].to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        Ok(Self {
+            mu: DVector::from_vec(mu),
+            sigma: DMatrix::from_row_slice(d, d, &sigma),
+        })
+    }
+
+    /// Writes `mu` and `sigma` (f64) to an `.npz` file.
+    pub fn write_npz(&self, path: &Path) -> Result<()> {
+        let d = self.mu.len();
+        let mu = Tensor::from_slice(self.mu.as_slice(), d, &Device::Cpu)?;
+        let rows: Vec<f64> = self.sigma.transpose().as_slice().to_vec();
+        let sigma = Tensor::from_vec(rows, (d, d), &Device::Cpu)?;
+        Tensor::write_npz(&[("mu", &mu), ("sigma", &sigma)], path)?;
+        Ok(())
+    }
+}
+
+/// ‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½). The trace of the square root is Σ √λ over the
+/// eigenvalues of the symmetric PSD Σ₁^½ Σ₂ Σ₁^½ (similar to Σ₁Σ₂), with round-off negatives
+/// clamped to 0: no general matrix square root, and singular covariances need no offset.
+pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
+    if a.mu.len() != b.mu.len() {
+        return Err(invalid(format!(
+            "statistics of {}- and {}-dimensional features cannot be compared",
+            a.mu.len(),
+            b.mu.len()
+        )));
+    }
+    let sqrt_psd = |m: &DMatrix<f64>| -> DMatrix<f64> {
+        let sym = (m + m.transpose()) * 0.5;
+        let eig = SymmetricEigen::new(sym);
+        let roots = eig.eigenvalues.map(|l| l.max(0.0).sqrt());
+        &eig.eigenvectors * DMatrix::from_diagonal(&roots) * eig.eigenvectors.transpose()
+    };
+    let s1 = sqrt_psd(&a.sigma);
+    let inner = &s1 * &b.sigma * &s1;
+    let inner = (&inner + inner.transpose()) * 0.5;
+    let tr_covmean: f64 = SymmetricEigen::new(inner)
+        .eigenvalues
+        .iter()
+        .map(|l| l.max(0.0).sqrt())
+        .sum();
+    let diff = &a.mu - &b.mu;
+    let fid = diff.dot(&diff) + a.sigma.trace() + b.sigma.trace() - 2.0 * tr_covmean;
+    if !fid.is_finite() {
+        return Err(invalid(
+            "the Fréchet distance is not finite: the statistics hold NaN or infinity".into(),
+        ));
+    }
+    Ok(fid)
+}
+
+/// KID: the unbiased MMD² with the polynomial kernel (x·y/D + 1)³ between `x` [m, D] and
+/// `y` [m, D] (torch-fidelity's estimator for one subset; average over subsets for its mean).
+pub fn kid_mmd2(x: &Tensor, y: &Tensor) -> Result<f64> {
+    let (m, d) = x.dims2()?;
+    if y.dims() != [m, d] || m < 2 {
+        return Err(invalid(format!(
+            "KID compares two [m, D] feature sets of the same size, m ≥ 2; got {:?} and {:?}",
+            x.dims(),
+            y.dims()
+        )));
+    }
+    let (x, y) = (x.to_dtype(DType::F64)?, y.to_dtype(DType::F64)?);
+    let kernel = |a: &Tensor, b: &Tensor| -> Result<Tensor> {
+        Ok(((a.matmul(&b.t()?)? / d as f64)? + 1.0)?.powf(3.0)?)
+    };
+    let (kxx, kyy, kxy) = (kernel(&x, &x)?, kernel(&y, &y)?, kernel(&x, &y)?);
+    let sum = |t: &Tensor| -> Result<f64> { Ok(t.sum_all()?.to_scalar::<f64>()?) };
+    let trace = |t: &Tensor| -> Result<f64> {
+        let v: Vec<Vec<f64>> = t.to_vec2()?;
+        Ok((0..m).map(|i| v[i][i]).sum())
+    };
+    let m = m as f64;
+    let within = (sum(&kxx)? - trace(&kxx)? + sum(&kyy)? - trace(&kyy)?) / (m * (m - 1.0));
+    Ok(within - 2.0 * sum(&kxy)? / (m * m))
+}
