@@ -275,6 +275,38 @@ pub struct Level {
     pub scale_shift: bool,
 }
 
+impl Level {
+    /// Layer `i` of a block: a ResNet from `c_in` channels and, at attention levels, the
+    /// attention after it.
+    fn layer(
+        &self,
+        c_in: usize,
+        i: usize,
+        vb: &VarBuilder,
+    ) -> Result<(ResnetBlock, Option<SelfAttention>)> {
+        let resnet = ResnetBlock::new(
+            c_in,
+            self.c_out,
+            self.temb,
+            self.norms,
+            self.scale_shift,
+            1.0,
+            vb.pp(format!("resnets.{i}")),
+        )?;
+        let attention = match self.head_dim {
+            Some(hd) => Some(SelfAttention::new(
+                self.c_out,
+                hd,
+                self.attn_norms,
+                1.0,
+                vb.pp(format!("attentions.{i}")),
+            )?),
+            None => None,
+        };
+        Ok((resnet, attention))
+    }
+}
+
 impl DownBlock {
     /// `layers` ResNets; `downsample_padding` as in the config, `None` for the last level.
     pub fn new(
@@ -287,24 +319,9 @@ impl DownBlock {
         let mut attentions = Vec::new();
         for i in 0..layers {
             let c_in = if i == 0 { level.c_in } else { level.c_out };
-            resnets.push(ResnetBlock::new(
-                c_in,
-                level.c_out,
-                level.temb,
-                level.norms,
-                level.scale_shift,
-                1.0,
-                vb.pp(format!("resnets.{i}")),
-            )?);
-            if let Some(hd) = level.head_dim {
-                attentions.push(SelfAttention::new(
-                    level.c_out,
-                    hd,
-                    level.attn_norms,
-                    1.0,
-                    vb.pp(format!("attentions.{i}")),
-                )?);
-            }
+            let (resnet, attention) = level.layer(c_in, i, &vb)?;
+            resnets.push(resnet);
+            attentions.extend(attention);
         }
         let downsampler = match downsample {
             Some(pad) => Some((
@@ -379,24 +396,9 @@ impl UpBlock {
                 level.c_out
             };
             let c_in = if i == 0 { prev } else { level.c_out };
-            resnets.push(ResnetBlock::new(
-                c_in + skip,
-                level.c_out,
-                level.temb,
-                level.norms,
-                level.scale_shift,
-                1.0,
-                vb.pp(format!("resnets.{i}")),
-            )?);
-            if let Some(hd) = level.head_dim {
-                attentions.push(SelfAttention::new(
-                    level.c_out,
-                    hd,
-                    level.attn_norms,
-                    1.0,
-                    vb.pp(format!("attentions.{i}")),
-                )?);
-            }
+            let (resnet, attention) = level.layer(c_in + skip, i, &vb)?;
+            resnets.push(resnet);
+            attentions.extend(attention);
         }
         let upsampler = if upsample {
             Some(conv(
