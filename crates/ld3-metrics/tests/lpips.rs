@@ -100,3 +100,27 @@ fn gradient_matches_finite_differences() {
         report.assert_within(1e-5);
     }
 }
+
+#[test]
+fn a_wrong_backbone_file_gets_a_clear_error() {
+    let unet = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/unet/tiny-attn/diffusion_pytorch_model.safetensors");
+    let e = match Lpips::load(LpipsNet::Vgg16, &unet, DType::F32, &Device::Cpu) {
+        Ok(_) => panic!("a UNet loaded as VGG16"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("not a vgg backbone") && e.contains("features.0.weight"),
+        "{e}"
+    );
+    let e = match Lpips::load(
+        LpipsNet::Alex,
+        Path::new("/nonexistent.safetensors"),
+        DType::F32,
+        &Device::Cpu,
+    ) {
+        Ok(_) => panic!("a missing file loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("/nonexistent.safetensors"), "{e}");
+}
