@@ -9,5 +9,6 @@
 pub mod fid;
 pub mod lpips;
 mod pool;
+pub mod resize;
 
 pub use lpips::{pseudo_random_backbone, Lpips, LpipsNet};
