@@ -46,6 +46,22 @@ fn statistics_from_features_equal_the_stored_ones_and_round_trip() {
     let kid = kid_mmd2(&f[0], &f[1]).unwrap();
     let want = reference("kid_x_y");
     assert!(((kid - want) / want).abs() < 1e-9, "KID {kid} vs {want}");
+    // Subsets that are whole sets are permutations: every subset gives the reference value.
+    let (mean, std) = ld3_metrics::fid::kid(&f[0], &f[1], 3, 200, 7).unwrap();
+    assert!(
+        ((mean - want) / want).abs() < 1e-9 && std < 1e-12,
+        "{mean} ± {std}"
+    );
+    // Smaller subsets scatter around it.
+    let (mean, std) = ld3_metrics::fid::kid(&f[0], &f[1], 50, 50, 7).unwrap();
+    assert!(
+        std > 0.0 && (mean - want).abs() < 4.0 * std,
+        "{mean} ± {std} vs {want}"
+    );
+    let e = ld3_metrics::fid::kid(&f[0], &f[1], 10, 201, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("lower the subset size"), "{e}");
 }
 
 #[test]
