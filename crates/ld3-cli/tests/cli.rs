@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use ld3_solvers::gradcheck::max_abs_diff;
+
 /// One `ld3` invocation, built up argument by argument.
 #[derive(Clone)]
 struct Ld3(Vec<String>, Vec<(String, String)>);
@@ -71,17 +73,6 @@ fn read_samples(path: &Path) -> candle_core::Tensor {
         .unwrap()
 }
 
-fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -120,7 +111,7 @@ fn samples_the_embedded_default_as_tensors_and_pngs_reproducible_per_image() {
         .path("--out", &one)
         .ok();
     let again = read_samples(&one);
-    assert!(max_abs_diff(&again, &s.narrow(0, 1, 1).unwrap()) < 1e-4);
+    assert!(max_abs_diff(&again, &s.narrow(0, 1, 1).unwrap()).unwrap() < 1e-4);
 }
 
 #[test]
@@ -174,7 +165,7 @@ fn fixture_noise_reaches_the_exact_solution_and_schedule_files_round_trip() {
         .ok();
     sample.args(&unipc).path("--out", &b).ok();
     let (xa, xb) = (read_samples(&a), read_samples(&b));
-    assert_eq!(max_abs_diff(&xa, &xb), 0.0);
+    assert_eq!(max_abs_diff(&xa, &xb).unwrap(), 0.0);
     let exact: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("edm-public/exact.json")).unwrap())
             .unwrap();

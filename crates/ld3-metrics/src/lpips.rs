@@ -152,6 +152,9 @@ pub struct Lpips {
     net: LpipsNet,
     ops: Vec<Op>,
     heads: Vec<Tensor>,
+    /// The scaling layer's shift and scale, [1, 3, 1, 1].
+    shift: Tensor,
+    scale: Tensor,
     dtype: DType,
 }
 
@@ -197,11 +200,17 @@ impl Lpips {
             .enumerate()
             .map(|(k, &c)| heads.get((1, c, 1, 1), &format!("lin{k}.model.1.weight")))
             .collect::<candle_core::Result<_>>()?;
+        let (dtype, dev) = (backbone.dtype(), backbone.device().clone());
+        let constant = |v: &[f64; 3]| -> candle_core::Result<Tensor> {
+            Tensor::new(v, &dev)?.to_dtype(dtype)?.reshape((1, 3, 1, 1))
+        };
         Ok(Self {
             net,
             ops,
             heads,
-            dtype: backbone.dtype(),
+            shift: constant(&SHIFT)?,
+            scale: constant(&SCALE)?,
+            dtype,
         })
     }
 
@@ -231,14 +240,7 @@ impl Lpips {
     }
 
     fn features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let dev = x.device();
-        let shift = Tensor::new(&SHIFT, dev)?
-            .to_dtype(self.dtype)?
-            .reshape((1, 3, 1, 1))?;
-        let scale = Tensor::new(&SCALE, dev)?
-            .to_dtype(self.dtype)?
-            .reshape((1, 3, 1, 1))?;
-        let mut h = x.broadcast_sub(&shift)?.broadcast_div(&scale)?;
+        let mut h = x.broadcast_sub(&self.shift)?.broadcast_div(&self.scale)?;
         let mut taps = Vec::with_capacity(5);
         for op in &self.ops {
             h = match op {

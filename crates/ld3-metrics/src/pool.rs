@@ -50,6 +50,7 @@ pub fn max_pool(x: &Tensor, k: usize, s: usize) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+    use ld3_solvers::gradcheck::max_abs_diff;
 
     #[test]
     fn matches_candles_forward_and_has_the_right_gradient() {
@@ -58,14 +59,7 @@ mod tests {
             let want = x.max_pool2d_with_stride(k, s).unwrap();
             let got = max_pool(&x, k, s).unwrap();
             assert_eq!(got.dims(), want.dims());
-            let d: f64 = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d = max_abs_diff(&got, &want).unwrap();
             assert_eq!(d, 0.0, "k {k} s {s}");
         }
         // d/dx sum(maxpool(x)) counts how many windows pick each element.

@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use ld3_metrics::{pseudo_random_backbone, Lpips, LpipsNet};
 use ld3_models::Checkpoint;
-use ld3_solvers::gradcheck::GradCheck;
+use ld3_solvers::gradcheck::{max_abs_diff, GradCheck};
 
 fn lpips(net: LpipsNet, dtype: DType) -> Lpips {
     let dev = Device::Cpu;
@@ -62,14 +62,7 @@ fn identical_images_are_at_distance_zero_and_grey_is_repeated() {
                 .unwrap(),
         )
         .unwrap();
-    let diff: f32 = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let diff = max_abs_diff(&a, &b).unwrap();
     assert_eq!(diff, 0.0);
     let e = m.per_sample(&r["x0"], &grey).unwrap_err().to_string();
     assert!(e.contains("same shape"), "{e}");

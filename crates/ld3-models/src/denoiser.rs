@@ -101,6 +101,7 @@ impl Predictor for DenoiserPredictor<'_> {
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
+    use ld3_solvers::gradcheck::max_abs_diff;
     use ld3_solvers::noise::VpLinear;
 
     /// A fake model that returns a fixed (x_0, ε) pair in any parameterisation.
@@ -158,14 +159,7 @@ mod tests {
             let p = DenoiserPredictor::new(&m);
             for (target, want) in [(Target::Data, &x0), (Target::Noise, &eps)] {
                 let got = p.predict(&x, &t_net, target).unwrap();
-                let diff: f64 = (got - want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap();
+                let diff = max_abs_diff(&got, want).unwrap();
                 assert!(diff < 1e-12, "{param:?} {target:?}: {diff}");
             }
         }

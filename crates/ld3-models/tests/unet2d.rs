@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use ld3_models::diffusers::WEIGHTS_FILES;
 use ld3_models::registry::{resolve_hub, HubFile};
 use ld3_models::{load_model, Denoiser, DenoiserPredictor, DiffusersUNet, DEFAULT_MODEL};
-use ld3_solvers::gradcheck::GradCheck;
+use ld3_solvers::gradcheck::{max_abs_diff, GradCheck};
 use ld3_solvers::steps::{LogSnrUniform, StepSchedule};
 use ld3_solvers::{SolverConfig, SolverName, Times};
 
@@ -62,17 +62,8 @@ fn via_hub_cache(name: &str) -> PathBuf {
 }
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let max = |t: Tensor| {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    };
-    max((a - &b).unwrap()) / max(b)
+    let scale = max_abs_diff(b, &b.zeros_like().unwrap()).unwrap();
+    max_abs_diff(a, b).unwrap() / scale
 }
 
 fn reference(dir: &Path) -> HashMap<String, Tensor> {

@@ -15,6 +15,13 @@ use candle_core::{DType, Tensor, Var};
 
 use crate::error::{invalid, Result};
 
+/// max |a − b| over all elements (in f64), for comparisons in tests and examples.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = a.to_dtype(DType::F64)?;
+    let b = b.to_dtype(DType::F64)?;
+    Ok((a - b)?.abs()?.max_all()?.to_scalar::<f64>()?)
+}
+
 /// Central differences against candle's backprop.
 #[derive(Clone, Debug)]
 pub struct GradCheck {

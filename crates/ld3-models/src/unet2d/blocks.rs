@@ -31,6 +31,15 @@ pub fn upsample_nearest_2x(x: &Tensor) -> Result<Tensor> {
         .reshape((b, c, 2 * h, 2 * w))
 }
 
+/// `x / factor`, skipping the division for the usual factor 1.
+fn divided(x: Tensor, factor: f64) -> Result<Tensor> {
+    if factor == 1.0 {
+        Ok(x)
+    } else {
+        x / factor
+    }
+}
+
 /// diffusers' `get_timestep_embedding`: sinusoids of `timesteps` [B] at `dim` frequencies
 /// exp(−ln(10⁴)·i/(dim/2 − shift)), halves ordered (cos, sin) when `flip_sin_to_cos`.
 pub fn timestep_embedding(
@@ -155,12 +164,7 @@ impl ResnetBlock {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
-        let out = (skip + h)?;
-        if self.output_scale_factor == 1.0 {
-            Ok(out)
-        } else {
-            out / self.output_scale_factor
-        }
+        divided((skip + h)?, self.output_scale_factor)
     }
 }
 
@@ -240,12 +244,7 @@ impl SelfAttention {
             .forward(&out)?
             .transpose(1, 2)?
             .reshape((b, c, h, w))?;
-        let out = (out + x)?;
-        if self.rescale == 1.0 {
-            Ok(out)
-        } else {
-            out / self.rescale
-        }
+        divided((out + x)?, self.rescale)
     }
 }
 
