@@ -7,8 +7,11 @@
 //! features, statistics in `.npz`; the Inception feature network follows.
 
 pub mod fid;
+pub mod images;
+pub mod inception;
 pub mod lpips;
 mod pool;
 pub mod resize;
 
+pub use inception::{FidInception, FidMode};
 pub use lpips::{pseudo_random_backbone, Lpips, LpipsNet};

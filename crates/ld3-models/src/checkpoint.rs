@@ -24,12 +24,77 @@ struct Tracked {
 
 struct Backend(Arc<Tracked>);
 
+/// Every tensor of a TorchScript archive (`torch.jit.save`): `*/data.pkl` pickles the module
+/// tree (objects whose state is a dict of attributes), the tensors' bytes are in `*/data/N`.
+fn torchscript_tensors(path: &Path) -> candle_core::Result<Vec<(String, Tensor)>> {
+    use candle_core::pickle::{Object, Stack, TensorInfo};
+    use std::io::Read;
+
+    fn walk(
+        obj: Object,
+        prefix: &str,
+        dir: &Path,
+        out: &mut Vec<TensorInfo>,
+    ) -> candle_core::Result<()> {
+        match obj {
+            Object::Build { args, .. } => walk(*args, prefix, dir, out),
+            Object::Dict(items) => {
+                for (key, value) in items {
+                    let Object::Unicode(key) = key else { continue };
+                    let name = format!("{prefix}{key}");
+                    match value
+                        .clone()
+                        .into_tensor_info(Object::Unicode(name.clone()), dir)?
+                    {
+                        Some(info) => out.push(info),
+                        None => walk(value, &format!("{name}."), dir, out)?,
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut zip = zip::ZipArchive::new(file)?;
+    let mut pickles = Vec::new();
+    for name in zip.file_names() {
+        let name = name?;
+        if name.ends_with("/data.pkl") {
+            pickles.push(name.into_owned());
+        }
+    }
+    let mut infos = Vec::new();
+    for pkl in pickles {
+        let dir = std::path::PathBuf::from(pkl.trim_end_matches(".pkl"));
+        let mut stack = Stack::empty();
+        stack.read_loop(&mut std::io::BufReader::new(zip.by_name(&pkl)?))?;
+        walk(stack.finalize()?, "", &dir, &mut infos)?;
+    }
+    let mut tensors = Vec::with_capacity(infos.len());
+    for info in infos {
+        if !info.layout.is_contiguous() {
+            candle_core::bail!("tensor {} is not contiguous ({:?})", info.name, info.layout);
+        }
+        let mut entry = zip.by_name(&info.path)?;
+        let skip = info.layout.start_offset() as u64;
+        std::io::copy(&mut entry.by_ref().take(skip), &mut std::io::sink())?;
+        let mut bytes = vec![0u8; info.layout.shape().elem_count() * info.dtype.size_in_bytes()];
+        entry.read_exact(&mut bytes)?;
+        let t = Tensor::from_raw_buffer(&bytes, info.dtype, info.layout.dims(), &Device::Cpu)?;
+        tensors.push((info.name, t));
+    }
+    Ok(tensors)
+}
+
 fn model_error(msg: String) -> Error {
     Error::Model(msg.into())
 }
 
 impl Checkpoint {
-    /// Reads `path`: `.safetensors`, or a PyTorch `.bin`/`.pt`/`.pth` state dict.
+    /// Reads `path`: `.safetensors`, a PyTorch `.bin`/`.pt`/`.pth` state dict, or a TorchScript
+    /// archive (`torch.jit.save`; tensors named by their module path, e.g. `net.layers.conv.weight`).
     pub fn from_file(path: &Path) -> Result<Self> {
         let label = path.display().to_string();
         let is_pickle = matches!(
@@ -40,9 +105,21 @@ impl Checkpoint {
             if !path.is_file() {
                 return Err(model_error(format!("{label}: no such file")));
             }
-            let tensors = candle_core::pickle::read_all(path).map_err(|e| {
+            let mut tensors = candle_core::pickle::read_all(path).map_err(|e| {
                 model_error(format!("{label}: not a readable PyTorch state dict ({e})"))
             })?;
+            if tensors.is_empty() {
+                // Not a state dict: a TorchScript archive keeps its tensors in the modules.
+                tensors = torchscript_tensors(path).map_err(|e| {
+                    model_error(format!("{label}: not a readable TorchScript archive ({e})"))
+                })?;
+            }
+            if tensors.is_empty() {
+                return Err(model_error(format!(
+                    "{label}: holds no tensor (neither a PyTorch state dict nor a TorchScript \
+                     module)"
+                )));
+            }
             return Ok(Self::new(label, tensors.into_iter().collect()));
         }
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
@@ -100,12 +177,18 @@ impl Checkpoint {
 
     /// Fails if the file holds tensors that building the model did not take.
     pub fn check_all_used(&self, what: &str) -> Result<()> {
+        self.check_all_used_except(what, |_| false)
+    }
+
+    /// Like [`Checkpoint::check_all_used`], not counting the tensors `ignore` names (e.g.
+    /// batch-norm step counters).
+    pub fn check_all_used_except(&self, what: &str, ignore: impl Fn(&str) -> bool) -> Result<()> {
         let used = self.inner.used.lock().expect("checkpoint lock");
         let mut unused: Vec<&String> = self
             .inner
             .tensors
             .keys()
-            .filter(|k| !used.contains(*k))
+            .filter(|k| !used.contains(*k) && !ignore(k))
             .collect();
         if unused.is_empty() {
             return Ok(());
