@@ -1,5 +1,6 @@
 //! `ld3`: sample diffusion models with classic or learned time steps.
 
+mod eval;
 mod images;
 mod sample;
 mod schedule;
@@ -23,6 +24,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Write the schedule file of a hand-made step schedule (to inspect, edit or reuse).
     Schedule(schedule::ScheduleArgs),
+    /// FID/KID of image folders or statistics, and schedules scored against a teacher and
+    /// reference statistics.
+    Eval(eval::EvalArgs),
     /// List the embedded models, solvers and step schedules.
     List,
 }
@@ -31,6 +35,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sample(args) => sample::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Schedule(args) => schedule::run(args),
         Command::Train(args) => train::run(args),
         Command::List => {

@@ -89,7 +89,7 @@ fn cached_vgg16() -> Option<PathBuf> {
 }
 
 /// The LPIPS distance, its backbone from `--lpips-weights` or the cached `vgg16` entry.
-fn lpips_distance(
+pub(crate) fn lpips_distance(
     net: LpipsNet,
     weights: Option<&std::path::Path>,
 ) -> Result<Arc<dyn ld3_train::Distance>> {

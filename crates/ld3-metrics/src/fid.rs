@@ -7,7 +7,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use ld3_solvers::{Error, Result};
-use nalgebra::{DMatrix, DVector, SymmetricEigen};
+use nalgebra::{DMatrix, DVector};
 
 /// Mean and covariance of a feature set.
 #[derive(Clone, Debug)]
@@ -69,11 +69,18 @@ impl FeatureStats {
 
     /// Writes `mu` and `sigma` (f64) to an `.npz` file.
     pub fn write_npz(&self, path: &Path) -> Result<()> {
+        self.write_npz_with(path, &[])
+    }
+
+    /// Writes `mu`, `sigma` and the `extra` arrays to an `.npz` file.
+    pub fn write_npz_with(&self, path: &Path, extra: &[(&str, Tensor)]) -> Result<()> {
         let d = self.mu.len();
         let mu = Tensor::from_slice(self.mu.as_slice(), d, &Device::Cpu)?;
         let rows: Vec<f64> = self.sigma.transpose().as_slice().to_vec();
         let sigma = Tensor::from_vec(rows, (d, d), &Device::Cpu)?;
-        Tensor::write_npz(&[("mu", &mu), ("sigma", &sigma)], path)?;
+        let mut arrays = vec![("mu", &mu), ("sigma", &sigma)];
+        arrays.extend(extra.iter().map(|(k, t)| (*k, t)));
+        Tensor::write_npz(&arrays, path)?;
         Ok(())
     }
 }
@@ -89,20 +96,7 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
             b.mu.len()
         )));
     }
-    let sqrt_psd = |m: &DMatrix<f64>| -> DMatrix<f64> {
-        let sym = (m + m.transpose()) * 0.5;
-        let eig = SymmetricEigen::new(sym);
-        let roots = eig.eigenvalues.map(|l| l.max(0.0).sqrt());
-        &eig.eigenvectors * DMatrix::from_diagonal(&roots) * eig.eigenvectors.transpose()
-    };
-    let s1 = sqrt_psd(&a.sigma);
-    let inner = &s1 * &b.sigma * &s1;
-    let inner = (&inner + inner.transpose()) * 0.5;
-    let tr_covmean: f64 = SymmetricEigen::new(inner)
-        .eigenvalues
-        .iter()
-        .map(|l| l.max(0.0).sqrt())
-        .sum();
+    let tr_covmean = trace_sqrt_product(&a.sigma, &b.sigma)?;
     let diff = &a.mu - &b.mu;
     let fid = diff.dot(&diff) + a.sigma.trace() + b.sigma.trace() - 2.0 * tr_covmean;
     if !fid.is_finite() {
@@ -111,6 +105,26 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
         ));
     }
     Ok(fid)
+}
+
+/// tr √(Σa·Σb) through symmetric eigendecompositions (faer's, blocked; exact for singular
+/// covariances, no offset needed): with S = Σa^½ (eigenvalues clamped at 0), Σa·Σb is similar to
+/// the symmetric PSD S·Σb·S, whose eigenvalues' roots sum to the trace.
+fn trace_sqrt_product(sigma_a: &DMatrix<f64>, sigma_b: &DMatrix<f64>) -> Result<f64> {
+    use faer::{Mat, Side};
+    let n = sigma_a.nrows();
+    let sym = |m: &DMatrix<f64>| Mat::from_fn(n, n, |i, j| 0.5 * (m[(i, j)] + m[(j, i)]));
+    let failed = |e: faer::linalg::evd::EvdError| {
+        invalid(format!("the eigendecomposition of a covariance did not converge ({e:?})"))
+    };
+    let evd = sym(sigma_a).self_adjoint_eigen(Side::Lower).map_err(failed)?;
+    let (u, lambda) = (evd.U(), evd.S().column_vector());
+    let u_scaled = Mat::from_fn(n, n, |i, j| u[(i, j)] * lambda[j].max(0.0).sqrt());
+    let s = &u_scaled * u.transpose();
+    let inner = &s * sym(sigma_b) * &s;
+    let inner = Mat::from_fn(n, n, |i, j| 0.5 * (inner[(i, j)] + inner[(j, i)]));
+    let eig = inner.self_adjoint_eigenvalues(Side::Lower).map_err(failed)?;
+    Ok(eig.iter().map(|l| l.max(0.0).sqrt()).sum())
 }
 
 /// KID as torch-fidelity reports it: the mean and standard deviation of [`kid_mmd2`] over

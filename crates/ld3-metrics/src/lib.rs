@@ -7,6 +7,7 @@
 //! features, statistics in `.npz`; the Inception feature network follows.
 
 pub mod fid;
+pub mod fid_sets;
 pub mod images;
 pub mod inception;
 pub mod lpips;

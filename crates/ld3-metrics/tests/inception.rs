@@ -162,3 +162,100 @@ fn real_weights_match_the_tools_features_and_fids() {
         }
     }
 }
+
+mod folders {
+    use super::*;
+    use ld3_metrics::fid_sets::{open_set, FidExtractor};
+
+    fn extractor() -> FidExtractor {
+        let mut e = FidExtractor::new(pseudo_random(), FidMode::Tf1, "pseudo-random");
+        e.batch_size = 4;
+        e
+    }
+
+    fn write_png(path: &Path, w: u32, h: u32, grey: bool) {
+        let file = std::fs::File::create(path).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+        enc.set_color(if grey {
+            png::ColorType::Grayscale
+        } else {
+            png::ColorType::Rgb
+        });
+        enc.set_depth(png::BitDepth::Eight);
+        let n = (w * h) as usize * if grey { 1 } else { 3 };
+        let data: Vec<u8> = (0..n).map(|i| (i * 37 % 251) as u8).collect();
+        enc.write_header().unwrap().write_image_data(&data).unwrap();
+    }
+
+    fn error_of(dir: &Path) -> String {
+        open_set(dir, Some(&extractor()), None, &mut |_, _| {})
+            .err()
+            .expect("an error")
+            .to_string()
+    }
+
+    #[test]
+    fn folder_fid_equals_the_fid_of_the_tools_features_and_is_cached() {
+        let e = extractor();
+        let cache = tempfile::tempdir().unwrap();
+        let a_dir = fixtures().join("images/cifar10/a");
+        let mut calls = 0;
+        let a = open_set(&a_dir, Some(&e), Some(cache.path()), &mut |_, _| calls += 1).unwrap();
+        assert_eq!(calls, 3, "10 images in batches of 4");
+        let b = open_set(
+            &fixtures().join("images/cifar10/b"),
+            Some(&e),
+            Some(cache.path()),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let want = reference("reference.safetensors")["tf1"].clone();
+        let wa = FeatureStats::from_features(&want.narrow(0, 0, 10).unwrap()).unwrap();
+        let wb = FeatureStats::from_features(&want.narrow(0, 10, 10).unwrap()).unwrap();
+        let (got, expected) = (
+            frechet_distance(&a.stats, &b.stats).unwrap(),
+            frechet_distance(&wa, &wb).unwrap(),
+        );
+        assert!(
+            ((got - expected) / expected).abs() < 1e-4,
+            "{got} vs {expected}"
+        );
+        // The second time comes from the cache, equal to the first.
+        let again = open_set(&a_dir, Some(&e), Some(cache.path()), &mut |_, _| {
+            panic!("recomputed")
+        })
+        .unwrap();
+        assert!(again.cached);
+        assert!((&again.stats.mu - &a.stats.mu).amax() < 1e-12);
+        // Another mode is another cache entry.
+        let pt = FidExtractor::new(pseudo_random(), FidMode::PytorchFid, "pseudo-random");
+        assert_ne!(
+            pt.cache_file(&a_dir, cache.path()).unwrap(),
+            e.cache_file(&a_dir, cache.path()).unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_folders_are_named_with_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = error_of(dir.path());
+        assert!(err.contains("holds no PNG or JPEG image"), "{err}");
+        write_png(&dir.path().join("a.png"), 32, 32, false);
+        let err = error_of(dir.path());
+        assert!(err.contains("at least 2 images, found 1"), "{err}");
+        write_png(&dir.path().join("b.png"), 32, 24, false);
+        let err = error_of(dir.path());
+        assert!(err.contains("b.png: is 32x24") && err.contains("one size"), "{err}");
+        write_png(&dir.path().join("b.png"), 32, 32, true);
+        let err = error_of(dir.path());
+        assert!(err.contains("b.png: is greyscale") && err.contains("a.png is RGB"), "{err}");
+        std::fs::write(dir.path().join("b.png"), b"not an image").unwrap();
+        let err = error_of(dir.path());
+        assert!(err.contains("b.png: neither a PNG nor a JPEG"), "{err}");
+        let err = open_set(&dir.path().join("stats.npz"), None, None, &mut |_, _| {})
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("no such statistics file"), "{err}");
+    }
+}

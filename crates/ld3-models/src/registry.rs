@@ -191,6 +191,15 @@ pub fn hf_cache_dir(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
         .or_else(|| set("HOME").map(|h| h.join(".cache").join("huggingface").join("hub")))
 }
 
+/// ld3-rs's own cache folder (fetched metric weights, cached FID statistics): `LD3_CACHE`, else
+/// `XDG_CACHE_HOME/ld3-rs`, else `HOME/.cache/ld3-rs`.
+pub fn ld3_cache_dir(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let set = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    set("LD3_CACHE")
+        .or_else(|| set("XDG_CACHE_HOME").map(|x| x.join("ld3-rs")))
+        .or_else(|| set("HOME").map(|h| h.join(".cache").join("ld3-rs")))
+}
+
 /// The snapshot folder of `repo` at `revision` inside the hub cache `cache`
 /// (`models--owner--name/snapshots/<commit>`; a branch or tag is resolved through `refs/`).
 /// `None` when the cache does not have it.

