@@ -158,6 +158,25 @@ fn check_compatible(a: &FeatureSet, b: &FeatureSet) -> Result<()> {
 
 fn run_fid(args: FidArgs) -> Result<()> {
     let needs_net = [&args.a, &args.b].iter().any(|p| p.is_dir());
+    // Two folders of different colour kinds fail before any network work.
+    if args.a.is_dir() && args.b.is_dir() {
+        let first = |dir: &Path| -> Result<(PathBuf, usize)> {
+            let f = ld3_metrics::images::list_images(dir)?.remove(0);
+            let c = ld3_metrics::images::read_image(&f)?.channels;
+            Ok((f, c))
+        };
+        let ((fa, ca), (fb, cb)) = (first(&args.a)?, first(&args.b)?);
+        if ca != cb {
+            let kind = |c| if c == 1 { "greyscale" } else { "RGB" };
+            bail!(
+                "{} is {} but {} is {}: compare images of one colour kind (convert one set)",
+                fa.display(),
+                kind(ca),
+                fb.display(),
+                kind(cb)
+            );
+        }
+    }
     let extractor = if needs_net {
         Some(args.inception.extractor()?)
     } else {
@@ -315,7 +334,8 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
     let mut files: Vec<(String, ScheduleFile)> = Vec::new();
     for path in &args.schedule_files {
         let file = ScheduleFile::read(path)?;
-        check_file_fits(&file, model.as_ref()).with_context(|| format!("using {}", path.display()))?;
+        check_file_fits(&file, model.as_ref())
+            .with_context(|| format!("using {}", path.display()))?;
         files.push((path.display().to_string(), file));
     }
     if files.is_empty() || args.with_hand_made {
@@ -328,13 +348,22 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
             .to_string();
         files.push((rule, file));
     }
-    let z = rng::standard_normal(args.seed, args.num_samples, &shape, DType::F32, &Device::Cpu)?;
+    let z = rng::standard_normal(
+        args.seed,
+        args.num_samples,
+        &shape,
+        DType::F32,
+        &Device::Cpu,
+    )?;
     let teacher = if args.no_teacher {
         None
     } else {
         let name: SolverName = args.teacher_solver.parse()?;
-        let variant: Option<UniPcVariant> =
-            args.teacher_variant.as_deref().map(str::parse).transpose()?;
+        let variant: Option<UniPcVariant> = args
+            .teacher_variant
+            .as_deref()
+            .map(str::parse)
+            .transpose()?;
         let config = TeacherConfig::new(
             SolverConfig::new(name, args.teacher_order, variant)?,
             args.teacher_nfe,
@@ -398,7 +427,8 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
                     height: shape[1],
                     width: shape[2],
                 };
-                let set = ld3_metrics::fid_sets::FeatureSet::from_features(name, feats, Some(shape))?;
+                let set =
+                    ld3_metrics::fid_sets::FeatureSet::from_features(name, feats, Some(shape))?;
                 check_compatible(&set, r)?;
                 Some(frechet_distance(&set.stats, &r.stats)?)
             }

@@ -363,3 +363,166 @@ fn trains_on_the_embedded_network_with_lpips_and_draws_the_comparison() {
     let side = 3 * (2 + 3 * 34);
     assert_eq!((info.info().width, info.info().height), (side, side));
 }
+
+/// `ld3 eval`: FID of folders and statistics against the tools' values, and its bad input.
+mod eval {
+    use super::*;
+    use ld3_metrics::fid::{frechet_distance, FeatureStats};
+
+    fn repo(p: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(p)
+    }
+
+    /// The pseudo-random Inception weights (fixtures/gen/inception_fixtures.py's recipe) as a
+    /// safetensors file in pytorch-fid's names.
+    fn pseudo_random_weights(dir: &tempfile::TempDir) -> PathBuf {
+        let path = tmp(dir, "pseudo-inception.safetensors");
+        let w = ld3_metrics::inception::pseudo_random_weights().unwrap();
+        candle_core::safetensors::save(&w, &path).unwrap();
+        path
+    }
+
+    fn write_grey_png(path: &Path) {
+        let file = std::fs::File::create(path).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), 32, 32);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let data: Vec<u8> = (0..1024).map(|i| (i * 7 % 256) as u8).collect();
+        enc.write_header().unwrap().write_image_data(&data).unwrap();
+    }
+
+    #[test]
+    fn fid_of_two_folders_is_the_fid_of_the_tools_features() {
+        let dir = tempfile::tempdir().unwrap();
+        let weights = pseudo_random_weights(&dir);
+        let out = ld3("eval")
+            .args(&["fid", "--json", "--mode", "pytorch-fid"])
+            .path("--weights", &weights)
+            .args(&[
+                repo("fixtures/images/cifar10/a").to_str().unwrap(),
+                repo("fixtures/images/cifar10/b").to_str().unwrap(),
+            ])
+            .env("LD3_CACHE", dir.path())
+            .ok();
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let got = json["fid"].as_f64().unwrap();
+        let f = candle_core::safetensors::load(
+            repo("fixtures/inception/reference.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+        .remove("pytorch_fid")
+        .unwrap();
+        let stats = |start| FeatureStats::from_features(&f.narrow(0, start, 10).unwrap()).unwrap();
+        let want = frechet_distance(&stats(0), &stats(10)).unwrap();
+        assert!(((got - want) / want).abs() < 1e-4, "{got} vs {want}");
+        assert_eq!(json["mode"], "pytorch-fid");
+        assert_eq!(json["a"]["n"], 10);
+    }
+
+    #[test]
+    fn fid_of_statistics_files_needs_no_network() {
+        let empty = tempfile::tempdir().unwrap();
+        let out = ld3("eval")
+            .args(&[
+                "fid",
+                "--json",
+                repo("fixtures/fid/stats_a.npz").to_str().unwrap(),
+                repo("fixtures/fid/stats_b.npz").to_str().unwrap(),
+            ])
+            .env("HOME", empty.path())
+            .ok();
+        let got = serde_json::from_str::<serde_json::Value>(&out).unwrap()["fid"]
+            .as_f64()
+            .unwrap();
+        let reference: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(repo("fixtures/fid/reference.json")).unwrap(),
+        )
+        .unwrap();
+        let want = reference["fid_a_b"].as_f64().unwrap();
+        assert!(((got - want) / want).abs() < 1e-6, "{got} vs {want}");
+    }
+
+    #[test]
+    fn bad_fid_input_is_named_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = repo("fixtures/images/cifar10/a");
+        let a = a.to_str().unwrap();
+        let grey = dir.path().join("grey");
+        std::fs::create_dir(&grey).unwrap();
+        write_grey_png(&grey.join("0.png"));
+        let fid = |x: &str, y: &str| ld3("eval").args(&["fid", x, y]);
+        // No weights anywhere.
+        let no_weights = |cmd: Ld3| {
+            cmd.env("HOME", dir.path())
+                .env("LD3_CACHE", &dir.path().join("none"))
+                .env("TORCH_HOME", &dir.path().join("none"))
+                .env("XDG_CACHE_HOME", &dir.path().join("none"))
+        };
+        no_weights(fid(a, a)).fails_with("cargo xtask fetch-weights inception");
+        let tiny = repo("fixtures/inception/tiny.pth");
+        fid(a, a)
+            .path("--weights", &tiny)
+            .fails_with("not FID Inception-v3 weights");
+        fid(a, grey.to_str().unwrap())
+            .path("--weights", &tiny)
+            .fails_with("compare images of one colour kind");
+        let weights = pseudo_random_weights(&dir);
+        fid(grey.to_str().unwrap(), grey.to_str().unwrap())
+            .path("--weights", &weights)
+            .fails_with("at least 2 images, found 1");
+        let stats = repo("fixtures/fid/stats_a.npz");
+        let stats = stats.to_str().unwrap();
+        fid(stats, stats)
+            .args(&["--kid"])
+            .fails_with("--kid needs features on both sides");
+        fid(stats, "missing.npz").fails_with("no such statistics file");
+        fid(stats, "x.txt").fails_with("neither a folder of images nor an .npz");
+        fid(a, a)
+            .path("--weights", &weights)
+            .args(&["--mode", "clean"])
+            .fails_with("unknown FID mode clean");
+    }
+
+    #[test]
+    fn samples_scores_schedules_against_the_teacher() {
+        let dir = tempfile::tempdir().unwrap();
+        let schedule = tmp(&dir, "edm.json");
+        ld3("schedule")
+            .gmm("edm-public")
+            .args(&["--solver", "ipndm", "--nfe", "4", "--schedule", "edm"])
+            .path("--out", &schedule)
+            .ok();
+        let json = tmp(&dir, "eval.json");
+        let out = ld3("eval")
+            .args(&[
+                "samples",
+                "--solver",
+                "ipndm",
+                "--nfe",
+                "4",
+                "--num-samples",
+                "16",
+            ])
+            .gmm("edm-public")
+            .path("--schedule-file", &schedule)
+            .args(&["--with-hand-made"])
+            .path("--json", &json)
+            .ok();
+        assert!(out.contains("L2 median"), "{out}");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let rows = v["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 2);
+        for r in rows {
+            let l2 = r["l2_rms_mean"].as_f64().unwrap();
+            assert!(l2 > 0.0 && l2.is_finite(), "{r}");
+            assert!(r["fid"].is_null());
+        }
+        ld3("eval")
+            .args(&["samples", "--nfe", "4"])
+            .gmm("edm-public")
+            .args(&["--lpips"])
+            .fails_with("need an image model");
+    }
+}

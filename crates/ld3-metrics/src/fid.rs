@@ -115,15 +115,21 @@ fn trace_sqrt_product(sigma_a: &DMatrix<f64>, sigma_b: &DMatrix<f64>) -> Result<
     let n = sigma_a.nrows();
     let sym = |m: &DMatrix<f64>| Mat::from_fn(n, n, |i, j| 0.5 * (m[(i, j)] + m[(j, i)]));
     let failed = |e: faer::linalg::evd::EvdError| {
-        invalid(format!("the eigendecomposition of a covariance did not converge ({e:?})"))
+        invalid(format!(
+            "the eigendecomposition of a covariance did not converge ({e:?})"
+        ))
     };
-    let evd = sym(sigma_a).self_adjoint_eigen(Side::Lower).map_err(failed)?;
+    let evd = sym(sigma_a)
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(failed)?;
     let (u, lambda) = (evd.U(), evd.S().column_vector());
     let u_scaled = Mat::from_fn(n, n, |i, j| u[(i, j)] * lambda[j].max(0.0).sqrt());
     let s = &u_scaled * u.transpose();
     let inner = &s * sym(sigma_b) * &s;
     let inner = Mat::from_fn(n, n, |i, j| 0.5 * (inner[(i, j)] + inner[(j, i)]));
-    let eig = inner.self_adjoint_eigenvalues(Side::Lower).map_err(failed)?;
+    let eig = inner
+        .self_adjoint_eigenvalues(Side::Lower)
+        .map_err(failed)?;
     Ok(eig.iter().map(|l| l.max(0.0).sqrt()).sum())
 }
 

@@ -76,7 +76,11 @@ impl FidExtractor {
     /// repeated to RGB), `batch_size` at a time.
     pub fn images_features(&self, u8: &Tensor) -> Result<Tensor> {
         let (n, c, ..) = u8.dims4()?;
-        let u8 = if c == 1 { u8.repeat((1, 3, 1, 1))? } else { u8.clone() };
+        let u8 = if c == 1 {
+            u8.repeat((1, 3, 1, 1))?
+        } else {
+            u8.clone()
+        };
         let mut out = Vec::new();
         for start in (0..n).step_by(self.batch_size.max(1)) {
             let len = self.batch_size.max(1).min(n - start);
@@ -113,7 +117,10 @@ impl FidExtractor {
                 batch.push(img.to_rgb_tensor()?);
             }
             feats.push(self.net.features(&Tensor::stack(&batch, 0)?, self.mode)?);
-            progress(feats.iter().map(|t| t.dim(0).unwrap_or(0)).sum(), files.len());
+            progress(
+                feats.iter().map(|t| t.dim(0).unwrap_or(0)).sum(),
+                files.len(),
+            );
         }
         let shape = first.expect("at least two files").1;
         Ok((Tensor::cat(&feats, 0)?, shape))
@@ -175,7 +182,11 @@ impl FeatureSet {
                 (
                     "shape",
                     Tensor::new(
-                        &[shape.width as f64, shape.height as f64, shape.channels as f64],
+                        &[
+                            shape.width as f64,
+                            shape.height as f64,
+                            shape.channels as f64,
+                        ],
                         &Device::Cpu,
                     )?,
                 ),
@@ -217,7 +228,9 @@ pub fn open_set(
     let label = path.display().to_string();
     if path.is_dir() {
         let extractor = extractor.ok_or_else(|| {
-            Error::Invalid(format!("{label}: an image folder needs the Inception weights"))
+            Error::Invalid(format!(
+                "{label}: an image folder needs the Inception weights"
+            ))
         })?;
         let cache_file = match cache {
             Some(c) => Some(extractor.cache_file(path, c)?),

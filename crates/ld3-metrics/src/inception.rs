@@ -587,7 +587,11 @@ pub fn default_weights(env: impl Fn(&str) -> Option<String>) -> Option<std::path
         .map(|t| t.join("hub").join("checkpoints"));
     fetched
         .into_iter()
-        .chain(TORCH_HUB_FILES.iter().filter_map(|f| torch.as_ref().map(|t| t.join(f))))
+        .chain(
+            TORCH_HUB_FILES
+                .iter()
+                .filter_map(|f| torch.as_ref().map(|t| t.join(f))),
+        )
         .find(|p| p.is_file())
 }
 

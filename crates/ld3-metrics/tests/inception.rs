@@ -245,10 +245,16 @@ mod folders {
         assert!(err.contains("at least 2 images, found 1"), "{err}");
         write_png(&dir.path().join("b.png"), 32, 24, false);
         let err = error_of(dir.path());
-        assert!(err.contains("b.png: is 32x24") && err.contains("one size"), "{err}");
+        assert!(
+            err.contains("b.png: is 32x24") && err.contains("one size"),
+            "{err}"
+        );
         write_png(&dir.path().join("b.png"), 32, 32, true);
         let err = error_of(dir.path());
-        assert!(err.contains("b.png: is greyscale") && err.contains("a.png is RGB"), "{err}");
+        assert!(
+            err.contains("b.png: is greyscale") && err.contains("a.png is RGB"),
+            "{err}"
+        );
         std::fs::write(dir.path().join("b.png"), b"not an image").unwrap();
         let err = error_of(dir.path());
         assert!(err.contains("b.png: neither a PNG nor a JPEG"), "{err}");
