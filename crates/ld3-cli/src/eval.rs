@@ -36,7 +36,7 @@ enum EvalCommand {
     Fid(FidArgs),
     /// Sample a model with schedules and score them: FID against reference statistics, L2 and
     /// LPIPS to the teacher on the same noise.
-    Samples(SamplesArgs),
+    Samples(Box<SamplesArgs>),
 }
 
 /// Options of the Inception network.
@@ -500,6 +500,6 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
 pub fn run(args: EvalArgs) -> Result<()> {
     match args.what {
         EvalCommand::Fid(a) => run_fid(a),
-        EvalCommand::Samples(a) => run_samples(a),
+        EvalCommand::Samples(a) => run_samples(*a),
     }
 }

