@@ -1,4 +1,4 @@
-//! Image files as the metric tools read them: PNG and JPEG decoded to 8-bit grey or RGB (alpha
+//! Image files as the metric tools read them: PNG (exact) and JPEG (jpeg-decoder: within a few levels of libjpeg-turbo) decoded to 8-bit grey or RGB (alpha
 //! dropped, palettes expanded — PIL's `convert("RGB")`), and folders of them checked to be one
 //! size and one colour kind before anything is computed.
 
@@ -78,30 +78,28 @@ fn decode_png(path: &Path, bytes: &[u8]) -> Result<ImageU8> {
 }
 
 fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<ImageU8> {
-    use zune_jpeg::zune_core::colorspace::ColorSpace;
-    use zune_jpeg::zune_core::options::DecoderOptions;
-    let mut probe = zune_jpeg::JpegDecoder::new(bytes);
-    probe
-        .decode_headers()
-        .map_err(|e| bad(path, format!("unreadable JPEG ({e:?})")))?;
-    let grey = probe.get_input_colorspace() == Some(ColorSpace::Luma);
-    let out = if grey {
-        ColorSpace::Luma
-    } else {
-        ColorSpace::RGB
-    };
-    let options = DecoderOptions::default().jpeg_set_out_colorspace(out);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(bytes, options);
+    use jpeg_decoder::PixelFormat;
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
     let pixels = decoder
         .decode()
-        .map_err(|e| bad(path, format!("unreadable JPEG ({e:?})")))?;
-    let (w, h) = decoder
-        .dimensions()
-        .ok_or_else(|| bad(path, "JPEG without dimensions"))?;
+        .map_err(|e| bad(path, format!("unreadable JPEG ({e})")))?;
+    let info = decoder
+        .info()
+        .ok_or_else(|| bad(path, "JPEG without a header"))?;
+    let channels = match info.pixel_format {
+        PixelFormat::L8 => 1,
+        PixelFormat::RGB24 => 3,
+        other => {
+            return Err(bad(
+                path,
+                format!("{other:?} JPEGs are not supported: convert it to 8-bit RGB or grey"),
+            ))
+        }
+    };
     Ok(ImageU8 {
-        width: w,
-        height: h,
-        channels: if grey { 1 } else { 3 },
+        width: info.width as usize,
+        height: info.height as usize,
+        channels,
         pixels,
     })
 }

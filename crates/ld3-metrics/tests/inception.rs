@@ -265,3 +265,29 @@ mod folders {
         assert!(err.contains("no such statistics file"), "{err}");
     }
 }
+
+#[test]
+fn jpegs_decode_as_pil_decodes_them_within_a_few_levels() {
+    let dir = fixtures().join("images/jpeg");
+    let want =
+        candle_core::safetensors::load(dir.join("pil_decoded.safetensors"), &Device::Cpu).unwrap();
+    for name in ["rgb420", "rgb444", "grey"] {
+        let img = read_image(&dir.join(format!("{name}.jpg"))).unwrap();
+        let pil = &want[name];
+        assert_eq!(img.channels, if name == "grey" { 1 } else { 3 }, "{name}");
+        let pil: Vec<u8> = pil.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(img.pixels.len(), pil.len(), "{name}");
+        let diffs: Vec<i32> = img
+            .pixels
+            .iter()
+            .zip(&pil)
+            .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
+            .collect();
+        let max = diffs.iter().max().copied().unwrap();
+        let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
+        eprintln!("{name}: |jpeg-decoder − PIL| max {max}, mean {mean:.3}");
+        // Decoders round the inverse DCT, chroma upsampling and colour conversion differently
+        // (PIL: libjpeg-turbo); PNG is exact.
+        assert!(max <= 3 && mean < 0.5, "{name}: max {max}, mean {mean}");
+    }
+}
