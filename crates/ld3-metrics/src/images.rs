@@ -1,6 +1,7 @@
-//! Image files as the metric tools read them: PNG (exact) and JPEG (jpeg-decoder: within a few levels of libjpeg-turbo) decoded to 8-bit grey or RGB (alpha
-//! dropped, palettes expanded — PIL's `convert("RGB")`), and folders of them checked to be one
-//! size and one colour kind before anything is computed.
+//! Image files as the metric tools read them: PNG (exact) and JPEG (jpeg-decoder: within a few
+//! levels of PIL's libjpeg-turbo) decoded to 8-bit grey or RGB (alpha dropped, palettes expanded —
+//! PIL's `convert("RGB")`), and folders of them checked to be one size and one colour kind before
+//! anything is computed.
 
 use std::path::{Path, PathBuf};
 
