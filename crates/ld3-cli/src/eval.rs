@@ -489,7 +489,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
         write_atomic(path, |tmp| {
             std::fs::write(tmp, &text).map_err(|source| ld3_solvers::Error::Io {
                 path: tmp.display().to_string(),
-                source,
+                cause: source,
             })
         })?;
         println!("wrote {}", path.display());

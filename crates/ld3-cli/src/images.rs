@@ -119,7 +119,7 @@ impl Image {
         write_atomic(path, |tmp| {
             let file = std::fs::File::create(tmp).map_err(|source| ld3_solvers::Error::Io {
                 path: tmp.display().to_string(),
-                source,
+                cause: source,
             })?;
             let mut enc = png::Encoder::new(
                 std::io::BufWriter::new(file),

@@ -25,7 +25,7 @@ pub struct FidExtractor {
 fn file_key(path: &Path) -> Result<String> {
     let meta = std::fs::metadata(path).map_err(|source| Error::Io {
         path: path.display().to_string(),
-        source,
+        cause: source,
     })?;
     let mtime = meta
         .modified()
@@ -170,7 +170,7 @@ impl FeatureSet {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io {
                 path: dir.display().to_string(),
-                source,
+                cause: source,
             })?;
         }
         // Written beside the target and renamed: a killed run leaves no half-written cache.
@@ -194,7 +194,7 @@ impl FeatureSet {
         )?;
         std::fs::rename(&tmp, path).map_err(|source| Error::Io {
             path: path.display().to_string(),
-            source,
+            cause: source,
         })
     }
 

@@ -36,7 +36,7 @@ pub fn is_image_file(path: &Path) -> bool {
 pub fn read_image(path: &Path) -> Result<ImageU8> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.display().to_string(),
-        source,
+        cause: source,
     })?;
     if bytes.starts_with(b"\x89PNG") {
         decode_png(path, &bytes)
@@ -127,7 +127,7 @@ impl ImageU8 {
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
         path: dir.display().to_string(),
-        source,
+        cause: source,
     })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -124,7 +124,7 @@ impl Checkpoint {
         }
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: label.clone(),
-            source,
+            cause: source,
         })?;
         Self::from_safetensors_bytes(&bytes, &label)
     }

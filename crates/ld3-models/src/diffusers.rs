@@ -237,7 +237,7 @@ impl DiffusersUNet {
         let read = |p: &Path| {
             std::fs::read_to_string(p).map_err(|source| Error::Io {
                 path: p.display().to_string(),
-                source,
+                cause: source,
             })
         };
         let (config, scheduler) = (read(&layout.config)?, read(&layout.scheduler)?);

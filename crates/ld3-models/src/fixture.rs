@@ -40,12 +40,12 @@ impl GmmFixture {
         let exact_path = dir.join("exact.json");
         let text = std::fs::read_to_string(&exact_path).map_err(|source| Error::Io {
             path: exact_path.display().to_string(),
-            source,
+            cause: source,
         })?;
         let exact: serde_json::Value =
             serde_json::from_str(&text).map_err(|source| Error::Json {
                 what: format!("{} is not JSON", exact_path.display()),
-                source,
+                cause: source,
             })?;
         let rows: Vec<Vec<f64>> = serde_json::from_value(exact["exact_at_sigma_min"].clone())
             .map_err(|source| Error::Json {
@@ -53,7 +53,7 @@ impl GmmFixture {
                     "{}: \"exact_at_sigma_min\" must be one list of numbers per noise",
                     exact_path.display()
                 ),
-                source,
+                cause: source,
             })?;
         let mut dims = vec![rows.len()];
         dims.extend_from_slice(gmm.sample_shape());

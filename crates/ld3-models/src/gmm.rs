@@ -99,7 +99,7 @@ impl GaussianMixture {
     pub fn from_json(text: &str) -> Result<Self> {
         let f: GmmFile = serde_json::from_str(text).map_err(|source| Error::Json {
             what: "GMM JSON (expected {\"shape\", \"components\": [{\"weight\", \"mean\", \"std\"}], \"noise_schedule\"})".into(),
-            source,
+            cause: source,
         })?;
         Self::new(f.shape, f.components, f.noise_schedule)
     }
@@ -108,7 +108,7 @@ impl GaussianMixture {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.display().to_string(),
-            source,
+            cause: source,
         })?;
         Ok(Self::from_json(&text)
             .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?

@@ -21,18 +21,18 @@ pub enum Error {
     #[error(transparent)]
     Model(Box<dyn std::error::Error + Send + Sync>),
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: String,
-        #[source]
-        source: std::io::Error,
+        /// Not `#[source]`: the message already holds it (a chain would print it twice).
+        cause: std::io::Error,
     },
     /// A JSON document does not have the expected form.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Json {
         what: String,
-        #[source]
-        source: serde_json::Error,
+        /// Not `#[source]`, as for `Io`.
+        cause: serde_json::Error,
     },
 }
 

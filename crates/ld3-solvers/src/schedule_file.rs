@@ -146,11 +146,11 @@ impl ScheduleFile {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.display().to_string(),
-            source,
+            cause: source,
         })?;
         let file: Self = serde_json::from_str(&text).map_err(|source| Error::Json {
             what: format!("{} is not a valid schedule file", path.display()),
-            source,
+            cause: source,
         })?;
         file.check()
             .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
@@ -161,12 +161,12 @@ impl ScheduleFile {
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).map_err(|source| Error::Json {
             what: "serialising the schedule".into(),
-            source,
+            cause: source,
         })?;
         write_atomic(path, |tmp| {
             std::fs::write(tmp, text.as_bytes()).map_err(|source| Error::Io {
                 path: tmp.display().to_string(),
-                source,
+                cause: source,
             })
         })
     }
@@ -185,13 +185,13 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.display().to_string(),
-            source,
+            cause: source,
         })?;
     }
     let result = write(&tmp).and_then(|()| {
         std::fs::rename(&tmp, path).map_err(|source| Error::Io {
             path: path.display().to_string(),
-            source,
+            cause: source,
         })
     });
     if result.is_err() {

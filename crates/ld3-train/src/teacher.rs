@@ -98,7 +98,7 @@ impl TeacherPairs {
             let stored: PairsMeta =
                 serde_json::from_str(&read(&json)?).map_err(|source| Error::Json {
                     what: format!("{} is not teacher-pair metadata", json.display()),
-                    source,
+                    cause: source,
                 })?;
             if &stored == meta {
                 let mut t = candle_core::safetensors::load(&data, &Device::Cpu).map_err(|e| {
@@ -134,7 +134,7 @@ impl TeacherPairs {
         write_atomic(&stem.with_extension("json"), |tmp| {
             std::fs::write(tmp, text).map_err(|source| Error::Io {
                 path: tmp.display().to_string(),
-                source,
+                cause: source,
             })
         })
     }
@@ -151,6 +151,6 @@ impl TeacherPairs {
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.display().to_string(),
-        source,
+        cause: source,
     })
 }

@@ -407,7 +407,7 @@ impl<'a> Trainer<'a> {
         let path = self.run_dir.join("log.jsonl");
         let io = |source| Error::Io {
             path: path.display().to_string(),
-            source,
+            cause: source,
         };
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -500,12 +500,12 @@ impl<'a> Trainer<'a> {
                 serde_json::from_str(&std::fs::read_to_string(&cp_path).map_err(|source| {
                     Error::Io {
                         path: cp_path.display().to_string(),
-                        source,
+                        cause: source,
                     }
                 })?)
                 .map_err(|source| Error::Json {
                     what: format!("{} is not an ld3 checkpoint", cp_path.display()),
-                    source,
+                    cause: source,
                 })?;
             // Recomputation changes memory, not results: a run may continue with or without it.
             let same = TrainConfig {
@@ -525,7 +525,7 @@ impl<'a> Trainer<'a> {
         };
         std::fs::create_dir_all(&self.run_dir).map_err(|source| Error::Io {
             path: self.run_dir.display().to_string(),
-            source,
+            cause: source,
         })?;
         let c = self.config.clone();
         let (solver, steps) = c.solver.build_for_nfe(c.nfe)?;
@@ -913,7 +913,7 @@ impl<'a> Trainer<'a> {
         write_atomic(&self.run_dir.join("checkpoint.json"), |tmp| {
             std::fs::write(tmp, text).map_err(|source| Error::Io {
                 path: tmp.display().to_string(),
-                source,
+                cause: source,
             })
         })
     }
