@@ -106,7 +106,8 @@ impl InceptionArgs {
 /// `ld3 eval fid A B`.
 #[derive(Args, Debug)]
 struct FidArgs {
-    /// A folder of PNG/JPEG images, or an .npz file with `mu` and `sigma`.
+    /// A folder of PNG/JPEG images, an `ld3 sample` output (.safetensors, tensor `samples`), or
+    /// an .npz file with `mu` and `sigma`.
     a: PathBuf,
     /// The other side, likewise.
     b: PathBuf,
@@ -157,7 +158,9 @@ fn check_compatible(a: &FeatureSet, b: &FeatureSet) -> Result<()> {
 }
 
 fn run_fid(args: FidArgs) -> Result<()> {
-    let needs_net = [&args.a, &args.b].iter().any(|p| p.is_dir());
+    let needs_net = [&args.a, &args.b]
+        .iter()
+        .any(|p| p.is_dir() || p.extension().is_some_and(|e| e == "safetensors"));
     // Two folders of different colour kinds fail before any network work.
     if args.a.is_dir() && args.b.is_dir() {
         let first = |dir: &Path| -> Result<(PathBuf, usize)> {
@@ -301,13 +304,6 @@ fn solve(model: &dyn Denoiser, file: &ScheduleFile, z: &Tensor, batch: usize) ->
     Ok(Tensor::cat(&outs, 0)?)
 }
 
-/// Samples in [−1, 1] as the 0..255 values their PNGs hold ((x + 1)·127.5, rounded, clamped).
-fn to_u8_values(x: &Tensor) -> Result<Tensor> {
-    Ok(((x.to_dtype(DType::F32)? + 1.0)? * 127.5)?
-        .round()?
-        .clamp(0f32, 255f32)?)
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -421,7 +417,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
         };
         let fid = match (&extractor, &reference) {
             (Some(e), Some(r)) => {
-                let feats = e.images_features(&to_u8_values(&x)?)?;
+                let feats = e.images_features(&ld3_metrics::fid_sets::samples_to_u8_values(&x)?)?;
                 let shape = ld3_metrics::images::Shape {
                     channels: shape[0],
                     height: shape[1],

@@ -421,6 +421,44 @@ mod eval {
     }
 
     #[test]
+    fn fid_reads_sample_runs_and_a_set_against_itself_is_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let weights = pseudo_random_weights(&dir);
+        let samples = tmp(&dir, "run.safetensors");
+        ld3("sample")
+            .args(&[
+                "--solver",
+                "ddim",
+                "--nfe",
+                "2",
+                "--num-samples",
+                "3",
+                "--quiet",
+            ])
+            .path("--out", &samples)
+            .ok();
+        let s = samples.to_str().unwrap();
+        let out = ld3("eval")
+            .args(&["fid", "--json", s, s])
+            .path("--weights", &weights)
+            .env("LD3_CACHE", dir.path())
+            .ok();
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let fid = json["fid"].as_f64().unwrap();
+        assert!(fid.abs() < 1e-3, "{fid}");
+        // Grey samples against RGB photos: refused after the features, before a meaningless FID.
+        ld3("eval")
+            .args(&[
+                "fid",
+                s,
+                repo("fixtures/images/cifar10/a").to_str().unwrap(),
+            ])
+            .path("--weights", &weights)
+            .env("LD3_CACHE", dir.path())
+            .fails_with("compare images of one colour kind");
+    }
+
+    #[test]
     fn fid_of_statistics_files_needs_no_network() {
         let empty = tempfile::tempdir().unwrap();
         let out = ld3("eval")
@@ -477,7 +515,7 @@ mod eval {
             .args(&["--kid"])
             .fails_with("--kid needs features on both sides");
         fid(stats, "missing.npz").fails_with("no such statistics file");
-        fid(stats, "x.txt").fails_with("neither a folder of images nor an .npz");
+        fid(stats, "x.txt").fails_with("neither a folder of images, an `ld3 sample` output");
         fid(a, a)
             .path("--weights", &weights)
             .args(&["--mode", "clean"])

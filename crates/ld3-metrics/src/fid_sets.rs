@@ -252,6 +252,9 @@ pub fn open_set(
         }
         return Ok(set);
     }
+    if path.extension().and_then(|e| e.to_str()) == Some("safetensors") {
+        return samples_set(path, extractor, progress);
+    }
     if path.extension().and_then(|e| e.to_str()) == Some("npz") {
         if !path.is_file() {
             return Err(Error::Invalid(format!("{label}: no such statistics file")));
@@ -265,8 +268,54 @@ pub fn open_set(
         });
     }
     Err(Error::Invalid(format!(
-        "{label}: neither a folder of images nor an .npz statistics file (mu, sigma)"
+        "{label}: neither a folder of images, an `ld3 sample` output (.safetensors) nor an .npz \
+         statistics file (mu, sigma)"
     )))
+}
+
+/// Samples in [−1, 1] as the 0..255 values their PNGs hold ((x + 1)·127.5, rounded, clamped —
+/// EDM's `x·127.5 + 128` truncated, the same numbers).
+pub fn samples_to_u8_values(x: &Tensor) -> Result<Tensor> {
+    Ok(((x.to_dtype(DType::F32)? + 1.0)? * 127.5)?
+        .round()?
+        .clamp(0f32, 255f32)?)
+}
+
+/// The samples of an `ld3 sample` run (tensor `samples` [B, 1 or 3, H, W] in [−1, 1]),
+/// quantised as their PNGs are.
+fn samples_set(
+    path: &Path,
+    extractor: Option<&FidExtractor>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<FeatureSet> {
+    let label = path.display().to_string();
+    let extractor = extractor
+        .ok_or_else(|| Error::Invalid(format!("{label}: samples need the Inception weights")))?;
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::Invalid(format!("{label}: not a readable safetensors file ({e})")))?;
+    let samples = tensors.remove("samples").ok_or_else(|| {
+        Error::Invalid(format!(
+            "{label}: no tensor `samples` (write it with `ld3 sample --out`)"
+        ))
+    })?;
+    let dims = samples.dims().to_vec();
+    if dims.len() != 4 || !matches!(dims[1], 1 | 3) || dims[0] < 2 {
+        return Err(Error::Invalid(format!(
+            "{label}: `samples` is {dims:?}; FID needs at least 2 images [B, 1 or 3, H, W]"
+        )));
+    }
+    let u8 = samples_to_u8_values(&samples)?;
+    let features = extractor.images_features(&u8)?;
+    progress(dims[0], dims[0]);
+    FeatureSet::from_features(
+        &label,
+        features,
+        Some(Shape {
+            width: dims[3],
+            height: dims[2],
+            channels: dims[1],
+        }),
+    )
 }
 
 #[cfg(test)]
