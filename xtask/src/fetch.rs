@@ -97,7 +97,6 @@ pub fn run(names: &[String]) -> Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "hub")]
 fn download(cache: &Path, repo: &str, revision: &str, files: &[HubFile]) -> Result<()> {
     use hf_hub::api::sync::ApiBuilder;
     use hf_hub::{Repo, RepoType};
@@ -123,14 +122,6 @@ fn download(cache: &Path, repo: &str, revision: &str, files: &[HubFile]) -> Resu
         })?;
     }
     Ok(())
-}
-
-#[cfg(not(feature = "hub"))]
-fn download(_: &Path, _: &str, _: &str, _: &[HubFile]) -> Result<()> {
-    Err(
-        "this xtask was built without the `hub` feature (run it as `cargo xtask fetch-weights`)"
-            .into(),
-    )
 }
 
 /// Size and SHA-256 against the registry's pins and against the hub's content hash: the cache
@@ -170,39 +161,10 @@ fn verify(path: &Path, file: &HubFile) -> Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "hub")]
 pub(crate) fn sha256(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-#[cfg(not(feature = "hub"))]
-pub(crate) fn sha256(path: &Path) -> Result<String> {
-    Err(format!(
-        "{}: checking SHA-256 needs the `hub` feature (run `cargo xtask fetch-weights`)",
-        path.display()
-    ))
-}
-
-/// Re-runs this task through cargo with the `hub` feature (the plain xtask build leaves the
-/// network client out).
-pub fn reexec_with_hub(args: &[String]) -> bool {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args([
-        "run",
-        "--quiet",
-        "--package",
-        "xtask",
-        "--features",
-        "hub",
-        "--",
-    ])
-    .arg("fetch-weights")
-    .args(args);
-    eprintln!("building the hub client (first time only; a few minutes) ...");
-    matches!(cmd.status(), Ok(s) if s.success())
 }

@@ -7,7 +7,9 @@
 
 use std::process::{Command, ExitCode};
 
+#[cfg(feature = "hub")]
 mod fetch;
+#[cfg(feature = "hub")]
 mod inception;
 
 fn cargo(args: &[&str]) -> bool {
@@ -20,6 +22,39 @@ fn cargo(args: &[&str]) -> bool {
             false
         }
     }
+}
+
+/// `fetch-weights`: in the `hub` build, the work; otherwise a re-run of this task with it.
+#[cfg(feature = "hub")]
+fn fetch_weights(names: &[String]) -> bool {
+    match fetch::run(names) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("error: {e}");
+            false
+        }
+    }
+}
+
+#[cfg(not(feature = "hub"))]
+fn fetch_weights(names: &[String]) -> bool {
+    // Re-runs this task through cargo with the `hub` feature (the plain xtask build leaves the
+    // network client and the models out).
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "run",
+        "--quiet",
+        "--package",
+        "xtask",
+        "--features",
+        "hub",
+        "--",
+    ])
+    .arg("fetch-weights")
+    .args(names);
+    eprintln!("building the hub client (first time only; a few minutes) ...");
+    matches!(cmd.status(), Ok(s) if s.success())
 }
 
 fn main() -> ExitCode {
@@ -39,17 +74,7 @@ fn main() -> ExitCode {
         Some("bench") => cargo(&["bench", "--bench", "solver_overhead"]),
         Some("fetch-weights") => {
             let names: Vec<String> = std::env::args().skip(2).collect();
-            if cfg!(feature = "hub") || names.is_empty() {
-                match fetch::run(&names) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        false
-                    }
-                }
-            } else {
-                fetch::reexec_with_hub(&names)
-            }
+            fetch_weights(&names)
         }
         other => {
             eprintln!(

@@ -252,6 +252,10 @@ struct SamplesArgs {
     reference: Option<PathBuf>,
     #[command(flatten)]
     inception: InceptionArgs,
+    /// Also KID against --ref (a folder or sample run: it needs the reference features), over
+    /// subsets of min(1000, set size).
+    #[arg(long)]
+    kid: bool,
     /// Teacher solver (L2 / LPIPS to its outputs on the same noise).
     #[arg(long, default_value = "unipc")]
     teacher_solver: String,
@@ -288,6 +292,7 @@ struct Row {
     l2: Option<(f64, f64)>,
     lpips: Option<f64>,
     fid: Option<f64>,
+    kid: Option<(f64, f64)>,
 }
 
 fn solve(model: &dyn Denoiser, file: &ScheduleFile, z: &Tensor, batch: usize) -> Result<Tensor> {
@@ -377,10 +382,19 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
     } else {
         None
     };
+    if args.kid && args.reference.is_none() {
+        bail!("--kid needs --ref (a folder of images or an `ld3 sample` output)");
+    }
     let (extractor, reference) = match &args.reference {
         Some(r) => {
             let e = args.inception.extractor()?;
             let set = open(r, Some(&e), &args.inception)?;
+            if args.kid && set.features.is_none() {
+                bail!(
+                    "--kid needs the reference's features: give a folder or a sample run, not \
+                     .npz statistics"
+                );
+            }
             (Some(e), Some(set))
         }
         None => (None, None),
@@ -415,7 +429,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
             }
             _ => None,
         };
-        let fid = match (&extractor, &reference) {
+        let (fid, kid_value) = match (&extractor, &reference) {
             (Some(e), Some(r)) => {
                 let feats = e.images_features(&ld3_metrics::fid_sets::samples_to_u8_values(&x)?)?;
                 let shape = ld3_metrics::images::Shape {
@@ -426,9 +440,16 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
                 let set =
                     ld3_metrics::fid_sets::FeatureSet::from_features(name, feats, Some(shape))?;
                 check_compatible(&set, r)?;
-                Some(frechet_distance(&set.stats, &r.stats)?)
+                let kid_value = match (&set.features, &r.features) {
+                    (Some(fs), Some(fr)) if args.kid => {
+                        let size = 1000.min(fs.dim(0)?).min(fr.dim(0)?);
+                        Some(kid(fs, fr, 100, size, 0)?)
+                    }
+                    _ => None,
+                };
+                (Some(frechet_distance(&set.stats, &r.stats)?), kid_value)
             }
-            _ => None,
+            _ => (None, None),
         };
         rows.push(Row {
             name: name.clone(),
@@ -436,6 +457,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
             l2,
             lpips: lpips_mean,
             fid,
+            kid: kid_value,
         });
     }
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
@@ -451,18 +473,19 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
         }
     );
     println!(
-        "{:<40} {:>4} {:>10} {:>10} {:>8} {:>9}",
-        "schedule", "NFE", "L2 mean", "L2 median", "LPIPS", "FID"
+        "{:<40} {:>4} {:>10} {:>10} {:>8} {:>9} {:>9}",
+        "schedule", "NFE", "L2 mean", "L2 median", "LPIPS", "FID", "KID"
     );
     for r in &rows {
         println!(
-            "{:<40} {:>4} {:>10} {:>10} {:>8} {:>9}",
+            "{:<40} {:>4} {:>10} {:>10} {:>8} {:>9} {:>9}",
             r.name,
             r.nfe,
             fmt(r.l2.map(|v| v.0)),
             fmt(r.l2.map(|v| v.1)),
             fmt(r.lpips),
-            fmt(r.fid)
+            fmt(r.fid),
+            fmt(r.kid.map(|v| v.0))
         );
     }
     if let Some(path) = &args.json {
@@ -479,6 +502,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
                 "l2_rms_median": r.l2.map(|v| v.1),
                 "lpips": r.lpips,
                 "fid": r.fid,
+                "kid": r.kid.map(|(mean, std)| serde_json::json!({ "mean": mean, "std": std })),
             })).collect::<Vec<_>>(),
         });
         let text = serde_json::to_string_pretty(&json)?;

