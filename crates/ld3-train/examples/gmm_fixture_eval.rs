@@ -29,7 +29,7 @@ fn report(case: &GmmFixture, label: &str, x: &Tensor, worst: bool) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (fx, solver, order, nfe) = (
+    let (fx, solver_arg, order, nfe) = (
         &args[1],
         &args[2],
         args[3].parse::<usize>().unwrap(),
@@ -39,7 +39,7 @@ fn main() {
     let tnfe: usize = args.get(6).map(|s| s.parse().unwrap()).unwrap_or(20);
     let case = GmmFixture::load(&PathBuf::from("fixtures/gmm").join(fx)).unwrap();
     let (gmm, noise) = (&case.gmm, &case.noise);
-    let name: SolverName = solver.parse().unwrap();
+    let name: SolverName = solver_arg.parse().unwrap();
     let variant = if name == SolverName::UniPc {
         Some(UniPcVariant::Bh2)
     } else {
@@ -81,7 +81,7 @@ fn main() {
     }
     let run = std::env::temp_dir().join(format!(
         "ld3probe-{}-{}-{}-{}-{}",
-        fx, solver, order, nfe, seed
+        fx, solver_arg, order, nfe, seed
     ));
     let _ = std::fs::remove_dir_all(&run);
     let t0 = std::time::Instant::now();
@@ -162,6 +162,28 @@ fn main() {
         &run_z(&out.schedule.t, &out.schedule.t_net),
         false,
     );
+    // The official code's seed-0 schedule for this setting, where the fixture has it.
+    let key = format!("{}-order{order}-nfe{nfe}", solver_arg.replace('-', "_"));
+    let official: Option<serde_json::Value> =
+        std::fs::read_to_string(case.dir.join("official_ld3.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get(&key).cloned());
+    if let Some(o) = official {
+        let times = |k: &str| -> Vec<f64> {
+            o[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        };
+        report(
+            &held,
+            "official seed 0",
+            &run_z(&times("t_steps"), &times("tc_steps")),
+            false,
+        );
+    }
     for rule in ld3_train::trainer::hand_made(name) {
         let t = rule.times(s, steps).unwrap();
         report(&held, &rule.name(), &run_z(&t, &t), false);
