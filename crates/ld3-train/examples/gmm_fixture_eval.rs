@@ -151,6 +151,7 @@ fn main() {
         exact: serde_json::Value::Null,
     };
     println!("held-out: {n} fresh noises against the 2000-NFE reference");
+    report(&held, "teacher", &teacher.solve(gmm, &z).unwrap(), false);
     let x_t = (&z * s.prior_scale()).unwrap();
     let run_z = |t: &[f64], tn: &[f64]| {
         let times = Times::from_f64(t, tn, &Device::Cpu).unwrap();
