@@ -16,12 +16,12 @@ use ld3_metrics::LpipsNet;
 use ld3_models::registry;
 use ld3_models::{Denoiser, DenoiserPredictor};
 use ld3_solvers::schedule_file::write_atomic;
-use ld3_solvers::{rng, sample, ScheduleFile, SolverConfig, SolverName, Times, UniPcVariant};
-use ld3_train::{Distance, TeacherConfig};
+use ld3_solvers::{rng, sample, ScheduleFile, Times};
+use ld3_train::Distance;
 
 use crate::images;
 use crate::schedule::{check_file_fits, SolverArgs};
-use crate::train::{lpips_distance, LpipsNetName};
+use crate::train::{lpips_distance, LpipsNetName, TeacherArgs};
 
 /// `ld3 eval`.
 #[derive(Args, Debug)]
@@ -256,18 +256,9 @@ struct SamplesArgs {
     /// subsets of min(1000, set size).
     #[arg(long)]
     kid: bool,
-    /// Teacher solver (L2 / LPIPS to its outputs on the same noise).
-    #[arg(long, default_value = "unipc")]
-    teacher_solver: String,
-    /// Teacher order.
-    #[arg(long)]
-    teacher_order: Option<usize>,
-    /// Teacher UniPC variant.
-    #[arg(long)]
-    teacher_variant: Option<String>,
-    /// Teacher NFE.
-    #[arg(long, default_value_t = 20)]
-    teacher_nfe: usize,
+    /// The teacher (L2 / LPIPS to its outputs on the same noise), as `ld3 train`'s.
+    #[command(flatten)]
+    teacher: TeacherArgs,
     /// No teacher distances.
     #[arg(long)]
     no_teacher: bool,
@@ -359,17 +350,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
     let teacher = if args.no_teacher {
         None
     } else {
-        let name: SolverName = args.teacher_solver.parse()?;
-        let variant: Option<UniPcVariant> = args
-            .teacher_variant
-            .as_deref()
-            .map(str::parse)
-            .transpose()?;
-        let config = TeacherConfig::new(
-            SolverConfig::new(name, args.teacher_order, variant)?,
-            args.teacher_nfe,
-        )
-        .context("the teacher")?;
+        let config = args.teacher.config(model.as_ref())?;
         eprintln!("teacher: {} at NFE {} ...", config.solver, config.nfe);
         Some(config.solve(model.as_ref(), &z)?)
     };
@@ -469,7 +450,10 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
         if args.no_teacher {
             "none".to_string()
         } else {
-            format!("{} NFE {}", args.teacher_solver, args.teacher_nfe)
+            format!(
+                "{} NFE {}",
+                args.teacher.teacher_solver, args.teacher.teacher_nfe
+            )
         }
     );
     println!(

@@ -112,6 +112,48 @@ pub(crate) fn lpips_distance(
     Ok(Arc::new(LpipsDistance(lpips)))
 }
 
+/// The teacher's options (shared by `train` and `eval samples`).
+#[derive(Args, Debug)]
+pub struct TeacherArgs {
+    /// Teacher solver.
+    #[arg(long, default_value = "unipc")]
+    pub teacher_solver: String,
+    /// Teacher order [default: 3].
+    #[arg(long)]
+    pub teacher_order: Option<usize>,
+    /// Teacher UniPC variant [default: bh1 for EDM models, bh2 for VP].
+    #[arg(long)]
+    pub teacher_variant: Option<String>,
+    /// Teacher NFE (on Karras ρ=7 steps in σ/α).
+    #[arg(long, default_value_t = 20)]
+    pub teacher_nfe: usize,
+}
+
+impl TeacherArgs {
+    /// The teacher for `model` (UniPC's variant defaults by the model's noise schedule).
+    pub fn config(&self, model: &dyn ld3_models::Denoiser) -> Result<TeacherConfig> {
+        let is_edm = matches!(
+            model.noise_schedule().config(),
+            NoiseScheduleConfig::Edm { .. }
+        );
+        let name: SolverName = self.teacher_solver.parse()?;
+        let variant: Option<UniPcVariant> = match (&self.teacher_variant, name) {
+            (Some(v), _) => Some(v.parse()?),
+            (None, SolverName::UniPc) => Some(if is_edm {
+                UniPcVariant::Bh1
+            } else {
+                UniPcVariant::Bh2
+            }),
+            (None, _) => None,
+        };
+        TeacherConfig::new(
+            SolverConfig::new(name, self.teacher_order, variant)?,
+            self.teacher_nfe,
+        )
+        .context("the teacher")
+    }
+}
+
 /// On, off, or chosen from the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Switch {
@@ -157,18 +199,8 @@ pub struct TrainArgs {
     /// Training batch size.
     #[arg(long, default_value_t = 2)]
     batch_size: usize,
-    /// Teacher solver.
-    #[arg(long, default_value = "unipc")]
-    teacher_solver: String,
-    /// Teacher order [default: 3].
-    #[arg(long)]
-    teacher_order: Option<usize>,
-    /// Teacher UniPC variant [default: bh1 for EDM models, bh2 for VP].
-    #[arg(long)]
-    teacher_variant: Option<String>,
-    /// Teacher NFE (on Karras ρ=7 steps in σ/α).
-    #[arg(long, default_value_t = 20)]
-    teacher_nfe: usize,
+    #[command(flatten)]
+    teacher: TeacherArgs,
     /// Seed of the noise and of the shuffling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -302,25 +334,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (Loss::L2, None)
         }
     };
-    let is_edm = matches!(
-        model.noise_schedule().config(),
-        NoiseScheduleConfig::Edm { .. }
-    );
-    let teacher_name: SolverName = args.teacher_solver.parse()?;
-    let teacher_variant: Option<UniPcVariant> = match (&args.teacher_variant, teacher_name) {
-        (Some(v), _) => Some(v.parse()?),
-        (None, SolverName::UniPc) => Some(if is_edm {
-            UniPcVariant::Bh1
-        } else {
-            UniPcVariant::Bh2
-        }),
-        (None, _) => None,
-    };
-    let teacher = TeacherConfig::new(
-        SolverConfig::new(teacher_name, args.teacher_order, teacher_variant)?,
-        args.teacher_nfe,
-    )
-    .context("the teacher")?;
+    let teacher = args.teacher.config(model.as_ref())?;
     let mut config = TrainConfig::new(solver.clone(), nfe, teacher);
     config.loss = loss;
     config.radius = args.radius;
