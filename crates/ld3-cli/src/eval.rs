@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use ld3_metrics::fid::{frechet_distance, kid};
@@ -14,9 +14,9 @@ use ld3_metrics::fid_sets::{open_set, FeatureSet, FidExtractor};
 use ld3_metrics::inception::{default_weights, FidMode};
 use ld3_metrics::LpipsNet;
 use ld3_models::registry;
-use ld3_models::{Denoiser, DenoiserPredictor};
 use ld3_solvers::schedule_file::write_atomic;
-use ld3_solvers::{rng, sample, ScheduleFile, Times};
+use ld3_solvers::{rng, ScheduleFile, Times};
+use ld3_train::teacher::solve_in_batches;
 use ld3_train::Distance;
 
 use crate::images;
@@ -141,20 +141,24 @@ fn open(path: &Path, extractor: Option<&FidExtractor>, args: &InceptionArgs) -> 
     Ok(set)
 }
 
-fn check_compatible(a: &FeatureSet, b: &FeatureSet) -> Result<()> {
-    if let (Some(sa), Some(sb)) = (a.shape, b.shape) {
-        if sa.channels != sb.channels {
-            let kind = |c| if c == 1 { "greyscale" } else { "RGB" };
-            bail!(
-                "{} is {} but {} is {}: compare images of one colour kind (convert one set)",
-                a.label,
-                kind(sa.channels),
-                b.label,
-                kind(sb.channels)
-            );
-        }
+/// One colour kind on both sides (`a`, `b` name them in the error).
+fn same_colour_kind(a: &str, a_channels: usize, b: &str, b_channels: usize) -> Result<()> {
+    if a_channels != b_channels {
+        let kind = |c| if c == 1 { "greyscale" } else { "RGB" };
+        bail!(
+            "{a} is {} but {b} is {}: compare images of one colour kind (convert one set)",
+            kind(a_channels),
+            kind(b_channels)
+        );
     }
     Ok(())
+}
+
+fn check_compatible(a: &FeatureSet, b: &FeatureSet) -> Result<()> {
+    match (a.shape, b.shape) {
+        (Some(sa), Some(sb)) => same_colour_kind(&a.label, sa.channels, &b.label, sb.channels),
+        _ => Ok(()),
+    }
 }
 
 fn run_fid(args: FidArgs) -> Result<()> {
@@ -169,16 +173,7 @@ fn run_fid(args: FidArgs) -> Result<()> {
             Ok((f, c))
         };
         let ((fa, ca), (fb, cb)) = (first(&args.a)?, first(&args.b)?);
-        if ca != cb {
-            let kind = |c| if c == 1 { "greyscale" } else { "RGB" };
-            bail!(
-                "{} is {} but {} is {}: compare images of one colour kind (convert one set)",
-                fa.display(),
-                kind(ca),
-                fb.display(),
-                kind(cb)
-            );
-        }
+        same_colour_kind(&fa.display().to_string(), ca, &fb.display().to_string(), cb)?;
     }
     let extractor = if needs_net {
         Some(args.inception.extractor()?)
@@ -286,20 +281,6 @@ struct Row {
     kid: Option<(f64, f64)>,
 }
 
-fn solve(model: &dyn Denoiser, file: &ScheduleFile, z: &Tensor, batch: usize) -> Result<Tensor> {
-    let (solver, _) = file.solver.build_for_nfe(file.nfe)?;
-    let times = Times::from_f64(&file.t, &file.t_net, z.device())?;
-    let predictor = DenoiserPredictor::new(model);
-    let prior = model.noise_schedule().prior_scale();
-    let mut outs = Vec::new();
-    for start in (0..z.dim(0)?).step_by(batch) {
-        let len = batch.min(z.dim(0)? - start);
-        let x_t = (z.narrow(0, start, len)? * prior)?;
-        outs.push(sample(solver.as_ref(), &predictor, &x_t, &times, None)?.x);
-    }
-    Ok(Tensor::cat(&outs, 0)?)
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -384,7 +365,9 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
     let mut rows = Vec::new();
     for (name, file) in &files {
         eprintln!("{name}: {} at NFE {} ...", file.solver, file.nfe);
-        let x = solve(model.as_ref(), file, &z, 64)?;
+        let (solver, _) = file.solver.build_for_nfe(file.nfe)?;
+        let times = Times::from_f64(&file.t, &file.t_net, z.device())?;
+        let x = solve_in_batches(model.as_ref(), solver.as_ref(), &times, &z, 64)?;
         let l2 = match &teacher {
             Some(t) => {
                 let rms: Vec<f64> = (&x - t)?

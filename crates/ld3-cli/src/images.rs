@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use ld3_solvers::schedule_file::write_atomic;
 
 /// Whether samples of this shape are images ([C, H, W] with 1 or 3 channels).
@@ -37,15 +37,17 @@ impl Image {
         if !matches!(c, 1 | 3) {
             bail!("images need 1 or 3 channels, got {c}");
         }
-        let data: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        // The one quantisation the FID tools see too (ld3-metrics reads these values).
+        let data: Vec<f32> = ld3_metrics::fid_sets::samples_to_u8_values(x)?
+            .flatten_all()?
+            .to_vec1()?;
         Ok((0..b)
             .map(|i| {
                 let sample = &data[i * c * h * w..(i + 1) * c * h * w];
                 let mut pixels = vec![0u8; c * h * w];
                 for ch in 0..c {
                     for p in 0..h * w {
-                        let v = ((sample[ch * h * w + p] + 1.0) * 127.5).round();
-                        pixels[p * c + ch] = v.clamp(0.0, 255.0) as u8;
+                        pixels[p * c + ch] = sample[ch * h * w + p] as u8;
                     }
                 }
                 Self {
@@ -165,7 +167,7 @@ mod tests {
             .unwrap();
         let img = &Image::from_batch(&x).unwrap()[0];
         assert_eq!(img.pixels, vec![0, 255, 128, 255]);
-        let x = Tensor::zeros((5, 3, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        let x = Tensor::zeros((5, 3, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
         let g = sample_grid(&x).unwrap();
         // 3 columns and 2 rows of 4x4 with 2-pixel gaps.
         assert_eq!((g.width, g.height, g.channels), (2 + 3 * 6, 2 + 2 * 6, 3));

@@ -468,7 +468,11 @@ mod eval {
                 repo("fixtures/fid/stats_a.npz").to_str().unwrap(),
                 repo("fixtures/fid/stats_b.npz").to_str().unwrap(),
             ])
+            // No weights anywhere: reading them would fail the run.
             .env("HOME", empty.path())
+            .env("LD3_CACHE", empty.path())
+            .env("TORCH_HOME", empty.path())
+            .env("XDG_CACHE_HOME", empty.path())
             .ok();
         let got = serde_json::from_str::<serde_json::Value>(&out).unwrap()["fid"]
             .as_f64()

@@ -96,7 +96,15 @@ impl FidExtractor {
         dir: &Path,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<(Tensor, Shape)> {
-        let files = list_images(dir)?;
+        self.files_features(dir, &list_images(dir)?, progress)
+    }
+
+    fn files_features(
+        &self,
+        dir: &Path,
+        files: &[PathBuf],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<(Tensor, Shape)> {
         if files.len() < 2 {
             return Err(Error::Invalid(format!(
                 "{}: FID needs at least 2 images, found {}",
@@ -105,7 +113,7 @@ impl FidExtractor {
             )));
         }
         let mut first: Option<(PathBuf, Shape)> = None;
-        let mut feats = Vec::new();
+        let (mut feats, mut done) = (Vec::new(), 0);
         for chunk in files.chunks(self.batch_size.max(1)) {
             let mut batch = Vec::with_capacity(chunk.len());
             for f in chunk {
@@ -117,10 +125,8 @@ impl FidExtractor {
                 batch.push(img.to_rgb_tensor()?);
             }
             feats.push(self.net.features(&Tensor::stack(&batch, 0)?, self.mode)?);
-            progress(
-                feats.iter().map(|t| t.dim(0).unwrap_or(0)).sum(),
-                files.len(),
-            );
+            done += chunk.len();
+            progress(done, files.len());
         }
         let shape = first.expect("at least two files").1;
         Ok((Tensor::cat(&feats, 0)?, shape))
@@ -129,10 +135,14 @@ impl FidExtractor {
     /// The cache file for `dir`'s features under `cache`: keyed by the mode, the weights, and
     /// every image's path, size and modification time (so any change recomputes).
     pub fn cache_file(&self, dir: &Path, cache: &Path) -> Result<PathBuf> {
+        self.files_cache_file(&list_images(dir)?, cache)
+    }
+
+    fn files_cache_file(&self, files: &[PathBuf], cache: &Path) -> Result<PathBuf> {
         let mut key = format!("ld3-fid-v1|{}|{}", self.mode.as_str(), self.weights_key);
-        for f in list_images(dir)? {
+        for f in files {
             key.push('|');
-            key.push_str(&file_key(&f)?);
+            key.push_str(&file_key(f)?);
         }
         Ok(cache.join(format!("{}.npz", fnv1a(&key))))
     }
@@ -232,8 +242,10 @@ pub fn open_set(
                 "{label}: an image folder needs the Inception weights"
             ))
         })?;
+        // The folder is listed once: for the cache key and for the features.
+        let files = list_images(path)?;
         let cache_file = match cache {
-            Some(c) => Some(extractor.cache_file(path, c)?),
+            Some(c) => Some(extractor.files_cache_file(&files, c)?),
             None => None,
         };
         if let Some(set) = cache_file
@@ -242,7 +254,7 @@ pub fn open_set(
         {
             return Ok(set);
         }
-        let (features, shape) = extractor.folder_features(path, progress)?;
+        let (features, shape) = extractor.files_features(path, &files, progress)?;
         let set = FeatureSet::from_features(&label, features, Some(shape))?;
         if let Some(f) = cache_file {
             // A cache that cannot be written only costs time next run.

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use ld3_models::{Denoiser, DenoiserPredictor};
 use ld3_solvers::schedule_file::write_atomic;
 use ld3_solvers::steps::{Karras, StepSchedule};
-use ld3_solvers::{rng, sample, Error, Result, SolverConfig, Times};
+use ld3_solvers::{rng, sample, Error, Result, Solver, SolverConfig, Times};
 use serde::{Deserialize, Serialize};
 
 /// The teacher: a solver at a high NFE on Karras ρ = 7 steps in σ/α.
@@ -31,19 +31,30 @@ impl TeacherConfig {
     /// The teacher's outputs for starts x_T = prior·z, `batch` samples at a time.
     pub fn solve(&self, model: &dyn Denoiser, z: &Tensor) -> Result<Tensor> {
         let (solver, steps) = self.solver.build_for_nfe(self.nfe)?;
-        let schedule = model.noise_schedule();
-        let t = Karras::default().times(schedule, steps)?;
+        let t = Karras::default().times(model.noise_schedule(), steps)?;
         let times = Times::from_f64(&t, &t, z.device())?;
-        let predictor = DenoiserPredictor::new(model);
-        let mut outs = Vec::new();
-        let total = z.dim(0)?;
-        for start in (0..total).step_by(64) {
-            let len = 64.min(total - start);
-            let x_t = (z.narrow(0, start, len)? * schedule.prior_scale())?;
-            outs.push(sample(solver.as_ref(), &predictor, &x_t, &times, None)?.x);
-        }
-        Ok(Tensor::cat(&outs, 0)?)
+        solve_in_batches(model, solver.as_ref(), &times, z, 64)
     }
+}
+
+/// A solver's outputs for starts x_T = prior·z on `times`, `batch` samples per call (no graph).
+pub fn solve_in_batches(
+    model: &dyn Denoiser,
+    solver: &dyn Solver,
+    times: &Times,
+    z: &Tensor,
+    batch: usize,
+) -> Result<Tensor> {
+    let predictor = DenoiserPredictor::new(model);
+    let prior = model.noise_schedule().prior_scale();
+    let (total, batch) = (z.dim(0)?, batch.max(1));
+    let mut outs = Vec::new();
+    for start in (0..total).step_by(batch) {
+        let len = batch.min(total - start);
+        let x_t = (z.narrow(0, start, len)? * prior)?;
+        outs.push(sample(solver, &predictor, &x_t, times, None)?.x);
+    }
+    Ok(Tensor::cat(&outs, 0)?)
 }
 
 /// Noise (the balls' centres) and teacher targets.
