@@ -1,13 +1,14 @@
 //! Trains LD3 on a GMM fixture and compares learned and hand-made schedules with the exact ODE
 //! solutions: `cargo run --release -p ld3-train --example gmm_fixture_eval -- edm-public dpm-solver++ 3 6 [SEED] [TEACHER_NFE] [SAMPLES]`
-//! (run from the repository root). Environment: MEAN or MEDIAN (validation statistic),
-//! INIT_UNIFORM, BATCH=n, WORST (print the largest per-sample errors of every schedule),
+//! (run from the repository root). Environment: TRIMMED or MEDIAN (validation statistic),
+//! INIT_UNIFORM or INIT_HAND_MADE (one start), BATCH=n, TRAIN=n / VALID=n (pair counts), ROUNDS=n (θ+ξ rounds), MODE=lambda|time,
+//! RAWLOGITS (the official ξ window), WORST (the largest per-sample errors of every schedule and
+//! how many exceed 0.2),
 //! HELDOUT=n (also score every schedule on n fresh noises against a near-exact reference: DPM-Solver++-3
 //! at 2000 NFE on log-SNR steps, itself checked against the fixture's exact solutions).
 
 use candle_core::{Device, Tensor};
 use ld3_models::{Denoiser, DenoiserPredictor, GmmFixture};
-use ld3_solvers::steps::StepSchedule;
 use ld3_solvers::{sample, SolverConfig, SolverName, Times, UniPcVariant};
 use ld3_train::{TeacherConfig, TrainConfig, Trainer};
 use std::path::PathBuf;
@@ -18,7 +19,11 @@ fn report(case: &GmmFixture, label: &str, x: &Tensor, worst: bool) {
     if worst {
         let mut r = case.per_sample_relative_errors(x).unwrap();
         r.sort_by(|a, b| b.total_cmp(a));
-        println!("  worst samples ({label}): {:.3?}", &r[..3.min(r.len())]);
+        let far = r.iter().filter(|e| **e > 0.2).count();
+        println!(
+            "  worst samples ({label}): {:.3?}, {far} above 0.2",
+            &r[..5.min(r.len())]
+        );
     }
     println!(
         "  vs exact: {label:<16} {:.4}  median {:.4}",
@@ -66,11 +71,14 @@ fn main() {
     if std::env::var("INIT_UNIFORM").is_ok() {
         cfg.init = ld3_train::Init::Uniform;
     }
+    if std::env::var("INIT_HAND_MADE").is_ok() {
+        cfg.init = ld3_train::Init::BestHandMade;
+    }
     if std::env::var("MEDIAN").is_ok() {
         cfg.validation = ld3_train::ValidationStat::Median;
     }
-    if std::env::var("MEAN").is_ok() {
-        cfg.validation = ld3_train::ValidationStat::Mean;
+    if std::env::var("TRIMMED").is_ok() {
+        cfg.validation = ld3_train::ValidationStat::Trimmed;
     }
     if let Ok(b) = std::env::var("BATCH") {
         cfg.batch_size = b.parse().unwrap();
@@ -78,6 +86,25 @@ fn main() {
     if let Some(n) = args.get(7).map(|s| s.parse::<usize>().unwrap()) {
         cfg.train_samples = n;
         cfg.valid_samples = n;
+    }
+    if let Ok(m) = std::env::var("MODE") {
+        cfg.mode = Some(if m == "lambda" {
+            ld3_train::TimeMode::Lambda
+        } else {
+            ld3_train::TimeMode::Time
+        });
+    }
+    if std::env::var("RAWLOGITS").is_ok() {
+        cfg.window = ld3_train::WindowRule::RawLogits;
+    }
+    if let Ok(n) = std::env::var("ROUNDS") {
+        cfg.rounds_joint = n.parse().unwrap();
+    }
+    if let Ok(n) = std::env::var("VALID") {
+        cfg.valid_samples = n.parse().unwrap();
+    }
+    if let Ok(n) = std::env::var("TRAIN") {
+        cfg.train_samples = n.parse().unwrap();
     }
     let run = std::env::temp_dir().join(format!(
         "ld3probe-{}-{}-{}-{}-{}",
@@ -126,32 +153,16 @@ fn main() {
         return;
     };
     // A near-exact reference on n fresh noises (seeds far from the trainer's).
-    let fine = |z: &Tensor| -> Tensor {
-        let cfg = SolverConfig::new(SolverName::DpmSolverPp, Some(3), None).unwrap();
-        let (solver, steps) = cfg.build_for_nfe(2000).unwrap();
-        let t = ld3_solvers::steps::LogSnrUniform.times(s, steps).unwrap();
-        let times = Times::from_f64(&t, &t, &Device::Cpu).unwrap();
-        let x_t = (z * s.prior_scale()).unwrap();
-        sample(solver.as_ref(), &p, &x_t, &times, None).unwrap().x
-    };
-    report(&case, "2000-NFE ref", &fine(noise), false);
-    let z = ld3_solvers::rng::standard_normal(
-        9_000_000,
-        n,
-        gmm.sample_shape(),
-        candle_core::DType::F64,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let held = GmmFixture {
-        noise: z.clone(),
-        exact_at_sigma_min: fine(&z),
-        gmm: gmm.clone(),
-        dir: case.dir.clone(),
-        exact: serde_json::Value::Null,
-    };
+    report(
+        &case,
+        "2000-NFE ref",
+        &case.reference_solution(noise, 2000).unwrap(),
+        false,
+    );
+    let held = case.fresh(n, 9_000_000, 2000).unwrap();
+    let z = held.noise.clone();
     println!("held-out: {n} fresh noises against the 2000-NFE reference");
-    report(&held, "teacher", &teacher.solve(gmm, &z).unwrap(), false);
+    report(&held, "teacher", &teacher.solve(gmm, &z).unwrap(), worst);
     let x_t = (&z * s.prior_scale()).unwrap();
     let run_z = |t: &[f64], tn: &[f64]| {
         let times = Times::from_f64(t, tn, &Device::Cpu).unwrap();
@@ -161,10 +172,14 @@ fn main() {
         &held,
         "ld3",
         &run_z(&out.schedule.t, &out.schedule.t_net),
-        false,
+        worst,
     );
     // The official code's seed-0 schedule for this setting, where the fixture has it.
-    let key = format!("{}-order{order}-nfe{nfe}", solver_arg.replace('-', "_"));
+    let key = if name == SolverName::UniPc {
+        format!("uni_pc-bh2-order{order}-nfe{nfe}")
+    } else {
+        format!("{}-order{order}-nfe{nfe}", solver_arg.replace('-', "_"))
+    };
     let official: Option<serde_json::Value> =
         std::fs::read_to_string(case.dir.join("official_ld3.json"))
             .ok()
@@ -182,11 +197,11 @@ fn main() {
             &held,
             "official seed 0",
             &run_z(&times("t_steps"), &times("tc_steps")),
-            false,
+            worst,
         );
     }
     for rule in ld3_train::trainer::hand_made(name) {
         let t = rule.times(s, steps).unwrap();
-        report(&held, &rule.name(), &run_z(&t, &t), false);
+        report(&held, &rule.name(), &run_z(&t, &t), worst);
     }
 }
