@@ -81,35 +81,42 @@ impl GmmFixture {
     /// log-SNR-uniform times (at 2000 it matches the fixtures' exact solutions to 4 decimals).
     /// Sixteen noises are few when two that switch mixture components decide an RMS error.
     pub fn fresh(&self, n: usize, seed: u64, reference_nfe: usize) -> Result<Self> {
+        Self::with_reference(self.dir.clone(), self.gmm.clone(), n, seed, reference_nfe)
+    }
+
+    /// A case from a directory holding only a `gmm.json`: `n` noises from `seed` and the
+    /// near-exact reference of [`GmmFixture::fresh`].
+    pub fn from_mixture(dir: &Path, n: usize, seed: u64, reference_nfe: usize) -> Result<Self> {
+        let gmm = GaussianMixture::from_file(&dir.join("gmm.json"))?;
+        Self::with_reference(dir.to_path_buf(), gmm, n, seed, reference_nfe)
+    }
+
+    fn with_reference(
+        dir: PathBuf,
+        gmm: GaussianMixture,
+        n: usize,
+        seed: u64,
+        reference_nfe: usize,
+    ) -> Result<Self> {
         let noise = ld3_solvers::rng::standard_normal(
             seed,
             n,
-            self.gmm.sample_shape(),
+            gmm.sample_shape(),
             DType::F64,
             &Device::Cpu,
         )?;
         Ok(Self {
-            exact_at_sigma_min: self.reference_solution(&noise, reference_nfe)?,
+            exact_at_sigma_min: reference_solution(&gmm, &noise, reference_nfe)?,
             noise,
-            gmm: self.gmm.clone(),
-            dir: self.dir.clone(),
+            gmm,
+            dir,
             exact: serde_json::Value::Null,
         })
     }
 
-    /// DPM-Solver++(3M) at `nfe` steps on log-SNR-uniform times from noise `z` (standard
-    /// normals [B, ...shape]).
+    /// [`reference_solution`] of this case's mixture.
     pub fn reference_solution(&self, z: &Tensor, nfe: usize) -> Result<Tensor> {
-        use ld3_solvers::steps::{LogSnrUniform, StepSchedule};
-        let config =
-            ld3_solvers::SolverConfig::new(ld3_solvers::SolverName::DpmSolverPp, Some(3), None)?;
-        let (solver, steps) = config.build_for_nfe(nfe)?;
-        let schedule = self.gmm.noise_schedule();
-        let t = LogSnrUniform.times(schedule, steps)?;
-        let times = ld3_solvers::Times::from_f64(&t, &t, &Device::Cpu)?;
-        let x_t = (z.to_dtype(DType::F64)? * schedule.prior_scale())?;
-        let predictor = crate::DenoiserPredictor::new(&self.gmm);
-        Ok(ld3_solvers::sample(solver.as_ref(), &predictor, &x_t, &times, None)?.x)
+        reference_solution(&self.gmm, z, nfe)
     }
 
     /// ‖x − x*‖/‖x*‖ over all samples, x* the exact solution at σ_min.
@@ -141,6 +148,21 @@ impl GmmFixture {
         let k = r.len();
         Ok(0.5 * (r[(k - 1) / 2] + r[k / 2]))
     }
+}
+
+/// The probability-flow ODE solved by DPM-Solver++(3M) at `nfe` steps on log-SNR-uniform times
+/// from noise `z` (standard normals [B, ...shape]) to σ_min.
+pub fn reference_solution(gmm: &GaussianMixture, z: &Tensor, nfe: usize) -> Result<Tensor> {
+    use ld3_solvers::steps::{LogSnrUniform, StepSchedule};
+    let config =
+        ld3_solvers::SolverConfig::new(ld3_solvers::SolverName::DpmSolverPp, Some(3), None)?;
+    let (solver, steps) = config.build_for_nfe(nfe)?;
+    let schedule = gmm.noise_schedule();
+    let t = LogSnrUniform.times(schedule, steps)?;
+    let times = ld3_solvers::Times::from_f64(&t, &t, &Device::Cpu)?;
+    let x_t = (z.to_dtype(DType::F64)? * schedule.prior_scale())?;
+    let predictor = crate::DenoiserPredictor::new(gmm);
+    Ok(ld3_solvers::sample(solver.as_ref(), &predictor, &x_t, &times, None)?.x)
 }
 
 #[cfg(test)]
@@ -186,6 +208,8 @@ mod tests {
             assert_eq!(a.relative_error(&b.exact_at_sigma_min).unwrap(), 0.0);
             let c = f.fresh(5, 8, 50).unwrap();
             assert!(a.relative_error(&c.exact_at_sigma_min).unwrap() > 0.01);
+            let d = GmmFixture::from_mixture(&dir(name), 5, 7, 50).unwrap();
+            assert_eq!(a.relative_error(&d.exact_at_sigma_min).unwrap(), 0.0);
         }
     }
 

@@ -42,7 +42,19 @@ fn main() {
     );
     let seed: u64 = args.get(5).map(|s| s.parse().unwrap()).unwrap_or(0);
     let tnfe: usize = args.get(6).map(|s| s.parse().unwrap()).unwrap_or(20);
-    let case = GmmFixture::load(&PathBuf::from("fixtures/gmm").join(fx)).unwrap();
+    // A fixture name under fixtures/gmm, or any directory with a gmm.json (without exact.json,
+    // 16 noises from seed 1234 against the 2000-NFE reference stand in for the exact solutions).
+    let dir = if fx.contains('/') {
+        PathBuf::from(fx)
+    } else {
+        PathBuf::from("fixtures/gmm").join(fx)
+    };
+    let case = if dir.join("exact.json").exists() {
+        GmmFixture::load(&dir).unwrap()
+    } else {
+        GmmFixture::from_mixture(&dir, 16, 1234, 2000).unwrap()
+    };
+    let fx = &dir.file_name().unwrap().to_string_lossy().into_owned();
     let (gmm, noise) = (&case.gmm, &case.noise);
     let name: SolverName = solver_arg.parse().unwrap();
     let variant = if name == SolverName::UniPc {
