@@ -21,6 +21,6 @@ pub use discretization::{Discretization, TimeMode, WindowRule};
 pub use distance::{Distance, LpipsDistance, L1, L2};
 pub use teacher::TeacherConfig;
 pub use trainer::{
-    recompute_by_default, Event, Init, Loss, Outcome, TableRow, TrainConfig, Trainer,
+    recompute_by_default, Event, Init, Loss, Outcome, PairUse, TableRow, TrainConfig, Trainer,
     ValidationStat, RECOMPUTE_FROM_PARAMETERS,
 };
