@@ -225,7 +225,8 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "mean")]
     validation: ValidationName,
     /// Which teacher pairs train and which validate: all pairs for both (lower error on fresh
-    /// noise, about 4× the time), or the paper's split into --train-samples and --valid-samples.
+    /// noise on mixtures, about twice the time), or the paper's split into --train-samples and
+    /// --valid-samples.
     #[arg(long, value_enum, default_value = "pooled")]
     pairs: PairsName,
     /// Recompute each step in the backward pass (memory flat in NFE) instead of keeping the
