@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use ld3_models::GaussianMixture;
 use ld3_solvers::{SolverConfig, SolverName, UniPcVariant};
-use ld3_train::{TeacherConfig, TrainConfig, Trainer};
+use ld3_train::{PairUse, TeacherConfig, TrainConfig, Trainer};
 
 fn gmm() -> GaussianMixture {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gmm/edm-public");
@@ -116,6 +116,58 @@ fn same_seed_same_schedule_and_resume_equals_uninterrupted() {
     assert_eq!(resumed.schedule.t, full_a.schedule.t);
     assert_eq!(resumed.schedule.t_net, full_a.schedule.t_net);
     for d in [a, b, r] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn pooled_pairs_train_on_all_pairs_and_old_runs_read_as_split() {
+    let g = gmm();
+    let mut c = config(SolverName::Ipndm, 3, 4);
+    c.init = ld3_train::Init::Uniform;
+    c.rounds_theta = 1;
+    c.rounds_joint = 0;
+    let run = |pairs: PairUse, dir: &PathBuf| {
+        Trainer::new(&g, "edm-public", TrainConfig { pairs, ..c.clone() }, dir)
+            .unwrap()
+            .run(false, None)
+            .unwrap()
+    };
+    let (split_dir, pooled_dir) = (run_dir("split"), run_dir("pooled"));
+    let split = run(PairUse::Split, &split_dir);
+    let pooled = run(PairUse::Pooled, &pooled_dir);
+    // One round: 20 training pairs in batches of 2 when split, all 40 when pooled.
+    assert_eq!(split.schedule.provenance["iterations"], 10);
+    assert_eq!(pooled.schedule.provenance["iterations"], 20);
+    assert_eq!(split.schedule.provenance["pairs"], "split");
+    assert_eq!(pooled.schedule.provenance["pairs"], "pooled");
+    assert_ne!(split.schedule.t, pooled.schedule.t);
+    // A checkpoint from before the setting existed was a split run: it is continued as one,
+    // and refused under pooled pairs.
+    let cp_path = split_dir.join("checkpoint.json");
+    let mut cp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cp_path).unwrap()).unwrap();
+    cp["config"].as_object_mut().unwrap().remove("pairs");
+    std::fs::write(&cp_path, serde_json::to_string(&cp).unwrap()).unwrap();
+    let again = Trainer::new(
+        &g,
+        "edm-public",
+        TrainConfig {
+            pairs: PairUse::Split,
+            ..c.clone()
+        },
+        &split_dir,
+    )
+    .unwrap()
+    .run(true, None)
+    .unwrap();
+    assert_eq!(again.schedule.t, split.schedule.t);
+    let e = Trainer::new(&g, "edm-public", c.clone(), &split_dir)
+        .unwrap()
+        .run(true, None)
+        .unwrap_err();
+    assert!(e.to_string().contains("other settings"), "{e}");
+    for d in [split_dir, pooled_dir] {
         std::fs::remove_dir_all(d).unwrap();
     }
 }
