@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use ld3_solvers::noise::NoiseScheduleConfig;
 use ld3_solvers::{SolverConfig, SolverName, UniPcVariant};
 use ld3_train::{
     Event, Init, Loss, PairUse, TeacherConfig, TimeMode, TrainConfig, Trainer, ValidationStat,
@@ -133,18 +132,10 @@ pub struct TeacherArgs {
 impl TeacherArgs {
     /// The teacher for `model` (UniPC's variant defaults by the model's noise schedule).
     pub fn config(&self, model: &dyn ld3_models::Denoiser) -> Result<TeacherConfig> {
-        let is_edm = matches!(
-            model.noise_schedule().config(),
-            NoiseScheduleConfig::Edm { .. }
-        );
         let name: SolverName = self.teacher_solver.parse()?;
         let variant: Option<UniPcVariant> = match (&self.teacher_variant, name) {
             (Some(v), _) => Some(v.parse()?),
-            (None, SolverName::UniPc) => Some(if is_edm {
-                UniPcVariant::Bh1
-            } else {
-                UniPcVariant::Bh2
-            }),
+            (None, SolverName::UniPc) => Some(TeacherConfig::default_unipc_variant(model)),
             (None, _) => None,
         };
         TeacherConfig::new(
@@ -184,10 +175,10 @@ pub struct TrainArgs {
     /// Soft-teacher-forcing radius in z-space [default: 0.001·d/N²]; 0 = hard objective.
     #[arg(long, allow_negative_numbers = true)]
     radius: Option<f64>,
-    /// Training pairs.
+    /// Training pairs (with --pairs pooled, both counts train and validate).
     #[arg(long, default_value_t = 50)]
     train_samples: usize,
-    /// Validation pairs.
+    /// Validation pairs (with --pairs pooled, both counts train and validate).
     #[arg(long, default_value_t = 50)]
     valid_samples: usize,
     /// Held-out pairs for the final table.
@@ -206,7 +197,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Where θ starts: both uniform θ and the best hand-made schedule (two runs, the better on
-    /// validation wins), only the best hand-made schedule, or only uniform θ (official).
+    /// all teacher pairs wins), only the best hand-made schedule, or only uniform θ (official).
     #[arg(long, value_enum, default_value = "both")]
     init: InitName,
     /// Variable θ lays the steps out in [default: lambda for EDM models, time for VP].
@@ -225,7 +216,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "mean")]
     validation: ValidationName,
     /// Which teacher pairs train and which validate: all pairs for both (lower error on fresh
-    /// noise on mixtures, about twice the time), or the paper's split into --train-samples and
+    /// noise on most mixtures, 2–3× the time), or the paper's split into --train-samples and
     /// --valid-samples.
     #[arg(long, value_enum, default_value = "pooled")]
     pairs: PairsName,
@@ -236,7 +227,8 @@ pub struct TrainArgs {
     /// Run directory (teacher pairs, checkpoints, log) [default: OUT.run].
     #[arg(long, conflicts_with = "resume")]
     run_dir: Option<PathBuf>,
-    /// Continue the run in this directory (same options).
+    /// Continue the run in this directory (same options; a mismatch is refused, naming the
+    /// settings that differ).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Where to write the learned schedule file.

@@ -1,6 +1,8 @@
 //! Gaussian-mixture test cases on disk — a directory with `gmm.json`, `noise.safetensors`
 //! (tensor `noise` [B, ...shape], standard normals) and `exact.json` (the exact ODE solutions
 //! for that noise) — and the errors against the exact solution that judge a sampler on them.
+//! A case can also be built on fresh noise from `gmm.json` alone ([`GmmFixture::fresh`],
+//! [`GmmFixture::from_mixture`]), a near-exact numerical solution standing in for the exact one.
 
 use std::path::{Path, PathBuf};
 
@@ -19,9 +21,11 @@ pub struct GmmFixture {
     pub gmm: GaussianMixture,
     /// The noise z [B, ...shape] (f64).
     pub noise: Tensor,
-    /// The exact ODE solution at σ_min for each noise [B, ...shape] (f64).
+    /// The exact ODE solution at σ_min for each noise [B, ...shape] (f64) — or, for a case on
+    /// fresh noise, the near-exact [`reference_solution`].
     pub exact_at_sigma_min: Tensor,
-    /// All of `exact.json` (σ range, scale, the errors peers reach, ...).
+    /// All of `exact.json` (σ range, scale, the errors peers reach, ...); `Null` for a case on
+    /// fresh noise.
     pub exact: serde_json::Value,
 }
 
@@ -119,6 +123,45 @@ impl GmmFixture {
         reference_solution(&self.gmm, z, nfe)
     }
 
+    /// `solver` on this case's noise with solver times `t` and network times `t_net` (in the
+    /// mixture's time variable, first to last): the samples at the last time.
+    pub fn solve(
+        &self,
+        solver: &dyn ld3_solvers::Solver,
+        t: &[f64],
+        t_net: &[f64],
+    ) -> Result<Tensor> {
+        solve(&self.gmm, &self.noise, solver, t, t_net)
+    }
+
+    /// The official LD3 code's learned schedule stored under `key` in the case's
+    /// `official_ld3.json` (e.g. `ipndm-order3-nfe4`, `uni_pc-bh2-order2-nfe5`): its solver times
+    /// and network times, or `None` where the case has no such entry.
+    pub fn official_ld3(&self, key: &str) -> Result<Option<(Vec<f64>, Vec<f64>)>> {
+        let path = self.dir.join("official_ld3.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            cause: source,
+        })?;
+        let all: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+            what: format!("{} is not JSON", path.display()),
+            cause: source,
+        })?;
+        let Some(entry) = all.get(key) else {
+            return Ok(None);
+        };
+        let times = |k: &str| -> Result<Vec<f64>> {
+            serde_json::from_value(entry[k].clone()).map_err(|source| Error::Json {
+                what: format!("{}: {key}.{k} must be a list of numbers", path.display()),
+                cause: source,
+            })
+        };
+        Ok(Some((times("t_steps")?, times("tc_steps")?)))
+    }
+
     /// ‖x − x*‖/‖x*‖ over all samples, x* the exact solution at σ_min.
     pub fn relative_error(&self, x: &Tensor) -> Result<f64> {
         let err: f64 = x
@@ -157,12 +200,21 @@ pub fn reference_solution(gmm: &GaussianMixture, z: &Tensor, nfe: usize) -> Resu
     let config =
         ld3_solvers::SolverConfig::new(ld3_solvers::SolverName::DpmSolverPp, Some(3), None)?;
     let (solver, steps) = config.build_for_nfe(nfe)?;
-    let schedule = gmm.noise_schedule();
-    let t = LogSnrUniform.times(schedule, steps)?;
-    let times = ld3_solvers::Times::from_f64(&t, &t, &Device::Cpu)?;
-    let x_t = (z.to_dtype(DType::F64)? * schedule.prior_scale())?;
+    let t = LogSnrUniform.times(gmm.noise_schedule(), steps)?;
+    solve(gmm, &z.to_dtype(DType::F64)?, solver.as_ref(), &t, &t)
+}
+
+fn solve(
+    gmm: &GaussianMixture,
+    z: &Tensor,
+    solver: &dyn ld3_solvers::Solver,
+    t: &[f64],
+    t_net: &[f64],
+) -> Result<Tensor> {
+    let times = ld3_solvers::Times::from_f64(t, t_net, &Device::Cpu)?;
+    let x_t = (z * gmm.noise_schedule().prior_scale())?;
     let predictor = crate::DenoiserPredictor::new(gmm);
-    Ok(ld3_solvers::sample(solver.as_ref(), &predictor, &x_t, &times, None)?.x)
+    Ok(ld3_solvers::sample(solver, &predictor, &x_t, &times, None)?.x)
 }
 
 #[cfg(test)]
@@ -210,6 +262,23 @@ mod tests {
             assert!(a.relative_error(&c.exact_at_sigma_min).unwrap() > 0.01);
             let d = GmmFixture::from_mixture(&dir(name), 5, 7, 50).unwrap();
             assert_eq!(a.relative_error(&d.exact_at_sigma_min).unwrap(), 0.0);
+            // `solve` is the reference's own path at the same steps.
+            let cfg =
+                ld3_solvers::SolverConfig::new(ld3_solvers::SolverName::DpmSolverPp, Some(3), None)
+                    .unwrap();
+            let (solver, steps) = cfg.build_for_nfe(50).unwrap();
+            let t = ld3_solvers::steps::StepSchedule::times(
+                &ld3_solvers::steps::LogSnrUniform,
+                f.gmm.noise_schedule(),
+                steps,
+            )
+            .unwrap();
+            let x = a.solve(solver.as_ref(), &t, &t).unwrap();
+            assert!(a.relative_error(&x).unwrap() < 1e-12);
+            let (t, t_net) = f.official_ld3("ipndm-order3-nfe4").unwrap().unzip();
+            assert_eq!(t.is_some(), name == "edm-public");
+            assert_eq!(t_net.map(|v| v.len()), t.map(|v| v.len()));
+            assert!(f.official_ld3("no-such-setting").unwrap().is_none());
         }
     }
 

@@ -8,9 +8,9 @@
 //! HELDOUT=n (also score every schedule on n fresh noises against a near-exact reference: DPM-Solver++-3
 //! at 2000 NFE on log-SNR steps, itself checked against the fixture's exact solutions).
 
-use candle_core::{Device, Tensor};
-use ld3_models::{Denoiser, DenoiserPredictor, GmmFixture};
-use ld3_solvers::{sample, SolverConfig, SolverName, Times, UniPcVariant};
+use candle_core::Tensor;
+use ld3_models::{Denoiser, GmmFixture};
+use ld3_solvers::{SolverConfig, SolverName, UniPcVariant};
 use ld3_train::{TeacherConfig, TrainConfig, Trainer};
 use std::path::PathBuf;
 
@@ -64,21 +64,7 @@ fn main() {
         None
     };
     let sc = SolverConfig::new(name, Some(order), variant).unwrap();
-    let is_edm = fx.starts_with("edm");
-    let teacher = TeacherConfig::new(
-        SolverConfig::new(
-            SolverName::UniPc,
-            Some(3),
-            Some(if is_edm {
-                UniPcVariant::Bh1
-            } else {
-                UniPcVariant::Bh2
-            }),
-        )
-        .unwrap(),
-        tnfe,
-    )
-    .unwrap();
+    let teacher = TeacherConfig::default_for(gmm, tnfe).unwrap();
     let mut cfg = TrainConfig::new(sc.clone(), nfe, teacher.clone());
     cfg.seed = seed;
     if std::env::var("INIT_UNIFORM").is_ok() {
@@ -141,26 +127,26 @@ fn main() {
             r.schedule, r.mean, r.median
         );
     }
-    let (solver, _) = sc.build_for_nfe(nfe).unwrap();
-    let p = DenoiserPredictor::new(gmm);
+    let (solver, steps) = sc.build_for_nfe(nfe).unwrap();
     let s = gmm.noise_schedule();
-    let x_t = (noise * s.prior_scale()).unwrap();
-    let run_t = |t: &[f64], tn: &[f64]| {
-        let times = Times::from_f64(t, tn, &Device::Cpu).unwrap();
-        sample(solver.as_ref(), &p, &x_t, &times, None).unwrap().x
-    };
     let worst = std::env::var("WORST").is_ok();
     report(&case, "teacher", &teacher.solve(gmm, noise).unwrap(), false);
     report(
         &case,
         "ld3",
-        &run_t(&out.schedule.t, &out.schedule.t_net),
+        &case
+            .solve(solver.as_ref(), &out.schedule.t, &out.schedule.t_net)
+            .unwrap(),
         true,
     );
-    let (_, steps) = sc.build_for_nfe(nfe).unwrap();
     for rule in ld3_train::trainer::hand_made(name) {
         let t = rule.times(s, steps).unwrap();
-        report(&case, &rule.name(), &run_t(&t, &t), worst);
+        report(
+            &case,
+            &rule.name(),
+            &case.solve(solver.as_ref(), &t, &t).unwrap(),
+            worst,
+        );
     }
     let Some(n) = std::env::var("HELDOUT")
         .ok()
@@ -168,22 +154,25 @@ fn main() {
     else {
         return;
     };
-    // A near-exact reference on n fresh noises (seeds far from the trainer's).
-    report(
-        &case,
-        "2000-NFE ref",
-        &case.reference_solution(noise, 2000).unwrap(),
-        false,
-    );
+    // A near-exact reference on n fresh noises (seeds far from the trainer's), checked against
+    // the fixture's exact solutions where it has them.
+    if case.exact != serde_json::Value::Null {
+        report(
+            &case,
+            "2000-NFE ref",
+            &case.reference_solution(noise, 2000).unwrap(),
+            false,
+        );
+    }
     let held = case.fresh(n, 9_000_000, 2000).unwrap();
-    let z = held.noise.clone();
     println!("held-out: {n} fresh noises against the 2000-NFE reference");
-    report(&held, "teacher", &teacher.solve(gmm, &z).unwrap(), worst);
-    let x_t = (&z * s.prior_scale()).unwrap();
-    let run_z = |t: &[f64], tn: &[f64]| {
-        let times = Times::from_f64(t, tn, &Device::Cpu).unwrap();
-        sample(solver.as_ref(), &p, &x_t, &times, None).unwrap().x
-    };
+    report(
+        &held,
+        "teacher",
+        &teacher.solve(gmm, &held.noise).unwrap(),
+        worst,
+    );
+    let run_z = |t: &[f64], tn: &[f64]| held.solve(solver.as_ref(), t, tn).unwrap();
     report(
         &held,
         "ld3",
@@ -196,25 +185,8 @@ fn main() {
     } else {
         format!("{}-order{order}-nfe{nfe}", solver_arg.replace('-', "_"))
     };
-    let official: Option<serde_json::Value> =
-        std::fs::read_to_string(case.dir.join("official_ld3.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get(&key).cloned());
-    if let Some(o) = official {
-        let times = |k: &str| -> Vec<f64> {
-            o[k].as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect()
-        };
-        report(
-            &held,
-            "official seed 0",
-            &run_z(&times("t_steps"), &times("tc_steps")),
-            worst,
-        );
+    if let Some((t, t_net)) = case.official_ld3(&key).unwrap() {
+        report(&held, "official seed 0", &run_z(&t, &t_net), worst);
     }
     for rule in ld3_train::trainer::hand_made(name) {
         let t = rule.times(s, steps).unwrap();

@@ -16,6 +16,9 @@ use ld3_solvers::{Evaluator, Grid, Predictor, Result, Solver, SolverState, Times
 
 use crate::{Discretization, Distance};
 
+/// Samples solved at once by [`Problem::losses`].
+pub const LOSS_CHUNK: usize = 50;
+
 /// How gradients flow back through the solve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backprop {
@@ -59,7 +62,8 @@ impl Problem<'_> {
         Ok(times)
     }
 
-    /// The per-sample losses of starts `z` (standard-normal space) against `target`, no graph.
+    /// The per-sample losses of starts `z` (standard-normal space) against `target`, no graph
+    /// ([`LOSS_CHUNK`] samples at a time).
     pub fn losses(
         &self,
         theta: &Tensor,
@@ -68,13 +72,21 @@ impl Problem<'_> {
         target: &Tensor,
     ) -> Result<Vec<f64>> {
         let times = self.times(&theta.detach(), &xi.detach())?;
-        let x_t = (z.detach() * self.model.noise_schedule().prior_scale())?;
-        let out = ld3_solvers::sample(self.solver, self.model, &x_t, &times, None)?;
-        Ok(self
-            .distance
-            .per_sample(&out.x, target)?
-            .to_dtype(DType::F64)?
-            .to_vec1()?)
+        let mut losses = Vec::with_capacity(z.dims()[0]);
+        // In chunks: validation solves every pair, and a batch's activations scale with it.
+        for start in (0..z.dims()[0]).step_by(LOSS_CHUNK) {
+            let len = LOSS_CHUNK.min(z.dims()[0] - start);
+            let x_t =
+                (z.narrow(0, start, len)?.detach() * self.model.noise_schedule().prior_scale())?;
+            let out = ld3_solvers::sample(self.solver, self.model, &x_t, &times, None)?;
+            losses.extend(
+                self.distance
+                    .per_sample(&out.x, &target.narrow(0, start, len)?)?
+                    .to_dtype(DType::F64)?
+                    .to_vec1::<f64>()?,
+            );
+        }
+        Ok(losses)
     }
 
     /// The losses and the gradients of their batch mean.

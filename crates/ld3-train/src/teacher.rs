@@ -8,7 +8,10 @@ use candle_core::{DType, Device, Tensor};
 use ld3_models::{Denoiser, DenoiserPredictor};
 use ld3_solvers::schedule_file::write_atomic;
 use ld3_solvers::steps::{Karras, StepSchedule};
-use ld3_solvers::{rng, sample, Error, Result, Solver, SolverConfig, Times};
+use ld3_solvers::{
+    rng, sample, Error, NoiseScheduleConfig, Result, Solver, SolverConfig, SolverName, Times,
+    UniPcVariant,
+};
 use serde::{Deserialize, Serialize};
 
 /// The teacher: a solver at a high NFE on Karras ρ = 7 steps in σ/α.
@@ -26,6 +29,25 @@ impl TeacherConfig {
     pub fn new(solver: SolverConfig, nfe: usize) -> Result<Self> {
         solver.build_for_nfe(nfe)?;
         Ok(Self { solver, nfe })
+    }
+
+    /// UniPC's variant for `model`'s teacher: bh1 for EDM schedules, bh2 for VP ones (as the
+    /// official code's configurations).
+    pub fn default_unipc_variant(model: &dyn Denoiser) -> UniPcVariant {
+        match model.noise_schedule().config() {
+            NoiseScheduleConfig::Edm { .. } => UniPcVariant::Bh1,
+            _ => UniPcVariant::Bh2,
+        }
+    }
+
+    /// The default teacher for `model`: UniPC-3 ([`TeacherConfig::default_unipc_variant`]) at
+    /// `nfe` (LD3: 20).
+    pub fn default_for(model: &dyn Denoiser, nfe: usize) -> Result<Self> {
+        let variant = Self::default_unipc_variant(model);
+        Self::new(
+            SolverConfig::new(SolverName::UniPc, Some(3), Some(variant))?,
+            nfe,
+        )
     }
 
     /// The teacher's outputs for starts x_T = prior·z, `batch` samples at a time.

@@ -30,7 +30,8 @@ use crate::{Discretization, Distance, TimeMode, WindowRule, L1, L2};
 #[serde(rename_all = "kebab-case")]
 pub enum Init {
     /// Two runs, from uniform θ and from the best hand-made schedule, on the same teacher pairs;
-    /// the one with the lower validation loss at the pairs' own noise wins. Neither start is better on every setting
+    /// the one with the lower validation statistic over all teacher pairs at their own noise
+    /// wins. Neither start is better on every setting
     /// (measured on the GMM fixtures: see docs/ld3.md), and training is cheap next to a bad
     /// schedule.
     Both,
@@ -101,9 +102,9 @@ pub enum PairUse {
     /// Train on all N_train + N_valid pairs and validate on all of them (the default). The
     /// parameters are N + 1 logits and N − 1 shifts, so fitting them to all pairs costs little in
     /// overfitting and gains much from seeing twice the samples that switch mixture
-    /// components: lower RMS error on fresh noise on the mixtures (docs/ld3.md), for about twice
-    /// the training time (twice the iterations per round, each validating twice the pairs; runs
-    /// stop earlier). On a 10 + 10-pair image run the split did as well.
+    /// components: lower RMS error on fresh noise on most measured mixture settings
+    /// (docs/ld3.md), for 2–3× the training time (twice the iterations per round, each
+    /// validating twice the pairs). On a 10 + 10-pair image run the split did as well.
     Pooled,
 }
 
@@ -113,7 +114,8 @@ impl PairUse {
     }
 }
 
-/// Every setting of a run (the paper's defaults unless set).
+/// Every setting of a run (the paper's defaults unless set, except where docs/ld3.md says
+/// why: two starts, pooled pairs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     /// Student solver.
@@ -128,7 +130,7 @@ pub struct TrainConfig {
     pub radius: Option<f64>,
     /// Distance.
     pub loss: Loss,
-    /// Training pairs.
+    /// Training pairs (with [`PairUse::Pooled`], training and validation use both counts).
     pub train_samples: usize,
     /// Validation pairs.
     pub valid_samples: usize,
@@ -183,7 +185,7 @@ pub fn recompute_by_default(model: &dyn Denoiser) -> bool {
 }
 
 impl TrainConfig {
-    /// The paper's defaults for `solver` at `nfe`.
+    /// The defaults for `solver` at `nfe` (the paper's, but for `init` and `pairs`).
     pub fn new(solver: SolverConfig, nfe: usize, teacher: TeacherConfig) -> Self {
         Self {
             solver,
@@ -343,6 +345,25 @@ pub fn hand_made(solver: SolverName) -> Vec<Box<dyn StepSchedule>> {
             Preset::GitsDpmSolver
         }),
     ]
+}
+
+/// "field: stored there, given now" for every setting (but recomputation) that differs.
+fn config_differences(stored: &TrainConfig, now: &TrainConfig) -> Vec<String> {
+    let as_map = |c: &TrainConfig| match serde_json::to_value(TrainConfig {
+        recompute: false,
+        ..c.clone()
+    }) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let (a, b) = (as_map(stored), as_map(now));
+    a.iter()
+        .filter(|(k, v)| b.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            let now = b.get(k).map_or("—".to_string(), |v| v.to_string());
+            format!("{k}: {v} there, {now} now")
+        })
+        .collect()
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -508,14 +529,14 @@ impl<'a> Trainer<'a> {
                 });
             }
         }
-        let valid = |o: &Outcome| {
+        let pairs_loss = |o: &Outcome| {
             o.schedule.provenance["pairs_loss_at_noise"]
                 .as_f64()
                 .unwrap_or(f64::INFINITY)
         };
         let best = outcomes
             .into_iter()
-            .min_by(|a, b| valid(a).total_cmp(&valid(b)))
+            .min_by(|a, b| pairs_loss(a).total_cmp(&pairs_loss(b)))
             .expect("two runs");
         best.schedule.write(&self.run_dir.join("best.json"))?;
         Ok(best)
@@ -551,10 +572,18 @@ impl<'a> Trainer<'a> {
                 ..cp.config.clone()
             } == self.config;
             if !same || cp.model != self.model_name {
+                let mut differ = config_differences(&cp.config, &self.config);
+                if cp.model != self.model_name {
+                    differ.insert(
+                        0,
+                        format!("model: {} there, {} now", cp.model, self.model_name),
+                    );
+                }
                 return Err(Error::Invalid(format!(
-                    "{} already holds a run with other settings or another model; continue it with \
-                     the same options, or choose another run directory",
-                    self.run_dir.display()
+                    "{} already holds a run with other settings or another model ({}); continue it \
+                     with its options (the flag of the same name), or choose another run directory",
+                    self.run_dir.display(),
+                    differ.join("; ")
                 )));
             }
             Some(cp)
@@ -903,16 +932,21 @@ impl<'a> Trainer<'a> {
         let valid_hard = valid_loss(&cp.best.theta, &cp.best.xi, &valid.noise)?;
         // On every teacher pair (training and validation) at its own noise: what picks between
         // the two starts, from twice the samples validation has.
-        let all = pairs.slice(0, c.train_samples + c.valid_samples)?;
-        let pairs_hard = match problem.losses(
-            &vec_tensor(&cp.best.theta)?,
-            &vec_tensor(&cp.best.xi)?,
-            &all.noise,
-            &all.target,
-        ) {
-            Ok(l) => c.validation.summarise(&l),
-            Err(Error::NonFinite { .. }) => f64::INFINITY,
-            Err(e) => return Err(e),
+        let pairs_hard = match c.pairs {
+            PairUse::Pooled => valid_hard,
+            PairUse::Split => {
+                let all = pairs.slice(0, c.train_samples + c.valid_samples)?;
+                match problem.losses(
+                    &vec_tensor(&cp.best.theta)?,
+                    &vec_tensor(&cp.best.xi)?,
+                    &all.noise,
+                    &all.target,
+                ) {
+                    Ok(l) => c.validation.summarise(&l),
+                    Err(Error::NonFinite { .. }) => f64::INFINITY,
+                    Err(e) => return Err(e),
+                }
+            }
         };
         let provenance = serde_json::json!({
             "method": "ld3",

@@ -166,7 +166,11 @@ fn pooled_pairs_train_on_all_pairs_and_old_runs_read_as_split() {
         .unwrap()
         .run(true, None)
         .unwrap_err();
-    assert!(e.to_string().contains("other settings"), "{e}");
+    assert!(
+        e.to_string()
+            .contains(r#"pairs: "split" there, "pooled" now"#),
+        "{e}"
+    );
     for d in [split_dir, pooled_dir] {
         std::fs::remove_dir_all(d).unwrap();
     }
