@@ -2,7 +2,7 @@
 //! solutions: `cargo run --release -p ld3-train --example gmm_fixture_eval -- edm-public dpm-solver++ 3 6 [SEED] [TEACHER_NFE] [SAMPLES]`
 //! (run from the repository root). Environment: SPLIT (the official train/validation split),
 //! TRIMMED or MEDIAN (validation statistic),
-//! INIT_UNIFORM or INIT_HAND_MADE (one start), BATCH=n, TRAIN=n / VALID=n (pair counts), ROUNDS=n (θ+ξ rounds), MODE=lambda|time,
+//! INIT_UNIFORM or INIT_HAND_MADE (one start), BATCH=n, RADIUS=r, TRAIN=n / VALID=n (pair counts), ROUNDS=n (θ+ξ rounds), MODE=lambda|time,
 //! RAWLOGITS (the official ξ window), WORST (the largest per-sample errors of every schedule and
 //! how many exceed 0.2),
 //! HELDOUT=n (also score every schedule on n fresh noises against a near-exact reference: DPM-Solver++-3
@@ -75,6 +75,9 @@ fn main() {
     }
     if std::env::var("MEDIAN").is_ok() {
         cfg.validation = ld3_train::ValidationStat::Median;
+    }
+    if let Ok(r) = std::env::var("RADIUS") {
+        cfg.radius = Some(r.parse().unwrap());
     }
     if std::env::var("SPLIT").is_ok() {
         cfg.pairs = ld3_train::PairUse::Split;
