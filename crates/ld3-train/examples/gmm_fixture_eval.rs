@@ -1,12 +1,15 @@
 //! Trains LD3 on a GMM fixture and compares learned and hand-made schedules with the exact ODE
-//! solutions: `cargo run --release -p ld3-train --example gmm_fixture_eval -- edm-public dpm-solver++ 3 6 [SEED] [TEACHER_NFE] [SAMPLES]`
-//! (run from the repository root). Environment: SPLIT (the official train/validation split),
-//! TRIMMED or MEDIAN (validation statistic),
-//! INIT_UNIFORM or INIT_HAND_MADE (one start), BATCH=n, RADIUS=r, TRAIN=n / VALID=n (pair counts), ROUNDS=n (θ+ξ rounds), MODE=lambda|time,
-//! RAWLOGITS (the official ξ window), WORST (the largest per-sample errors of every schedule and
-//! how many exceed 0.2),
-//! HELDOUT=n (also score every schedule on n fresh noises against a near-exact reference: DPM-Solver++-3
-//! at 2000 NFE on log-SNR steps, itself checked against the fixture's exact solutions).
+//! solutions (run from the repository root):
+//! `cargo run --release -p ld3-train --example gmm_fixture_eval -- FIXTURE SOLVER ORDER NFE
+//! [SEED] [TEACHER_NFE] [SAMPLES]`, FIXTURE a name under fixtures/gmm or a directory with a
+//! gmm.json. Environment:
+//! - SPLIT (the paper's train/validation split), TRIMMED or MEDIAN (validation statistic),
+//!   INIT_UNIFORM or INIT_HAND_MADE (one start), BATCH=n, RADIUS=r, TRAIN=n / VALID=n (pair
+//!   counts), ROUNDS=n (θ+ξ rounds), MODE=lambda|time, RAWLOGITS (the official ξ window);
+//! - WORST: the five largest per-sample errors of every schedule and how many exceed 0.2;
+//! - HELDOUT=n: also score every schedule on n fresh noises against a near-exact reference
+//!   (DPM-Solver++-3 at 2000 NFE on log-SNR steps, itself checked against the fixture's exact
+//!   solutions).
 
 use candle_core::Tensor;
 use ld3_models::{Denoiser, GmmFixture};
@@ -15,7 +18,7 @@ use ld3_train::{TeacherConfig, TrainConfig, Trainer};
 use std::path::PathBuf;
 
 /// Prints a schedule's RMS and median relative error against the exact solution (and, for
-/// `worst`, its three largest per-sample errors).
+/// `worst`, its five largest per-sample errors and how many exceed 0.2).
 fn report(case: &GmmFixture, label: &str, x: &Tensor, worst: bool) {
     if worst {
         let mut r = case.per_sample_relative_errors(x).unwrap();

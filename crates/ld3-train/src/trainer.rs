@@ -104,7 +104,7 @@ pub enum PairUse {
     /// overfitting and gains much from seeing twice the samples that switch mixture
     /// components: lower RMS error on fresh noise on most measured mixture settings
     /// (docs/ld3.md), for 2–3× the training time (twice the iterations per round, each
-    /// validating twice the pairs). On a 10 + 10-pair image run the split did as well.
+    /// validating twice the pairs). On a 10 + 10-pair image run the split did better.
     Pooled,
 }
 
