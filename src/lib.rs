@@ -15,8 +15,9 @@
 //! let (solver, steps) = SolverConfig::new(SolverName::UniPc, Some(3), None)?.build_for_nfe(6)?;
 //! let schedule = model.noise_schedule();
 //! let t = LogSnrUniform.times(schedule, steps)?;
-//! let times = Times::from_f64(&t, &t, &candle_core::Device::Cpu)?; // or Times::new(&var_t, &var_t_net)
-//! let z = rng::standard_normal(0, 4, model.sample_shape(), candle_core::DType::F64, &candle_core::Device::Cpu)?;
+//! let times = Times::from_f64(&t, &t, model.device())?; // or Times::new(&var_t, &var_t_net)
+//! let z = rng::standard_normal(0, 4, model.sample_shape(), candle_core::DType::F64, model.device())?;
+//! // Conditioned models: DenoiserPredictor::with_conditioning(model, Conditioning::Class(labels)).
 //! let out = sample(solver.as_ref(), &DenoiserPredictor::new(model.as_ref()), &(z * schedule.prior_scale())?, &times, None)?;
 //! # Ok(()) }
 //! ```

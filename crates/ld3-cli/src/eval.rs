@@ -13,7 +13,7 @@ use ld3_metrics::fid::{frechet_distance, kid};
 use ld3_metrics::fid_sets::{open_set, FeatureSet, FidExtractor};
 use ld3_metrics::inception::{default_weights, FidMode};
 use ld3_metrics::LpipsNet;
-use ld3_models::registry;
+use ld3_models::{registry, Conditioning};
 use ld3_solvers::schedule_file::write_atomic;
 use ld3_solvers::{rng, ScheduleFile, Times};
 use ld3_train::teacher::solve_in_batches;
@@ -296,7 +296,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
         bail!("--num-samples must be at least 2");
     }
     let (spec, model) = args.solver.load_model()?;
-    let shape = model.sample_shape().to_vec();
+    let shape = model.decoded_shape();
     let image_model = images::is_image(&shape);
     if (args.reference.is_some() || args.lpips) && !image_model {
         bail!(
@@ -324,23 +324,32 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
     let z = rng::standard_normal(
         args.seed,
         args.num_samples,
-        &shape,
+        model.sample_shape(),
         DType::F32,
-        &Device::Cpu,
+        model.device(),
     )?;
+    // Each noise's conditioning (class models: labels drawn from the same seed).
+    let cond = match ld3_train::teacher::default_conditioner(model.as_ref())? {
+        Some(c) => c.draw(args.seed, args.num_samples)?,
+        None => Conditioning::None,
+    };
     let teacher = if args.no_teacher {
         None
     } else {
         let config = args.teacher.config(model.as_ref())?;
         eprintln!("teacher: {} at NFE {} ...", config.solver, config.nfe);
-        Some(config.solve(model.as_ref(), &z)?)
+        Some(model.decode(&config.solve(model.as_ref(), &z, &cond)?)?)
     };
     let lpips: Option<Arc<dyn Distance>> = if args.lpips {
         let net = match args.lpips_net {
             LpipsNetName::Vgg => LpipsNet::Vgg16,
             LpipsNetName::Alex => LpipsNet::Alex,
         };
-        Some(lpips_distance(net, args.lpips_weights.as_deref())?)
+        Some(lpips_distance(
+            net,
+            args.lpips_weights.as_deref(),
+            model.device(),
+        )?)
     } else {
         None
     };
@@ -367,7 +376,8 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
         eprintln!("{name}: {} at NFE {} ...", file.solver, file.nfe);
         let (solver, _) = file.solver.build_for_nfe(file.nfe)?;
         let times = Times::from_f64(&file.t, &file.t_net, z.device())?;
-        let x = solve_in_batches(model.as_ref(), solver.as_ref(), &times, &z, 64)?;
+        let x = solve_in_batches(model.as_ref(), solver.as_ref(), &times, &z, &cond, 64)?;
+        let x = model.decode(&x)?;
         let l2 = match &teacher {
             Some(t) => {
                 let rms: Vec<f64> = (&x - t)?

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use ld3_models::DenoiserPredictor;
+use ld3_models::{Conditioning, ConditioningKind, Denoiser, DenoiserPredictor};
 use ld3_solvers::schedule_file::write_atomic;
 use ld3_solvers::{rng, sample, ScheduleFile, StepInfo, Times};
 
@@ -32,9 +32,14 @@ pub struct SampleArgs {
     /// A schedule file (from `ld3 schedule` or `ld3 train`) instead of --schedule.
     #[arg(long)]
     schedule_file: Option<PathBuf>,
-    /// Safetensors file whose tensor `noise` [B, ...shape] holds standard normals.
+    /// Safetensors file whose tensor `noise` [B, ...shape] holds standard normals (and, for
+    /// class-conditional models, may hold `class_labels` [B], u32).
     #[arg(long, conflicts_with_all = ["num_samples", "seed"])]
     noise: Option<PathBuf>,
+    /// Class labels of a class-conditional model: one for every sample, or one per sample,
+    /// comma-separated (`uncond` = no class).
+    #[arg(long, value_delimiter = ',')]
+    class_labels: Vec<String>,
     /// Draw this many noise samples instead of --noise.
     #[arg(long)]
     num_samples: Option<usize>,
@@ -105,9 +110,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
         None => args.solver.hand_made(&spec, model.as_ref())?,
     };
     let (solver, steps) = file.solver.build_for_nfe(file.nfe)?;
-    let device = Device::Cpu;
+    let device = model.device().clone();
     let shape = model.sample_shape().to_vec();
-    let image_model = images::is_image(&shape);
+    let image_model = images::is_image(&model.decoded_shape());
     let grid = args
         .grid
         .clone()
@@ -124,10 +129,13 @@ pub fn run(args: SampleArgs) -> Result<()> {
             model.describe()
         );
     }
-    let z = match (&args.noise, args.num_samples) {
+    let (z, stored_labels) = match (&args.noise, args.num_samples) {
         (Some(path), _) => read_noise(path, &shape)?,
         (None, Some(0)) => bail!("--num-samples must be at least 1"),
-        (None, Some(b)) => rng::standard_normal(args.seed, b, &shape, DType::F64, &device)?,
+        (None, Some(b)) => (
+            rng::standard_normal(args.seed, b, &shape, DType::F64, &device)?,
+            None,
+        ),
         (None, None) => {
             bail!("give the noise: --noise FILE.safetensors, or --num-samples B [--seed S]")
         }
@@ -135,10 +143,11 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let times = Times::from_f64(&file.t, &file.t_net, &device)?;
-    let predictor = DenoiserPredictor::new(model.as_ref());
-    let prior = model.noise_schedule().prior_scale();
     let total = z.dim(0)?;
+    let cond = conditioning(&args.class_labels, stored_labels, model.as_ref(), total)?;
+    let z = z.to_device(&device)?;
+    let times = Times::from_f64(&file.t, &file.t_net, &device)?;
+    let prior = model.noise_schedule().prior_scale();
     eprintln!(
         "{}: {} on {} steps ({}), {total} samples",
         model.describe(),
@@ -159,10 +168,15 @@ pub fn run(args: SampleArgs) -> Result<()> {
             .expect("static template"),
     );
     let started = Instant::now();
-    let (mut outputs, mut nfe) = (Vec::new(), 0);
+    let (mut outputs, mut latents, mut nfe) = (Vec::new(), Vec::new(), 0);
+    // A latent model's final state is decoded: `samples` holds the decoded images, `latents` the
+    // solver's final state.
+    let decodes = model.decoded_shape() != shape;
     for start in (0..total).step_by(args.batch_size) {
         let len = args.batch_size.min(total - start);
         let x_t = (z.narrow(0, start, len)?.to_dtype(dtype)? * prior)?;
+        let predictor =
+            DenoiserPredictor::with_conditioning(model.as_ref(), cond.narrow(start, len)?);
         let mut progress = |info: &StepInfo| -> ld3_solvers::Result<()> {
             bar.inc(1);
             bar.set_message(format!("t={:.4} nfe={}", info.t, info.nfe));
@@ -176,13 +190,23 @@ pub fn run(args: SampleArgs) -> Result<()> {
             Some(&mut progress),
         )?;
         nfe = out.nfe;
-        outputs.push(out.x.to_dtype(DType::F32)?);
+        let decoded = model.decode(&out.x)?;
+        outputs.push(decoded.to_dtype(DType::F32)?);
+        if decodes {
+            latents.push(out.x.to_dtype(DType::F32)?);
+        }
     }
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     let samples = Tensor::cat(&outputs, 0)?;
     write_atomic(&args.out, |tmp| {
-        let tensors = HashMap::from([("samples".to_string(), samples.clone())]);
+        let mut tensors = HashMap::from([("samples".to_string(), samples.clone())]);
+        if decodes {
+            tensors.insert("latents".to_string(), Tensor::cat(&latents, 0)?);
+        }
+        if let Conditioning::Class(labels) = &cond {
+            tensors.insert("class_labels".to_string(), labels.clone());
+        }
         Ok(candle_core::safetensors::save(&tensors, tmp)?)
     })?;
     if image_model {
@@ -210,10 +234,67 @@ pub fn run(args: SampleArgs) -> Result<()> {
     Ok(())
 }
 
-/// The tensor `noise` of a safetensors file, checked against the model's sample shape.
-fn read_noise(path: &std::path::Path, shape: &[usize]) -> Result<Tensor> {
+/// The batch's conditioning: `--class-labels` (one for all, or one per sample), else the noise
+/// file's `class_labels`; checked against what the model takes.
+fn conditioning(
+    flags: &[String],
+    stored: Option<Tensor>,
+    model: &dyn Denoiser,
+    total: usize,
+) -> Result<Conditioning> {
+    let kind = model.conditioning();
+    let cond = if !flags.is_empty() {
+        let labels: Vec<u32> = flags
+            .iter()
+            .map(|l| match l.trim() {
+                "uncond" => Ok(ld3_models::UNCONDITIONAL_CLASS),
+                l => l.parse::<u32>().with_context(|| {
+                    format!("--class-labels: '{l}' is not a class number (or `uncond`)")
+                }),
+            })
+            .collect::<Result<_>>()?;
+        let labels = match labels.len() {
+            1 => vec![labels[0]; total],
+            n if n == total => labels,
+            n => bail!("--class-labels gives {n} labels for {total} samples: give one, or {total}"),
+        };
+        Conditioning::classes(&labels, model.device())?
+    } else if let Some(labels) = stored.filter(|_| matches!(kind, ConditioningKind::Class { .. })) {
+        Conditioning::Class(labels.to_device(model.device())?)
+    } else {
+        Conditioning::None
+    };
+    if !flags.is_empty() && !matches!(kind, ConditioningKind::Class { .. }) {
+        bail!(
+            "--class-labels applies to class-conditional models; {} takes {kind}",
+            model.describe()
+        );
+    }
+    if cond.is_none() && kind != ConditioningKind::None {
+        bail!(
+            "{} needs {kind}: give --class-labels (or `class_labels` in the --noise file)",
+            model.describe()
+        );
+    }
+    cond.check_for(&kind, total)?;
+    Ok(cond)
+}
+
+/// The tensors `noise` (checked against the model's sample shape) and, if present,
+/// `class_labels` of a safetensors file (on the host).
+fn read_noise(path: &std::path::Path, shape: &[usize]) -> Result<(Tensor, Option<Tensor>)> {
     let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("reading noise file {}", path.display()))?;
+    let labels = match tensors.remove("class_labels") {
+        Some(l) if l.dtype() == DType::U32 && l.rank() == 1 => Some(l),
+        Some(l) => bail!(
+            "{}: `class_labels` must be u32 [B], got {:?} {:?}",
+            path.display(),
+            l.dtype(),
+            l.dims()
+        ),
+        None => None,
+    };
     let Some(noise) = tensors.remove("noise") else {
         let mut names: Vec<_> = tensors.keys().cloned().collect();
         names.sort();
@@ -240,5 +321,15 @@ fn read_noise(path: &std::path::Path, shape: &[usize]) -> Result<Tensor> {
     if !total.is_finite() {
         bail!("the noise in {} holds NaN or infinity", path.display());
     }
-    Ok(noise)
+    if let Some(l) = &labels {
+        if l.dim(0)? != noise.dim(0)? {
+            bail!(
+                "{}: `class_labels` holds {} labels for {} noises",
+                path.display(),
+                l.dim(0)?,
+                noise.dim(0)?
+            );
+        }
+    }
+    Ok((noise, labels))
 }

@@ -4,10 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use ld3_models::{Denoiser, ModelSpec, DEFAULT_MODEL, EMBEDDED};
-use ld3_solvers::steps::{
-    Karras, KarrasInTime, LogSnrUniform, Preset, StepSchedule, TimePolynomial, TimeUniform,
-};
+use ld3_models::{ConditioningKind, Denoiser, Guided, ModelSpec, DEFAULT_MODEL, EMBEDDED};
+use ld3_solvers::steps::{HandMade, StepSchedule};
 use ld3_solvers::{ScheduleFile, SolverConfig, SolverName, UniPcVariant};
 
 /// Hand-made step schedules.
@@ -66,23 +64,92 @@ pub struct SolverArgs {
     /// The AYS list for --schedule ays.
     #[arg(long, value_enum, default_value = "sd15")]
     pub ays_model: AysModel,
+    /// Where the model runs: cpu, cuda, cuda:N (a build with `--features cuda`) or metal (a
+    /// build with `--features metal`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Classifier-free guidance scale g ≥ 1 for conditional models (1: none).
+    #[arg(long)]
+    pub guidance: Option<f64>,
+}
+
+/// The device a `--device` value names; a clear error where this build lacks its backend.
+pub fn parse_device(name: &str) -> Result<candle_core::Device> {
+    let name = name.trim().to_ascii_lowercase();
+    let (kind, index) = match name.split_once(':') {
+        Some((k, i)) => {
+            let i: usize = i
+                .parse()
+                .with_context(|| format!("--device {name}: the device index must be a number"))?;
+            (k.to_string(), i)
+        }
+        None => (name.clone(), 0),
+    };
+    match kind.as_str() {
+        "cpu" if index == 0 => Ok(candle_core::Device::Cpu),
+        "cuda" if cfg!(feature = "cuda") => candle_core::Device::new_cuda(index)
+            .with_context(|| format!("--device {name}: no usable CUDA device {index}")),
+        "cuda" => bail!(
+            "--device {name}: this ld3 was built without CUDA; rebuild it with `--features cuda` \
+             (needs the CUDA toolkit's nvcc: see docs/gpu.md)"
+        ),
+        "metal" if cfg!(feature = "metal") => candle_core::Device::new_metal(index)
+            .with_context(|| format!("--device {name}: no usable Metal device {index}")),
+        "metal" => bail!(
+            "--device {name}: this ld3 was built without Metal; rebuild it with `--features metal` \
+             (macOS)"
+        ),
+        _ => bail!("--device {name}: unknown device; use cpu, cuda, cuda:N or metal"),
+    }
 }
 
 impl SolverArgs {
-    /// The model.
+    /// The model on `--device`, guided when `--guidance` asks for it.
     pub fn load_model(&self) -> Result<(ModelSpec, Box<dyn Denoiser>)> {
         self.load_model_as(candle_core::DType::F32)
     }
 
-    /// The model, a network's weights in `dtype`.
+    /// The model on `--device`, a network's weights in `dtype`, guided when `--guidance` asks
+    /// for it.
     pub fn load_model_as(
         &self,
         dtype: candle_core::DType,
     ) -> Result<(ModelSpec, Box<dyn Denoiser>)> {
+        let device = parse_device(&self.device)?;
+        if let Some(g) = self.guidance {
+            if !(g >= 1.0 && g.is_finite()) {
+                bail!("--guidance must be a number ≥ 1 (1 = no guidance), got {g}");
+            }
+        }
         let spec: ModelSpec = self.model.parse()?;
-        let model = ld3_models::load_model_as(&spec, dtype, &candle_core::Device::Cpu)
+        let model = ld3_models::load_model_as(&spec, dtype, &device)
             .with_context(|| format!("loading model {spec}"))?;
-        Ok((spec, model))
+        Ok((spec, self.guided(model)?))
+    }
+
+    /// `model` under `--guidance` (unchanged without it, or at 1).
+    fn guided(&self, model: Box<dyn Denoiser>) -> Result<Box<dyn Denoiser>> {
+        match self.guidance {
+            Some(g) if g != 1.0 => {
+                if model.conditioning() == ConditioningKind::None {
+                    bail!(
+                        "--guidance {g} needs a conditional model; {} is unconditional",
+                        model.describe()
+                    );
+                }
+                Ok(Box::new(Guided::new(model, g)?))
+            }
+            _ => Ok(model),
+        }
+    }
+
+    /// The model's name in schedule files and run directories: the spec, with the guidance
+    /// scale when guided.
+    pub fn model_name(&self, spec: &ModelSpec) -> String {
+        match self.guidance {
+            Some(g) if g != 1.0 => format!("{spec} (guidance {g})"),
+            _ => spec.to_string(),
+        }
     }
 
     /// The solver description from --solver/--order/--variant, falling back to `default`.
@@ -109,22 +176,20 @@ impl SolverArgs {
 
     /// The hand-made rule for `solver`.
     pub fn step_rule(&self, solver: SolverName) -> Box<dyn StepSchedule> {
+        let rho = self.rho;
         match self.schedule.unwrap_or(ScheduleName::Logsnr) {
-            ScheduleName::TimeUniform => Box::new(TimeUniform),
-            ScheduleName::TimeQuadratic => Box::new(TimePolynomial { rho: 2.0 }),
-            ScheduleName::Logsnr => Box::new(LogSnrUniform),
-            ScheduleName::Edm => Box::new(Karras { rho: self.rho }),
-            ScheduleName::TimeEdm => Box::new(KarrasInTime { rho: self.rho }),
-            ScheduleName::Gits => Box::new(if solver == SolverName::Ipndm {
-                Preset::GitsIpndm
-            } else {
-                Preset::GitsDpmSolver
-            }),
-            ScheduleName::Ays => Box::new(match self.ays_model {
-                AysModel::Sd15 => Preset::AysSd15,
-                AysModel::Sdxl => Preset::AysSdxl,
-            }),
+            ScheduleName::TimeUniform => HandMade::TimeUniform,
+            ScheduleName::TimeQuadratic => HandMade::TimeQuadratic,
+            ScheduleName::Logsnr => HandMade::LogSnr,
+            ScheduleName::Edm => HandMade::Edm { rho },
+            ScheduleName::TimeEdm => HandMade::TimeEdm { rho },
+            ScheduleName::Gits => HandMade::Gits,
+            ScheduleName::Ays => match self.ays_model {
+                AysModel::Sd15 => HandMade::AysSd15,
+                AysModel::Sdxl => HandMade::AysSdxl,
+            },
         }
+        .rule(solver)
     }
 
     /// A schedule file for the hand-made rule.
@@ -144,7 +209,7 @@ impl SolverArgs {
             model.noise_schedule(),
             t.clone(),
             t,
-            spec.to_string(),
+            self.model_name(spec),
             provenance,
         )?)
     }

@@ -92,6 +92,7 @@ fn cached_vgg16() -> Option<PathBuf> {
 pub(crate) fn lpips_distance(
     net: LpipsNet,
     weights: Option<&std::path::Path>,
+    device: &Device,
 ) -> Result<Arc<dyn ld3_train::Distance>> {
     let path = match (weights, net) {
         (Some(p), _) => p.to_path_buf(),
@@ -108,7 +109,7 @@ pub(crate) fn lpips_distance(
              .pth, names features.N.*) with --lpips-weights"
         ),
     };
-    let lpips = Lpips::load(net, &path, DType::F32, &Device::Cpu)?;
+    let lpips = Lpips::load(net, &path, DType::F32, device)?;
     Ok(Arc::new(LpipsDistance(lpips)))
 }
 
@@ -295,7 +296,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (spec, model) = args.solver.load_model()?;
     let solver = args.solver.solver_config(None)?;
     let nfe = args.solver.nfe.unwrap_or(10);
-    let shape = model.sample_shape();
+    // Distances and pictures compare decoded samples.
+    let shape = &model.decoded_shape()[..];
     let image = images::is_image(shape);
     if args.compare.is_some() && !image {
         bail!("--compare needs an image model; this model makes {shape:?}");
@@ -322,13 +324,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     net.as_str()
                 );
             }
-            let d = lpips_distance(net, args.lpips_weights.as_deref())?;
+            let d = lpips_distance(net, args.lpips_weights.as_deref(), model.device())?;
             (lpips_loss, Some(d))
         }
         // Explicit LPIPS options are honoured (their errors stop the run); only a VGG16
         // backbone missing from the cache falls back to L2.
         LossName::Auto if lpips_fits && (explicit_lpips || cached_vgg16().is_some()) => {
-            let d = lpips_distance(net, args.lpips_weights.as_deref())?;
+            let d = lpips_distance(net, args.lpips_weights.as_deref(), model.device())?;
             (lpips_loss, Some(d))
         }
         LossName::Auto => {
@@ -426,8 +428,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         Event::Note(n) => bar.println(n),
     };
-    let mut trainer =
-        Trainer::new(model.as_ref(), spec.to_string(), config, &run_dir)?.with_observer(observer);
+    let mut trainer = Trainer::new(
+        model.as_ref(),
+        args.solver.model_name(&spec),
+        config,
+        &run_dir,
+    )?
+    .with_observer(observer);
     if let Some(d) = distance {
         trainer = trainer.with_distance(d);
     }

@@ -99,8 +99,11 @@ fn sample_all(model: &[String], dtype: &str, dir: &Path) -> HashMap<String, Tens
     out
 }
 
+/// A learned schedule's solver times and network times.
+type Times = (Vec<f64>, Vec<f64>);
+
 /// One learned schedule: (t, t_net).
-fn train(model: &[String], solver: &[&str], extra: &[&str], dir: &Path) -> (Vec<f64>, Vec<f64>) {
+fn train(model: &[String], solver: &[&str], extra: &[&str], dir: &Path) -> Times {
     let out = dir.join("schedule.json");
     let _ = std::fs::remove_dir_all(dir.join("schedule.json.run"));
     let mut args = strings(&["train"]);
@@ -137,7 +140,7 @@ const SMALL: [&str; 6] = [
 ];
 
 /// The learned schedules, by name.
-fn learned(dir: &Path) -> Vec<(String, (Vec<f64>, Vec<f64>))> {
+fn learned(dir: &Path) -> Vec<(String, Times)> {
     let mnist_extra: Vec<&str> = vec![
         "--train-samples",
         "3",

@@ -316,7 +316,7 @@ fn train_writes_a_schedule_that_sample_uses_and_refuses_bad_input() {
         .path("--out", &tmp(&dir, "other.json"));
     for (extra, want) in [
         (vec!["--resume", "/nonexistent-run"], "no run to resume"),
-        (vec!["--radius", "-1"], "--radius"),
+        (vec!["--radius", "-1"], "radius must be ≥ 0"),
         (vec!["--loss", "lpips"], "compares RGB or grey images"),
         (
             vec!["--nfe", "2", "--solver", "unipc", "--order", "3"],
@@ -567,4 +567,160 @@ mod eval {
             .args(&["--lpips"])
             .fails_with("need an image model");
     }
+}
+
+/// `fixtures/gmm-class/<case>/<file>`.
+fn class_fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/gmm-class")
+        .join(path)
+}
+
+#[test]
+fn samples_a_class_conditional_model_with_guidance_to_the_exact_solution() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tmp(&dir, "guided.safetensors");
+    let model = format!("gmm:{}", class_fixture("edm/gmm.json").display());
+    // Labels from the noise file; guidance 3; DPM-Solver++(3) at 200 NFE.
+    ld3("sample")
+        .args(&["--model", &model, "--guidance", "3", "--device", "cpu"])
+        .args(&["--solver", "dpm-solver++", "--nfe", "200", "--dtype", "f64"])
+        .path("--noise", &class_fixture("edm/noise.safetensors"))
+        .args(&["--quiet"])
+        .path("--out", &out)
+        .ok();
+    let exact: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(class_fixture("edm/exact.json")).unwrap())
+            .unwrap();
+    let rows: Vec<Vec<f64>> = serde_json::from_value(exact["exact"]["3.0"].clone()).unwrap();
+    let got = read_samples(&out);
+    let want = candle_core::Tensor::from_vec(rows.concat(), got.dims(), &candle_core::Device::Cpu)
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap();
+    assert!(max_abs_diff(&got, &want).unwrap() < 1e-3);
+    let mut stored = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(
+        stored
+            .remove("class_labels")
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap()[..3],
+        [0, 1, 2]
+    );
+
+    // Labels from the flag: one for all, or one per sample; `uncond` is the marginal.
+    let labelled =
+        ld3("sample").args(&["--model", "demo-class-gmm", "--num-samples", "3", "--quiet"]);
+    labelled
+        .clone()
+        .args(&["--class-labels", "2"])
+        .path("--out", &tmp(&dir, "one.safetensors"))
+        .ok();
+    labelled
+        .clone()
+        .args(&["--class-labels", "0,uncond,1", "--guidance", "7.5"])
+        .path("--out", &tmp(&dir, "each.safetensors"))
+        .ok();
+
+    // Bad input: each a clear error, nothing written.
+    let bad = tmp(&dir, "bad.safetensors");
+    for (extra, want) in [
+        (
+            vec!["--class-labels", "0,1"],
+            "gives 2 labels for 3 samples",
+        ),
+        (vec!["--class-labels", "3"], "class label 3 is out of range"),
+        (vec!["--class-labels", "x"], "'x' is not a class number"),
+        (vec![], "needs class labels 0..2: give --class-labels"),
+        (
+            vec!["--class-labels", "0", "--guidance", "0.5"],
+            "--guidance must be a number ≥ 1",
+        ),
+        (
+            vec!["--class-labels", "0", "--guidance", "nan"],
+            "--guidance must be a number ≥ 1",
+        ),
+        (
+            vec!["--class-labels", "0", "--device", "cuda"],
+            "built without CUDA",
+        ),
+        (
+            vec!["--class-labels", "0", "--device", "tpu"],
+            "unknown device",
+        ),
+    ] {
+        labelled
+            .clone()
+            .args(&extra)
+            .path("--out", &bad)
+            .fails_with(want);
+        assert!(!bad.exists(), "{extra:?} wrote its output");
+    }
+    ld3("sample")
+        .args(&["--num-samples", "1", "--class-labels", "1", "--quiet"])
+        .path("--out", &bad)
+        .fails_with("--class-labels applies to class-conditional models");
+    ld3("sample")
+        .args(&["--num-samples", "1", "--guidance", "2", "--quiet"])
+        .path("--out", &bad)
+        .fails_with("needs a conditional model");
+    assert!(!bad.exists());
+}
+
+#[test]
+fn trains_a_guided_class_conditional_schedule_with_a_class_per_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tmp(&dir, "guided.json");
+    let train = |guidance: &str| {
+        ld3("train")
+            .args(&[
+                "--model",
+                "demo-class-gmm",
+                "--guidance",
+                guidance,
+                "--quiet",
+            ])
+            .args(&[
+                "--solver", "ipndm", "--order", "2", "--nfe", "4", "--loss", "l2",
+            ])
+            .args(&[
+                "--train-samples",
+                "6",
+                "--valid-samples",
+                "6",
+                "--heldout-samples",
+                "4",
+            ])
+            .path("--out", &out)
+    };
+    train("3").ok();
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(file["model"], "demo-class-gmm (guidance 3)");
+    assert!(file["provenance"]["conditioning"]
+        .as_str()
+        .unwrap()
+        .contains("class labels"));
+    let pairs = candle_core::safetensors::load(
+        out.with_extension("json.run").join("teacher.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(pairs["class_labels"].dims(), &[12]);
+    // The same run directory with another guidance is another model: refused.
+    train("5").fails_with("guidance 5");
+    ld3("sample")
+        .args(&[
+            "--model",
+            "demo-class-gmm",
+            "--guidance",
+            "3",
+            "--class-labels",
+            "1",
+        ])
+        .args(&["--num-samples", "2", "--quiet"])
+        .path("--schedule-file", &out)
+        .path("--out", &tmp(&dir, "s.safetensors"))
+        .ok();
 }

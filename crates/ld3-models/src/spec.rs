@@ -7,6 +7,7 @@ use candle_core::{DType, Device};
 use ld3_solvers::{Error, Result};
 
 use crate::checkpoint::Checkpoint;
+use crate::class_gmm::ClassConditionalMixture;
 use crate::denoiser::Denoiser;
 use crate::diffusers::{DiffusersFiles, DiffusersUNet};
 use crate::gmm::GaussianMixture;
@@ -26,7 +27,7 @@ pub enum ModelSpec {
 }
 
 /// Gaussian mixtures compiled into the binary: (name, description, GMM JSON).
-pub const EMBEDDED: [(&str, &str, &str); 2] = [
+pub const EMBEDDED: [(&str, &str, &str); 3] = [
     (
         "demo-edm-gmm",
         "3-component Gaussian mixture on 1x4x4 under the EDM schedule (sigma 0.002..80)",
@@ -37,7 +38,30 @@ pub const EMBEDDED: [(&str, &str, &str); 2] = [
         "3-component Gaussian mixture on 2x4x4 under Stable Diffusion v1's discrete VP schedule",
         include_str!("../../../fixtures/gmm/vp-public/gmm.json"),
     ),
+    (
+        "demo-class-gmm",
+        "class-conditional Gaussian mixture (3 classes of 2 components) on 1x4x4 under the EDM \
+         schedule: exact conditional, unconditional and guided denoisers",
+        include_str!("../../../fixtures/gmm-class/edm/gmm.json"),
+    ),
 ];
+
+/// A Gaussian-mixture model from its JSON: class-conditional when it has `classes`.
+fn gmm_from_json(json: &str, source: &str, device: &Device) -> Result<Box<dyn Denoiser>> {
+    Ok(if ClassConditionalMixture::is_class_json(json) {
+        Box::new(
+            ClassConditionalMixture::from_json(json)?
+                .with_source(source)
+                .on(device),
+        )
+    } else {
+        Box::new(
+            GaussianMixture::from_json(json)?
+                .with_source(source)
+                .on(device),
+        )
+    })
+}
 
 /// The default `--model`: the embedded MNIST DDPM.
 pub const DEFAULT_MODEL: &str = "ld3-mnist-32";
@@ -48,7 +72,8 @@ impl std::str::FromStr for ModelSpec {
         if let Some(path) = s.strip_prefix("gmm:") {
             if path.is_empty() {
                 return Err(Error::Invalid(
-                    "--model gmm: needs a file, as in gmm:fixtures/gmm/edm-public/gmm.json".into(),
+                    "a `gmm:` model needs a file, as in gmm:fixtures/gmm/edm-public/gmm.json"
+                        .into(),
                 ));
             }
             return Ok(Self::Gmm(PathBuf::from(path)));
@@ -100,11 +125,16 @@ pub fn load_model_as(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<
                 .iter()
                 .find(|(n, _, _)| n == name)
                 .ok_or_else(|| Error::Invalid(format!("no embedded model named '{name}'")))?;
-            Ok(Box::new(
-                GaussianMixture::from_json(json)?.with_source(*name),
-            ))
+            gmm_from_json(json, name, device)
         }
-        ModelSpec::Gmm(path) => Ok(Box::new(GaussianMixture::from_file(path)?)),
+        ModelSpec::Gmm(path) => {
+            let json = std::fs::read_to_string(path).map_err(|source| Error::Io {
+                path: path.display().to_string(),
+                cause: source,
+            })?;
+            gmm_from_json(&json, &path.display().to_string(), device)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+        }
         ModelSpec::Dir(dir) => Ok(Box::new(DiffusersUNet::from_dir(dir, dtype, device)?)),
         ModelSpec::Registry(name) => {
             let entry = registry::find(name)

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use ld3_models::diffusers::WEIGHTS_FILES;
 use ld3_models::registry::{resolve_hub, HubFile};
-use ld3_models::{load_model, Denoiser, DenoiserPredictor, DiffusersUNet, DEFAULT_MODEL};
+use ld3_models::{
+    load_model, Conditioning, Denoiser, DenoiserPredictor, DiffusersUNet, DEFAULT_MODEL,
+};
 use ld3_solvers::gradcheck::{max_abs_diff, GradCheck};
 use ld3_solvers::steps::{LogSnrUniform, StepSchedule};
 use ld3_solvers::{SolverConfig, SolverName, Times};
@@ -100,7 +102,9 @@ fn embedded_model_matches_diffusers_through_the_denoiser_time() {
     for k in 0..3 {
         // The denoiser's time t feeds the network 1000·t − 1.
         let t_net = ((refs[&format!("t_{k}")].clone() + 1.0).unwrap() / 1000.0).unwrap();
-        let out = model.forward(&refs["x"], &t_net).unwrap();
+        let out = model
+            .forward(&refs["x"], &t_net, &Conditioning::None)
+            .unwrap();
         let err = rel_err(&out, &refs[&format!("out_{k}")]);
         assert!(err < 1e-4, "case {k}: relative error {err:e}");
     }
@@ -123,7 +127,10 @@ fn gradient_in_t_and_x_matches_finite_differences() {
         };
         let report = check
             .run(&[x.clone(), t], |v| {
-                Ok(model.forward(&v[0], &v[1])?.mul(&r)?.sum_all()?)
+                Ok(model
+                    .forward(&v[0], &v[1], &Conditioning::None)?
+                    .mul(&r)?
+                    .sum_all()?)
             })
             .unwrap();
         report.assert_within(1e-5);

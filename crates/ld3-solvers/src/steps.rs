@@ -2,6 +2,7 @@
 
 use crate::error::{invalid, Result};
 use crate::noise::NoiseSchedule;
+use crate::solvers::SolverName;
 
 /// A rule that lays out N+1 decreasing times for N solver steps.
 pub trait StepSchedule: Send + Sync {
@@ -380,6 +381,83 @@ impl StepSchedule for Preset {
     }
 }
 
+/// The catalogue of hand-made step schedules: what `ld3 sample --schedule` chooses from, what a
+/// learned schedule is compared with and may start from, and what the tests run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum HandMade {
+    /// [`TimeUniform`].
+    TimeUniform,
+    /// [`TimePolynomial`] with ρ = 2 (LD3's time_quadratic).
+    TimeQuadratic,
+    /// [`LogSnrUniform`].
+    LogSnr,
+    /// [`Karras`] with this ρ (EDM: 7).
+    Edm {
+        /// ρ.
+        rho: f64,
+    },
+    /// [`KarrasInTime`] with this ρ.
+    TimeEdm {
+        /// ρ.
+        rho: f64,
+    },
+    /// The GITS preset of the solver ([`Preset::GitsIpndm`] for iPNDM, else
+    /// [`Preset::GitsDpmSolver`]).
+    Gits,
+    /// [`Preset::AysSd15`].
+    AysSd15,
+    /// [`Preset::AysSdxl`].
+    AysSdxl,
+}
+
+impl HandMade {
+    /// The schedules a learned one is compared with (and may start from), in report order.
+    pub const COMPARED: [HandMade; 6] = [
+        Self::TimeUniform,
+        Self::TimeQuadratic,
+        Self::LogSnr,
+        Self::Edm { rho: 7.0 },
+        Self::TimeEdm { rho: 7.0 },
+        Self::Gits,
+    ];
+
+    /// Every schedule of the catalogue, with its default parameters.
+    pub const ALL: [HandMade; 8] = [
+        Self::TimeUniform,
+        Self::TimeQuadratic,
+        Self::LogSnr,
+        Self::Edm { rho: 7.0 },
+        Self::TimeEdm { rho: 7.0 },
+        Self::Gits,
+        Self::AysSd15,
+        Self::AysSdxl,
+    ];
+
+    /// The rule for `solver`.
+    pub fn rule(self, solver: SolverName) -> Box<dyn StepSchedule> {
+        match self {
+            Self::TimeUniform => Box::new(TimeUniform),
+            Self::TimeQuadratic => Box::new(TimePolynomial { rho: 2.0 }),
+            Self::LogSnr => Box::new(LogSnrUniform),
+            Self::Edm { rho } => Box::new(Karras { rho }),
+            Self::TimeEdm { rho } => Box::new(KarrasInTime { rho }),
+            Self::Gits => Box::new(if solver == SolverName::Ipndm {
+                Preset::GitsIpndm
+            } else {
+                Preset::GitsDpmSolver
+            }),
+            Self::AysSd15 => Box::new(Preset::AysSd15),
+            Self::AysSdxl => Box::new(Preset::AysSdxl),
+        }
+    }
+}
+
+/// The hand-made schedules a learned schedule for `solver` is compared with
+/// ([`HandMade::COMPARED`]).
+pub fn hand_made(solver: SolverName) -> Vec<Box<dyn StepSchedule>> {
+    HandMade::COMPARED.iter().map(|h| h.rule(solver)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,17 +465,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn all_rules() -> Vec<Box<dyn StepSchedule>> {
-        vec![
-            Box::new(TimeUniform),
-            Box::new(TimePolynomial { rho: 2.0 }),
-            Box::new(LogSnrUniform),
-            Box::new(Karras::default()),
-            Box::new(KarrasInTime { rho: 7.0 }),
-            Box::new(Preset::GitsDpmSolver),
-            Box::new(Preset::GitsIpndm),
-            Box::new(Preset::AysSd15),
-            Box::new(Preset::AysSdxl),
-        ]
+        let mut rules: Vec<_> = HandMade::ALL
+            .iter()
+            .map(|h| h.rule(SolverName::DpmSolverPp))
+            .collect();
+        rules.push(HandMade::Gits.rule(SolverName::Ipndm));
+        rules
     }
 
     fn sd() -> VpDiscrete {

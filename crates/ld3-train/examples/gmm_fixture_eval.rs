@@ -136,7 +136,14 @@ fn main() {
     let (solver, steps) = sc.build_for_nfe(nfe).unwrap();
     let s = gmm.noise_schedule();
     let worst = std::env::var("WORST").is_ok();
-    report(&case, "teacher", &teacher.solve(gmm, noise).unwrap(), false);
+    report(
+        &case,
+        "teacher",
+        &teacher
+            .solve(gmm, noise, &ld3_models::Conditioning::None)
+            .unwrap(),
+        false,
+    );
     report(
         &case,
         "ld3",
@@ -175,7 +182,9 @@ fn main() {
     report(
         &held,
         "teacher",
-        &teacher.solve(gmm, &held.noise).unwrap(),
+        &teacher
+            .solve(gmm, &held.noise, &ld3_models::Conditioning::None)
+            .unwrap(),
         worst,
     );
     let run_z = |t: &[f64], tn: &[f64]| held.solve(solver.as_ref(), t, tn).unwrap();

@@ -9,8 +9,8 @@ use candle_core::{DType, Device, Tensor};
 use ld3_models::diffusers::DiffusersFiles;
 use ld3_models::registry::{DDPM_CIFAR10_32_CONFIG, DDPM_SCHEDULER_CONFIG};
 use ld3_models::{
-    load_model, Denoiser, DenoiserPredictor, DiffusersUNet, GaussianMixture, GmmComponent,
-    UNet2DConfig, UNet2DModel,
+    load_model, Conditioning, Denoiser, DiffusersUNet, GaussianMixture, GmmComponent, UNet2DConfig,
+    UNet2DModel,
 };
 use ld3_solvers::noise::{BetaSchedule, VpDiscrete};
 use ld3_solvers::steps::{LogSnrUniform, StepSchedule};
@@ -69,7 +69,6 @@ fn main() {
     let model = load(args.get(3).map_or("gmm", String::as_str));
     let shape = model.sample_shape().to_vec();
     let schedule = model.noise_schedule();
-    let predictor = DenoiserPredictor::new(model.as_ref());
     let config = SolverConfig::new(SolverName::UniPc, Some(3), Some(UniPcVariant::Bh2)).unwrap();
     let (solver, steps) = config.build_for_nfe(nfe).unwrap();
     let disc = Discretization::new(TimeMode::Time, steps).unwrap();
@@ -85,14 +84,14 @@ fn main() {
     let target = rng::standard_normal(1, 2, &shape, DType::F32, &Device::Cpu).unwrap();
     let problem = Problem {
         solver: solver.as_ref(),
-        model: &predictor,
+        model: model.as_ref(),
         discretization: &disc,
         distance: &L2,
     };
     let before = peak_rss_mib();
     let start = std::time::Instant::now();
     let out = problem
-        .loss_and_grads(&theta, &xi, &z, &target, mode)
+        .loss_and_grads(&theta, &xi, &z, &Conditioning::None, &target, mode)
         .unwrap();
     let secs = start.elapsed().as_secs_f64();
     let norm: f64 = out

@@ -12,7 +12,8 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor, Var};
-use ld3_solvers::{Evaluator, Grid, Predictor, Result, Solver, SolverState, Times};
+use ld3_models::{Conditioning, Denoiser, DenoiserPredictor};
+use ld3_solvers::{Evaluator, Grid, Result, Solver, SolverState, Times};
 
 use crate::{Discretization, Distance};
 
@@ -28,12 +29,13 @@ pub enum Backprop {
     Recompute,
 }
 
-/// One student solve to be scored against teacher outputs.
+/// One student solve to be scored against teacher outputs: the student's final state is
+/// decoded ([`Denoiser::decode`]) before the distance to the (decoded) teacher outputs.
 pub struct Problem<'a> {
     /// The student solver (built for `discretization.steps` steps).
     pub solver: &'a dyn Solver,
     /// The model.
-    pub model: &'a dyn Predictor,
+    pub model: &'a dyn Denoiser,
     /// θ, ξ → (t, t^c).
     pub discretization: &'a Discretization,
     /// d(student, teacher), per sample.
@@ -62,13 +64,14 @@ impl Problem<'_> {
         Ok(times)
     }
 
-    /// The per-sample losses of starts `z` (standard-normal space) against `target`, no graph
-    /// ([`LOSS_CHUNK`] samples at a time).
+    /// The per-sample losses of starts `z` (standard-normal space) conditioned on `cond` against
+    /// the decoded teacher outputs `target`, no graph ([`LOSS_CHUNK`] samples at a time).
     pub fn losses(
         &self,
         theta: &Tensor,
         xi: &Tensor,
         z: &Tensor,
+        cond: &Conditioning,
         target: &Tensor,
     ) -> Result<Vec<f64>> {
         let times = self.times(&theta.detach(), &xi.detach())?;
@@ -76,12 +79,14 @@ impl Problem<'_> {
         // In chunks: validation solves every pair, and a batch's activations scale with it.
         for start in (0..z.dims()[0]).step_by(LOSS_CHUNK) {
             let len = LOSS_CHUNK.min(z.dims()[0] - start);
+            let predictor =
+                DenoiserPredictor::with_conditioning(self.model, cond.narrow(start, len)?);
             let x_t =
                 (z.narrow(0, start, len)?.detach() * self.model.noise_schedule().prior_scale())?;
-            let out = ld3_solvers::sample(self.solver, self.model, &x_t, &times, None)?;
+            let out = ld3_solvers::sample(self.solver, &predictor, &x_t, &times, None)?;
             losses.extend(
                 self.distance
-                    .per_sample(&out.x, &target.narrow(0, start, len)?)?
+                    .per_sample(&self.model.decode(&out.x)?, &target.narrow(0, start, len)?)?
                     .to_dtype(DType::F64)?
                     .to_vec1::<f64>()?,
             );
@@ -89,23 +94,26 @@ impl Problem<'_> {
         Ok(losses)
     }
 
-    /// The losses and the gradients of their batch mean.
+    /// The losses of starts `z` conditioned on `cond` and the gradients of their batch mean.
     pub fn loss_and_grads(
         &self,
         theta: &Tensor,
         xi: &Tensor,
         z: &Tensor,
+        cond: &Conditioning,
         target: &Tensor,
         mode: Backprop,
     ) -> Result<LossAndGrads> {
+        let predictor = DenoiserPredictor::with_conditioning(self.model, cond.clone());
         match mode {
-            Backprop::FullGraph => self.full_graph(theta, xi, z, target),
-            Backprop::Recompute => self.recompute(theta, xi, z, target),
+            Backprop::FullGraph => self.full_graph(&predictor, theta, xi, z, target),
+            Backprop::Recompute => self.recompute(&predictor, theta, xi, z, target),
         }
     }
 
     fn full_graph(
         &self,
+        predictor: &DenoiserPredictor,
         theta: &Tensor,
         xi: &Tensor,
         z: &Tensor,
@@ -114,8 +122,10 @@ impl Problem<'_> {
         let (theta_v, xi_v, z_v) = (var(theta)?, var(xi)?, var(z)?);
         let times = self.times(theta_v.as_tensor(), xi_v.as_tensor())?;
         let x_t = (z_v.as_tensor() * self.model.noise_schedule().prior_scale())?;
-        let out = ld3_solvers::sample(self.solver, self.model, &x_t, &times, None)?;
-        let per = self.distance.per_sample(&out.x, target)?;
+        let out = ld3_solvers::sample(self.solver, predictor, &x_t, &times, None)?;
+        let per = self
+            .distance
+            .per_sample(&self.model.decode(&out.x)?, target)?;
         let grads = per.mean(0)?.backward()?;
         Ok(LossAndGrads {
             per_sample: per.to_dtype(DType::F64)?.to_vec1()?,
@@ -127,6 +137,7 @@ impl Problem<'_> {
 
     fn recompute(
         &self,
+        predictor: &DenoiserPredictor,
         theta: &Tensor,
         xi: &Tensor,
         z: &Tensor,
@@ -139,7 +150,7 @@ impl Problem<'_> {
         let states = {
             let times = &fixed;
             let grid = Grid::new(self.model.noise_schedule(), times)?;
-            let eval = Evaluator::new(self.model, times);
+            let eval = Evaluator::new(predictor, times);
             let mut states = vec![self.solver.start(&eval, &(z.detach() * prior)?)?.detach()];
             for i in 0..steps {
                 let next = self
@@ -148,11 +159,14 @@ impl Problem<'_> {
                     .detach();
                 states.push(next);
             }
+            eval.check()?;
             states
         };
-        // The loss at x_N.
+        // The loss at x_N, decoded.
         let x_n = Var::from_tensor(&states[steps].x)?;
-        let per = self.distance.per_sample(x_n.as_tensor(), target)?;
+        let per = self
+            .distance
+            .per_sample(&self.model.decode(x_n.as_tensor())?, target)?;
         let mut g_x = grad_or_zeros(&per.mean(0)?.backward()?, &x_n)?;
         let mut g_hist: HashMap<usize, Tensor> = HashMap::new();
         // Backward: one step's graph at a time, collecting ∂L/∂t and ∂L/∂t^c; then one pass
@@ -164,7 +178,7 @@ impl Problem<'_> {
         let mut d_t_net = Tensor::zeros_like(&t_net_fixed)?;
         for i in (0..steps).rev() {
             let grid = Grid::new(self.model.noise_schedule(), &times)?;
-            let eval = Evaluator::new(self.model, &times);
+            let eval = Evaluator::new(predictor, &times);
             let input = &states[i];
             let x_v = Var::from_tensor(&input.x)?;
             let hist_v: Vec<(usize, Var)> = input
@@ -191,7 +205,7 @@ impl Problem<'_> {
         }
         // The first model call, at x_T = prior·z'.
         let z_v = var(z)?;
-        let eval = Evaluator::new(self.model, &times);
+        let eval = Evaluator::new(predictor, &times);
         let start = self.solver.start(&eval, &(z_v.as_tensor() * prior)?)?;
         let grads = vjp(&start, &g_x, &g_hist)?.backward()?;
         let d_z = grad_or_zeros(&grads, &z_v)?;

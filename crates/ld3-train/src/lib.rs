@@ -19,7 +19,7 @@ pub mod trainer;
 
 pub use discretization::{Discretization, TimeMode, WindowRule};
 pub use distance::{Distance, LpipsDistance, L1, L2};
-pub use teacher::TeacherConfig;
+pub use teacher::{Conditioner, TeacherConfig, UniformClasses};
 pub use trainer::{
     recompute_by_default, Event, Init, Loss, Outcome, PairUse, TableRow, TrainConfig, Trainer,
     ValidationStat, RECOMPUTE_FROM_PARAMETERS,

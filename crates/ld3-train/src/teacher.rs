@@ -1,11 +1,10 @@
-//! Teacher pairs: seeded noise z and the teacher solver's output for it, stored so runs can
-//! reuse and resume them.
+//! Teacher pairs: seeded noise z, its conditioning, and the teacher solver's output for it,
+//! stored so runs can reuse and resume them.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use ld3_models::{Denoiser, DenoiserPredictor};
+use candle_core::{DType, Tensor};
+use ld3_models::{Conditioning, ConditioningKind, Denoiser, DenoiserPredictor};
 use ld3_solvers::schedule_file::write_atomic;
 use ld3_solvers::steps::{Karras, StepSchedule};
 use ld3_solvers::{
@@ -50,42 +49,100 @@ impl TeacherConfig {
         )
     }
 
-    /// The teacher's outputs for starts x_T = prior·z, `batch` samples at a time.
-    pub fn solve(&self, model: &dyn Denoiser, z: &Tensor) -> Result<Tensor> {
+    /// The teacher's outputs for starts x_T = prior·z conditioned on `cond`, 64 samples at a
+    /// time.
+    pub fn solve(&self, model: &dyn Denoiser, z: &Tensor, cond: &Conditioning) -> Result<Tensor> {
         let (solver, steps) = self.solver.build_for_nfe(self.nfe)?;
         let t = Karras::default().times(model.noise_schedule(), steps)?;
-        let times = Times::from_f64(&t, &t, z.device())?;
-        solve_in_batches(model, solver.as_ref(), &times, z, 64)
+        let times = Times::from_f64(&t, &t, model.device())?;
+        solve_in_batches(model, solver.as_ref(), &times, z, cond, 64)
     }
 }
 
-/// A solver's outputs for starts x_T = prior·z on `times`, `batch` samples per call (no graph).
+/// A solver's outputs for starts x_T = prior·z (each sample conditioned on its slice of `cond`)
+/// on `times`, `batch` samples per call (no graph), on the model's device.
 pub fn solve_in_batches(
     model: &dyn Denoiser,
     solver: &dyn Solver,
     times: &Times,
     z: &Tensor,
+    cond: &Conditioning,
     batch: usize,
 ) -> Result<Tensor> {
-    let predictor = DenoiserPredictor::new(model);
     let prior = model.noise_schedule().prior_scale();
     let (total, batch) = (z.dim(0)?, batch.max(1));
+    cond.check_for(&model.conditioning(), total)?;
     let mut outs = Vec::new();
     for start in (0..total).step_by(batch) {
         let len = batch.min(total - start);
-        let x_t = (z.narrow(0, start, len)? * prior)?;
+        let predictor = DenoiserPredictor::with_conditioning(model, cond.narrow(start, len)?);
+        let x_t = (z.narrow(0, start, len)?.to_device(model.device())? * prior)?;
         outs.push(sample(solver, &predictor, &x_t, times, None)?.x);
     }
     Ok(Tensor::cat(&outs, 0)?)
 }
 
-/// Noise (the balls' centres) and teacher targets.
+/// Where each teacher pair's conditioning comes from (class labels, prompts, ...).
+pub trait Conditioner: Send + Sync {
+    /// What it draws, stored with the pairs: pairs (and runs) made from another description are
+    /// not reused.
+    fn describe(&self) -> String;
+    /// The conditioning of `count` pairs drawn with `seed` (pair b uses `seed + b`).
+    fn draw(&self, seed: u64, count: usize) -> Result<Conditioning>;
+}
+
+/// Class labels uniform over `classes`, pair b's label from seed + b.
+#[derive(Clone, Debug)]
+pub struct UniformClasses {
+    /// Number of classes.
+    pub classes: usize,
+    /// Where the labels are made.
+    pub device: candle_core::Device,
+}
+
+impl Conditioner for UniformClasses {
+    fn describe(&self) -> String {
+        format!("class labels uniform over 0..{}", self.classes - 1)
+    }
+    fn draw(&self, seed: u64, count: usize) -> Result<Conditioning> {
+        let labels: Vec<u32> = (0..count)
+            .map(|b| {
+                (rng::SplitMix64::new(seed.wrapping_add(b as u64) ^ 0x0c1a_55e5).next_u64()
+                    % self.classes as u64) as u32
+            })
+            .collect();
+        Conditioning::classes(&labels, &self.device)
+    }
+}
+
+/// The default conditioner of `model`: none for an unconditional model, [`UniformClasses`] for
+/// a class-conditional one; text models need one given (their prompts).
+pub fn default_conditioner(model: &dyn Denoiser) -> Result<Option<Box<dyn Conditioner>>> {
+    Ok(match model.conditioning() {
+        ConditioningKind::None => None,
+        ConditioningKind::Class { classes } => Some(Box::new(UniformClasses {
+            classes,
+            device: model.device().clone(),
+        })),
+        ConditioningKind::Text { .. } => {
+            return Err(Error::Invalid(
+                "this model is conditioned on text: training needs its prompts (a conditioner \
+                 that turns prompts into embeddings)"
+                    .into(),
+            ))
+        }
+    })
+}
+
+/// Noise (the balls' centres), conditioning and teacher targets.
 #[derive(Clone, Debug)]
 pub struct TeacherPairs {
     /// Standard-normal z [M, ...].
     pub noise: Tensor,
-    /// Teacher outputs [M, ...].
+    /// Teacher outputs [M, ...] (the solver's final state; undecoded).
     pub target: Tensor,
+    /// Each pair's conditioning.
+    pub cond: Conditioning,
 }
 
 /// What a stored set of pairs was made from; a stored set is reused only when all of it matches.
@@ -99,20 +156,43 @@ pub struct PairsMeta {
     pub seed: u64,
     /// Number of pairs.
     pub count: usize,
+    /// Where the conditioning came from ([`Conditioner::describe`]; runs from before conditioning
+    /// were unconditional).
+    #[serde(default = "unconditional")]
+    pub conditioning: String,
+}
+
+/// [`PairsMeta::conditioning`] of unconditional pairs.
+pub fn unconditional() -> String {
+    "none".into()
 }
 
 impl TeacherPairs {
-    /// Draws `meta.count` noises from `meta.seed` and solves them with the teacher.
-    pub fn generate(model: &dyn Denoiser, meta: &PairsMeta, dtype: DType) -> Result<Self> {
+    /// Draws `meta.count` noises (and conditionings, from `conditioner`) from `meta.seed` and
+    /// solves them with the teacher.
+    pub fn generate(
+        model: &dyn Denoiser,
+        meta: &PairsMeta,
+        conditioner: Option<&dyn Conditioner>,
+        dtype: DType,
+    ) -> Result<Self> {
         let noise = rng::standard_normal(
             meta.seed,
             meta.count,
             model.sample_shape(),
             dtype,
-            &Device::Cpu,
+            model.device(),
         )?;
-        let target = meta.teacher.solve(model, &noise)?;
-        Ok(Self { noise, target })
+        let cond = match conditioner {
+            Some(c) => c.draw(meta.seed, meta.count)?,
+            None => Conditioning::None,
+        };
+        let target = meta.teacher.solve(model, &noise, &cond)?;
+        Ok(Self {
+            noise,
+            target,
+            cond,
+        })
     }
 
     /// Loads pairs stored by [`TeacherPairs::save`] at `stem` (`stem.safetensors` + `stem.json`)
@@ -120,6 +200,7 @@ impl TeacherPairs {
     pub fn load_or_generate(
         model: &dyn Denoiser,
         meta: &PairsMeta,
+        conditioner: Option<&dyn Conditioner>,
         stem: &Path,
         dtype: DType,
     ) -> Result<Self> {
@@ -134,7 +215,8 @@ impl TeacherPairs {
                     cause: source,
                 })?;
             if &stored == meta {
-                let mut t = candle_core::safetensors::load(&data, &Device::Cpu).map_err(|e| {
+                let device = model.device();
+                let mut t = candle_core::safetensors::load(&data, device).map_err(|e| {
                     Error::Invalid(format!("{}: {e}; delete it to regenerate", data.display()))
                 })?;
                 let (Some(noise), Some(target)) = (t.remove("noise"), t.remove("target")) else {
@@ -143,23 +225,26 @@ impl TeacherPairs {
                         data.display()
                     )));
                 };
+                let cond = Conditioning::from_tensors(&mut t, device)?;
+                cond.check_for(&model.conditioning(), noise.dim(0)?)
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", data.display())))?;
                 return Ok(Self {
                     noise: noise.to_dtype(dtype)?,
                     target: target.to_dtype(dtype)?,
+                    cond,
                 });
             }
         }
-        let pairs = Self::generate(model, meta, dtype)?;
+        let pairs = Self::generate(model, meta, conditioner, dtype)?;
         pairs.save(meta, stem)?;
         Ok(pairs)
     }
 
     /// Stores the pairs (f64) and their metadata atomically.
     pub fn save(&self, meta: &PairsMeta, stem: &Path) -> Result<()> {
-        let tensors = HashMap::from([
-            ("noise".to_string(), self.noise.to_dtype(DType::F64)?),
-            ("target".to_string(), self.target.to_dtype(DType::F64)?),
-        ]);
+        let mut tensors = self.cond.to_tensors()?;
+        tensors.insert("noise".to_string(), self.noise.to_dtype(DType::F64)?);
+        tensors.insert("target".to_string(), self.target.to_dtype(DType::F64)?);
         write_atomic(&stem.with_extension("safetensors"), |tmp| {
             Ok(candle_core::safetensors::save(&tensors, tmp)?)
         })?;
@@ -177,6 +262,7 @@ impl TeacherPairs {
         Ok(Self {
             noise: self.noise.narrow(0, start, len)?,
             target: self.target.narrow(0, start, len)?,
+            cond: self.cond.narrow(start, len)?,
         })
     }
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use ld3_models::{Denoiser, DenoiserPredictor, GaussianMixture, GmmFixture};
+use ld3_models::{Conditioning, Denoiser, DenoiserPredictor, GaussianMixture, GmmFixture};
 use ld3_solvers::gradcheck::GradCheck;
 use ld3_solvers::steps::{Karras, StepSchedule};
 use ld3_solvers::{rng, SolverConfig, SolverName, UniPcVariant};
@@ -45,7 +45,6 @@ fn recomputation_equals_the_full_graph_and_finite_differences() {
         ("vp-public", TimeMode::Time),
     ] {
         let (gmm, z) = fixture(name);
-        let predictor = DenoiserPredictor::new(&gmm);
         let shape = gmm.sample_shape().to_vec();
         let target = rng::standard_normal(5, 2, &shape, DType::F64, &Device::Cpu).unwrap();
         for config in &configs {
@@ -73,16 +72,30 @@ fn recomputation_equals_the_full_graph_and_finite_differences() {
             let xi = Tensor::new(xi.as_slice(), &Device::Cpu).unwrap();
             let problem = Problem {
                 solver: solver.as_ref(),
-                model: &predictor,
+                model: &gmm,
                 discretization: &disc,
                 distance: &L2,
             };
 
             let full = problem
-                .loss_and_grads(&theta, &xi, &z, &target, Backprop::FullGraph)
+                .loss_and_grads(
+                    &theta,
+                    &xi,
+                    &z,
+                    &Conditioning::None,
+                    &target,
+                    Backprop::FullGraph,
+                )
                 .unwrap();
             let re = problem
-                .loss_and_grads(&theta, &xi, &z, &target, Backprop::Recompute)
+                .loss_and_grads(
+                    &theta,
+                    &xi,
+                    &z,
+                    &Conditioning::None,
+                    &target,
+                    Backprop::Recompute,
+                )
                 .unwrap();
             assert_eq!(full.per_sample, re.per_sample, "{name} {config}");
             for (what, a, b) in [
@@ -105,7 +118,7 @@ fn recomputation_equals_the_full_graph_and_finite_differences() {
                 let times = ld3_solvers::Times::new(&t, &t_net)?;
                 let out = ld3_solvers::sample(
                     solver.as_ref(),
-                    &predictor,
+                    &DenoiserPredictor::new(&gmm),
                     &(zz * schedule.prior_scale())?,
                     &times,
                     None,

@@ -191,7 +191,7 @@ fn bad_input_is_a_clear_error_and_loses_nothing() {
     let mut c = config(SolverName::Ddim, 1, 4);
     c.radius = Some(-1.0);
     let e = Trainer::new(&g, "x", c, run_dir("e2")).err().unwrap();
-    assert!(e.to_string().contains("--radius"), "{e}");
+    assert!(e.to_string().contains("radius must be ≥ 0"), "{e}");
     let missing = run_dir("missing");
     let e = Trainer::new(&g, "x", config(SolverName::Ddim, 1, 4), &missing)
         .unwrap()
@@ -254,13 +254,17 @@ impl ld3_models::Denoiser for Flaky {
     fn parameterization(&self) -> ld3_models::Parameterization {
         self.inner.parameterization()
     }
+    fn device(&self) -> &candle_core::Device {
+        self.inner.device()
+    }
     fn forward(
         &self,
         x: &candle_core::Tensor,
         t_net: &candle_core::Tensor,
+        cond: &ld3_models::Conditioning,
     ) -> ld3_solvers::Result<candle_core::Tensor> {
         let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let out = self.inner.forward(x, t_net)?;
+        let out = self.inner.forward(x, t_net, cond)?;
         Ok(if self.nan_calls.contains(&n) {
             (out * f64::NAN)?
         } else {
@@ -294,4 +298,59 @@ fn nan_steps_are_skipped_reported_and_training_finishes() {
     assert!(log.contains("\"nan\""), "skipped steps are logged");
     assert!(flaky.noise_schedule().t_max() > 0.0);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Class labels all equal to `label` (another conditioner than the default).
+struct FixedClass(u32);
+
+impl ld3_train::Conditioner for FixedClass {
+    fn describe(&self) -> String {
+        format!("class {} for every pair", self.0)
+    }
+    fn draw(&self, _seed: u64, count: usize) -> ld3_solvers::Result<ld3_models::Conditioning> {
+        ld3_models::Conditioning::classes(&vec![self.0; count], &candle_core::Device::Cpu)
+    }
+}
+
+#[test]
+fn a_run_keeps_its_conditioning_and_refuses_other_conditioning_on_resume() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gmm-class/edm");
+    let model = ld3_models::ClassConditionalMixture::from_file(&dir.join("gmm.json")).unwrap();
+    let run = run_dir("cond");
+    let mut c = config(SolverName::Ipndm, 2, 4);
+    c.train_samples = 6;
+    c.valid_samples = 6;
+    c.heldout_samples = 4;
+    c.init = ld3_train::Init::Uniform;
+    let first = Trainer::new(&model, "class-gmm", c.clone(), &run)
+        .unwrap()
+        .with_conditioner(std::sync::Arc::new(FixedClass(1)))
+        .run(false, Some(1))
+        .unwrap();
+    assert!(!first.finished);
+    let pairs =
+        candle_core::safetensors::load(run.join("teacher.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert_eq!(pairs["class_labels"].to_vec1::<u32>().unwrap(), vec![1; 12]);
+    let before = std::fs::read(run.join("checkpoint.json")).unwrap();
+    // The default conditioner (uniform labels) is other conditioning: refused, nothing touched.
+    let e = Trainer::new(&model, "class-gmm", c.clone(), &run)
+        .unwrap()
+        .run(true, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("conditioning: class 1 for every pair there, class labels uniform"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(run.join("checkpoint.json")).unwrap(), before);
+    // The same conditioning continues.
+    let done = Trainer::new(&model, "class-gmm", c, &run)
+        .unwrap()
+        .with_conditioner(std::sync::Arc::new(FixedClass(1)))
+        .run(true, None)
+        .unwrap();
+    assert!(done.finished);
+    std::fs::remove_dir_all(run).unwrap();
 }

@@ -9,7 +9,8 @@ pub use config::{SampleSize, UNet2DConfig};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, GroupNorm, VarBuilder};
 
-use blocks::{DownBlock, Level, MidBlock, Norms, TimestepMlp, UpBlock};
+use crate::layers::{timestep_embedding, Norms, TimestepMlp};
+use blocks::{DownBlock, Level, MidBlock, UpBlock};
 
 /// The network: x [B, C, H, W] and timesteps [B] (diffusers' training-step index, any real
 /// value) in, the raw prediction out.
@@ -45,7 +46,7 @@ impl UNet2DModel {
             scale_shift: c.scale_shift(),
         };
         let time_embedding = TimestepMlp::new(widths[0], temb, vb.pp("time_embedding"))?;
-        let conv_in = blocks::conv(c.in_channels, widths[0], 3, 1, 1, vb.pp("conv_in"))?;
+        let conv_in = crate::layers::conv(c.in_channels, widths[0], 3, 1, 1, vb.pp("conv_in"))?;
 
         let mut down_blocks = Vec::with_capacity(n);
         for (i, kind) in c.down_block_types.iter().enumerate() {
@@ -95,7 +96,7 @@ impl UNet2DModel {
 
         let conv_norm_out =
             candle_nn::group_norm(c.groups(), widths[0], c.norm_eps, vb.pp("conv_norm_out"))?;
-        let conv_out = blocks::conv(widths[0], c.out_channels, 3, 1, 1, vb.pp("conv_out"))?;
+        let conv_out = crate::layers::conv(widths[0], c.out_channels, 3, 1, 1, vb.pp("conv_out"))?;
         Ok(Self {
             config,
             time_embedding,
@@ -172,7 +173,7 @@ impl UNet2DModel {
                 timesteps.dims()
             ),
         };
-        let t_emb = blocks::timestep_embedding(
+        let t_emb = timestep_embedding(
             &timesteps,
             c.block_out_channels[0],
             c.flip_sin_to_cos,

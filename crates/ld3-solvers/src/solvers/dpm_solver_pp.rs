@@ -11,7 +11,7 @@ use super::{
     finish_step, lin, multistep_order, Evaluator, Grid, Solver, SolverConfig, SolverName,
     SolverState, Target,
 };
-use crate::error::{invalid, Result};
+use crate::error::Result;
 
 /// DPM-Solver++(kM): with φ1 = e^{−h} − 1 and x̃ = (σ_t/σ_s)·x_s − α_t·φ1·m_0,
 /// k=1: x_t = x̃; k=2: x_t = x̃ − ½α_t·φ1·D; k=3: x_t = x̃ + α_t·φ2·D1 − 2α_t·φ3·D2.
@@ -25,9 +25,7 @@ pub struct DpmSolverPp {
 impl DpmSolverPp {
     /// DPM-Solver++ of order 1, 2 or 3 (third order truly third order).
     pub fn new(order: usize) -> Result<Self> {
-        if !(1..=3).contains(&order) {
-            return invalid(format!("dpm-solver++ has orders 1..=3, not {order}"));
-        }
+        let order = SolverName::DpmSolverPp.check_order(order)?;
         Ok(Self {
             order,
             d2_weight: 2.0,

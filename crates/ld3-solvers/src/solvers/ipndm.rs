@@ -4,7 +4,7 @@
 use super::{
     finish_step, lin, Evaluator, Grid, Solver, SolverConfig, SolverName, SolverState, Target,
 };
-use crate::error::{invalid, Result};
+use crate::error::Result;
 
 /// Adams–Bashforth weights for ε_i, ε_{i−1}, … by order.
 const WEIGHTS: [&[f64]; 4] = [
@@ -24,9 +24,7 @@ pub struct Ipndm {
 impl Ipndm {
     /// iPNDM of order 1–4.
     pub fn new(order: usize) -> Result<Self> {
-        if !(1..=4).contains(&order) {
-            return invalid(format!("ipndm has orders 1..=4, not {order}"));
-        }
+        let order = SolverName::Ipndm.check_order(order)?;
         Ok(Self { order })
     }
 }

@@ -53,9 +53,7 @@ pub struct UniPc {
 impl UniPc {
     /// UniPC of order 1–3 with the given B(h).
     pub fn new(order: usize, variant: UniPcVariant) -> Result<Self> {
-        if !(1..=3).contains(&order) {
-            return invalid(format!("unipc has orders 1..=3, not {order}"));
-        }
+        let order = SolverName::UniPc.check_order(order)?;
         Ok(Self { order, variant })
     }
 }

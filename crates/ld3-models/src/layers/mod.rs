@@ -1,0 +1,14 @@
+//! Network layers shared by every model family (diffusers' UNet2DModel today; the Stable
+//! Diffusion UNet and EDM's networks next), written only with ops whose backward candle computes
+//! correctly — no fused softmax or norms, nearest upsampling as a broadcast — so that every
+//! network built from them is differentiable in its input and its time input.
+
+mod attention;
+mod conv;
+mod embeddings;
+mod resnet;
+
+pub use attention::SelfAttention;
+pub use conv::{conv, upsample_nearest_2x};
+pub use embeddings::{timestep_embedding, TimestepMlp};
+pub use resnet::{Norms, ResnetBlock};

@@ -1,0 +1,83 @@
+//! The ResNet block with a time embedding, shared by every UNet family.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, GroupNorm, Linear, VarBuilder};
+
+use super::conv::{conv, divided};
+
+/// Shape of one ResNet or attention block.
+#[derive(Clone, Copy)]
+pub struct Norms {
+    /// GroupNorm groups.
+    pub groups: usize,
+    /// GroupNorm epsilon.
+    pub eps: f64,
+}
+
+/// `ResnetBlock2D`: GN → SiLU → conv → (+ time, or scale/shift) → GN → SiLU → conv, plus a 1×1
+/// shortcut when the width changes; divided by `output_scale_factor`.
+pub struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Linear,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
+    scale_shift: bool,
+    output_scale_factor: f64,
+}
+
+impl ResnetBlock {
+    /// Keys `norm1`, `conv1`, `time_emb_proj`, `norm2`, `conv2`, `conv_shortcut`.
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        temb: usize,
+        norms: Norms,
+        scale_shift: bool,
+        output_scale_factor: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let proj_out = if scale_shift { 2 * c_out } else { c_out };
+        Ok(Self {
+            norm1: candle_nn::group_norm(norms.groups, c_in, norms.eps, vb.pp("norm1"))?,
+            conv1: conv(c_in, c_out, 3, 1, 1, vb.pp("conv1"))?,
+            time_emb_proj: candle_nn::linear(temb, proj_out, vb.pp("time_emb_proj"))?,
+            norm2: candle_nn::group_norm(norms.groups, c_out, norms.eps, vb.pp("norm2"))?,
+            conv2: conv(c_out, c_out, 3, 1, 1, vb.pp("conv2"))?,
+            conv_shortcut: if c_in != c_out {
+                Some(conv(c_in, c_out, 1, 1, 0, vb.pp("conv_shortcut"))?)
+            } else {
+                None
+            },
+            scale_shift,
+            output_scale_factor,
+        })
+    }
+
+    /// `x` [B, C_in, H, W] and the time embedding `temb` [B, T].
+    pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let t = self
+            .time_emb_proj
+            .forward(&temb.silu()?)?
+            .unsqueeze(2)?
+            .unsqueeze(3)?;
+        let h = if self.scale_shift {
+            let c = h.dim(1)?;
+            let (scale, shift) = (t.narrow(1, 0, c)?, t.narrow(1, c, c)?);
+            self.norm2
+                .forward(&h)?
+                .broadcast_mul(&(scale + 1.0)?)?
+                .broadcast_add(&shift)?
+        } else {
+            self.norm2.forward(&h.broadcast_add(&t)?)?
+        };
+        let h = self.conv2.forward(&h.silu()?)?;
+        let skip = match &self.conv_shortcut {
+            Some(c) => c.forward(x)?,
+            None => x.clone(),
+        };
+        divided((skip + h)?, self.output_scale_factor)
+    }
+}

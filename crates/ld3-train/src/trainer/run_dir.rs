@@ -1,0 +1,187 @@
+//! The run directory: the checkpoint written after every round (settings and training state),
+//! the students' starts, the JSON-lines log and the best schedule — and the check that a stored
+//! run has this run's settings before anything in its directory is touched.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use ld3_solvers::schedule_file::write_atomic;
+use ld3_solvers::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use super::config::{config_differences, TrainConfig};
+use crate::optim::RmsProp;
+
+/// The best parameters so far and their validation statistic.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Best {
+    pub theta: Vec<f64>,
+    pub xi: Vec<f64>,
+    pub loss: f64,
+}
+
+/// The training state after a round: enough to continue exactly where it stopped.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct State {
+    pub round: usize,
+    pub iteration: usize,
+    pub theta: Vec<f64>,
+    pub xi: Vec<f64>,
+    pub opt_theta: RmsProp,
+    pub lr_xi: f64,
+    pub shift_lr: f64,
+    pub best: Best,
+    /// The start's name and validation statistic.
+    pub initial: (String, f64),
+    /// Validations without improvement.
+    pub counter: usize,
+    /// Patience events with ξ's learning rate at its floor.
+    pub xi_floor_hits: usize,
+    /// Stopped early.
+    pub stopped: bool,
+}
+
+impl State {
+    /// θ and ξ back to the best so far.
+    pub fn reload_best(&mut self) {
+        self.theta = self.best.theta.clone();
+        self.xi = self.best.xi.clone();
+    }
+}
+
+/// `checkpoint.json`: the run's settings and its training state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Checkpoint {
+    pub config: TrainConfig,
+    pub model: String,
+    /// Where the pairs' conditioning came from (runs from before conditioning: none).
+    #[serde(default = "crate::teacher::unconditional")]
+    pub conditioning: String,
+    #[serde(flatten)]
+    pub state: State,
+}
+
+/// One run's directory.
+pub(crate) struct RunDir {
+    pub path: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.display().to_string(),
+        cause: source,
+    }
+}
+
+impl RunDir {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    fn checkpoint_path(&self) -> PathBuf {
+        self.path.join("checkpoint.json")
+    }
+
+    /// Whether a run has saved a checkpoint here.
+    pub fn has_run(&self) -> bool {
+        self.checkpoint_path().exists()
+    }
+
+    /// The run stored here, if any, refused (naming every difference) unless it was made with
+    /// the same settings, model and conditioning. Reads only.
+    pub fn stored_run(
+        &self,
+        config: &TrainConfig,
+        model: &str,
+        conditioning: &str,
+    ) -> Result<Option<Checkpoint>> {
+        let path = self.checkpoint_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let cp: Checkpoint = serde_json::from_str(&text).map_err(|source| Error::Json {
+            what: format!("{} is not an ld3 checkpoint", path.display()),
+            cause: source,
+        })?;
+        // Recomputation changes memory, not results: a run may continue with or without it.
+        let same = TrainConfig {
+            recompute: config.recompute,
+            ..cp.config.clone()
+        } == *config;
+        if same && cp.model == model && cp.conditioning == conditioning {
+            return Ok(Some(cp));
+        }
+        let mut differ = config_differences(&cp.config, config);
+        if cp.conditioning != conditioning {
+            differ.insert(
+                0,
+                format!(
+                    "conditioning: {} there, {conditioning} now",
+                    cp.conditioning
+                ),
+            );
+        }
+        if cp.model != model {
+            differ.insert(0, format!("model: {} there, {model} now", cp.model));
+        }
+        Err(Error::Invalid(format!(
+            "{} already holds a run with other settings or another model ({}); continue it with \
+             its settings, or choose another run directory",
+            self.path.display(),
+            differ.join("; ")
+        )))
+    }
+
+    /// Makes the directory.
+    pub fn create(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.path).map_err(io(&self.path))
+    }
+
+    /// Saves the checkpoint and the starts, each atomically.
+    pub fn save(&self, cp: &Checkpoint, train: &Tensor, valid: &Tensor) -> Result<()> {
+        let tensors = HashMap::from([
+            ("train".to_string(), train.clone()),
+            ("valid".to_string(), valid.clone()),
+        ]);
+        write_atomic(&self.path.join("starts.safetensors"), |tmp| {
+            Ok(candle_core::safetensors::save(&tensors, tmp)?)
+        })?;
+        let text = serde_json::to_string_pretty(cp).expect("checkpoint serialises");
+        write_atomic(&self.checkpoint_path(), |tmp| {
+            std::fs::write(tmp, text).map_err(io(tmp))
+        })
+    }
+
+    /// The starts saved with the checkpoint (training, validation).
+    pub fn starts(&self, device: &Device) -> Result<(Tensor, Tensor)> {
+        let path = self.path.join("starts.safetensors");
+        let mut s = candle_core::safetensors::load(&path, device)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        match (s.remove("train"), s.remove("valid")) {
+            (Some(tr), Some(va)) => Ok((tr, va)),
+            _ => Err(Error::Invalid(format!(
+                "{} lacks `train` or `valid`",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Appends one record to `log.jsonl`.
+    pub fn log(&self, record: serde_json::Value) -> Result<()> {
+        let path = self.path.join("log.jsonl");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        writeln!(f, "{record}").map_err(io(&path))
+    }
+
+    /// Where the best schedule goes.
+    pub fn best(&self) -> PathBuf {
+        self.path.join("best.json")
+    }
+}
