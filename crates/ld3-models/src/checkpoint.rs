@@ -1,6 +1,11 @@
 //! Weights files as the hub publishes them (safetensors, or PyTorch `.bin` pickles), read so
 //! that every problem names the file and the key: a missing tensor, a wrong shape or dtype, a
-//! corrupt file, or tensors the configuration does not use.
+//! corrupt file, or tensors the configuration does not use. The one weight reader of the
+//! workspace: models and metrics load through it.
+//!
+//! A safetensors file is memory-mapped, not read: each tensor is copied once, when the model
+//! takes it, into the model's dtype on the model's device — multi-GB weights are never held in
+//! memory twice.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -18,8 +23,42 @@ pub struct Checkpoint {
 
 struct Tracked {
     label: String,
-    tensors: HashMap<String, Tensor>,
+    store: Store,
     used: Mutex<HashSet<String>>,
+}
+
+/// Where the tensors are.
+enum Store {
+    /// Parsed into host tensors (pickles, TorchScript, bytes compiled into the binary).
+    InMemory(HashMap<String, Tensor>),
+    /// A memory-mapped safetensors file: tensors are read when taken.
+    Mapped {
+        file: candle_core::safetensors::MmapedSafetensors,
+        /// Every tensor's name and shape, from the header.
+        shapes: HashMap<String, Vec<usize>>,
+    },
+}
+
+impl Store {
+    fn names(&self) -> Vec<&String> {
+        match self {
+            Self::InMemory(t) => t.keys().collect(),
+            Self::Mapped { shapes, .. } => shapes.keys().collect(),
+        }
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        match self {
+            Self::InMemory(t) => t.get(name).map(|t| t.dims().to_vec()),
+            Self::Mapped { shapes, .. } => shapes.get(name).cloned(),
+        }
+    }
+    /// The tensor `name` as stored (dtype of the file), on `device`.
+    fn load(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Self::InMemory(t) => t[name].to_device(device),
+            Self::Mapped { file, .. } => file.load(name, device),
+        }
+    }
 }
 
 struct Backend(Arc<Tracked>);
@@ -122,11 +161,34 @@ impl Checkpoint {
             }
             return Ok(Self::new(label, tensors.into_iter().collect()));
         }
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: label.clone(),
-            cause: source,
-        })?;
-        Self::from_safetensors_bytes(&bytes, &label)
+        Self::map_safetensors(path)
+    }
+
+    /// Memory-maps a safetensors file (nothing is read until a model takes a tensor). The file
+    /// must not change while a model loads from it.
+    pub fn map_safetensors(path: &Path) -> Result<Self> {
+        let label = path.display().to_string();
+        if !path.is_file() {
+            return Err(Error::Io {
+                path: label,
+                cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        // SAFETY: the mapping is read-only and dropped once the model has copied its tensors;
+        // the file must not be modified meanwhile (documented above), as for every mmap reader.
+        let file =
+            unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| {
+                model_error(format!(
+                    "{label}: not a valid safetensors file ({e}); it may be truncated or corrupt \
+                     — download it again"
+                ))
+            })?;
+        let shapes = file
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.shape().to_vec()))
+            .collect();
+        Ok(Self::with_store(label, Store::Mapped { file, shapes }))
     }
 
     /// Parses safetensors bytes; `label` names them in errors.
@@ -146,10 +208,14 @@ impl Checkpoint {
     }
 
     fn new(label: String, tensors: HashMap<String, Tensor>) -> Self {
+        Self::with_store(label, Store::InMemory(tensors))
+    }
+
+    fn with_store(label: String, store: Store) -> Self {
         Self {
             inner: Arc::new(Tracked {
                 label,
-                tensors,
+                store,
                 used: Mutex::new(HashSet::new()),
             }),
         }
@@ -157,17 +223,23 @@ impl Checkpoint {
 
     /// Number of tensors in the file.
     pub fn len(&self) -> usize {
-        self.inner.tensors.len()
+        self.inner.store.names().len()
     }
 
     /// Total number of values in the file's tensors.
     pub fn value_count(&self) -> usize {
-        self.inner.tensors.values().map(Tensor::elem_count).sum()
+        let store = &self.inner.store;
+        store
+            .names()
+            .iter()
+            .filter_map(|n| store.shape(n))
+            .map(|s| s.iter().product::<usize>())
+            .sum()
     }
 
     /// Whether the file holds no tensor.
     pub fn is_empty(&self) -> bool {
-        self.inner.tensors.is_empty()
+        self.len() == 0
     }
 
     /// A `VarBuilder` over the file, converting to `dtype` on `device`.
@@ -186,8 +258,9 @@ impl Checkpoint {
         let used = self.inner.used.lock().expect("checkpoint lock");
         let mut unused: Vec<&String> = self
             .inner
-            .tensors
-            .keys()
+            .store
+            .names()
+            .into_iter()
             .filter(|k| !used.contains(*k) && !ignore(k))
             .collect();
         if unused.is_empty() {
@@ -213,7 +286,7 @@ impl Tracked {
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
         let label = &self.label;
-        let t = self.tensors.get(name).ok_or_else(|| {
+        let stored = self.store.shape(name).ok_or_else(|| {
             let expected = shape
                 .map(|s| format!(" of shape {:?}", s.dims()))
                 .unwrap_or_default();
@@ -222,14 +295,14 @@ impl Tracked {
             ))
         })?;
         if let Some(s) = shape {
-            if t.shape() != s {
+            if stored != s.dims() {
                 candle_core::bail!(
-                    "{label}: tensor `{name}` has shape {:?} but the configuration needs {:?}",
-                    t.dims(),
+                    "{label}: tensor `{name}` has shape {stored:?} but the configuration needs {:?}",
                     s.dims()
                 );
             }
         }
+        let t = self.store.load(name, dev)?;
         if !t.dtype().is_float() {
             candle_core::bail!(
                 "{label}: tensor `{name}` has dtype {:?}; weights must be f16, bf16, f32 or f64",
@@ -240,7 +313,7 @@ impl Tracked {
             .lock()
             .expect("checkpoint lock")
             .insert(name.to_string());
-        t.to_device(dev)?.to_dtype(dtype)
+        t.to_dtype(dtype)
     }
 }
 
@@ -261,6 +334,6 @@ impl SimpleBackend for Backend {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.0.tensors.contains_key(name)
+        self.0.store.shape(name).is_some()
     }
 }

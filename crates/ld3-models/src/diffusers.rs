@@ -3,16 +3,16 @@
 //! `unet/` and `scheduler/`), seen as a [`Denoiser`].
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use ld3_solvers::noise::{BetaSchedule, NoiseScheduleConfig};
-use ld3_solvers::{Error, NoiseSchedule, Result};
+use ld3_solvers::{Error, Result};
 use serde::Deserialize;
 
 use crate::checkpoint::Checkpoint;
 use crate::conditioning::{Conditioning, ConditioningKind};
-use crate::denoiser::{Denoiser, Parameterization};
+use crate::denoiser::Parameterization;
+use crate::network::{DiscreteVpTime, Network};
 use crate::unet2d::{UNet2DConfig, UNet2DModel};
 
 /// The parts of diffusers' `scheduler_config.json` that define the model's noise schedule and
@@ -163,26 +163,43 @@ pub struct DiffusersFiles<'a> {
     pub weights: Checkpoint,
 }
 
-/// A diffusers `UNet2DModel` with its discrete VP schedule: the network time t ∈ [1/N, 1] is fed
-/// to the network as the continuous training-step index N·t − 1 (LD3/DPM-Solver convention),
-/// differentiably.
-pub struct DiffusersUNet {
+/// diffusers' `UNet2DModel` as a [`Network`]: weights in one dtype on one device, its time
+/// input the training-step index.
+pub struct UNet2DNetwork {
     unet: UNet2DModel,
-    schedule: Arc<dyn NoiseSchedule>,
-    parameterization: Parameterization,
-    num_train_timesteps: usize,
-    shape: Vec<usize>,
-    name: String,
     dtype: DType,
     device: Device,
     parameters: usize,
 }
 
+impl Network for UNet2DNetwork {
+    fn forward(&self, x: &Tensor, time: &Tensor, cond: &Conditioning) -> Result<Tensor> {
+        cond.check_shape(&ConditioningKind::None, x.dim(0)?)?;
+        Ok(self.unet.forward(x, time)?)
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn parameter_count(&self) -> usize {
+        self.parameters
+    }
+    fn describe(&self) -> String {
+        "UNet2DModel".into()
+    }
+}
+
+/// A diffusers pixel model: the [`UNet2DModel`] behind the discrete-VP time mapping of its
+/// scheduler config ([`DiscreteVpTime`]).
+pub type DiffusersUNet = DiscreteVpTime<UNet2DNetwork>;
+
 fn invalid_file(path: &str, msg: String) -> Error {
     Error::Invalid(format!("{path}: {msg}"))
 }
 
-impl DiffusersUNet {
+impl DiscreteVpTime<UNet2DNetwork> {
     /// Builds the model from its files; `name` labels it, `labels` name the config files in errors.
     pub fn from_files(
         files: DiffusersFiles,
@@ -218,20 +235,24 @@ impl DiffusersUNet {
         files
             .weights
             .check_all_used(&format!("the UNet2DModel of {}", labels[0]))?;
-        Ok(Self {
+        let net = UNet2DNetwork {
             unet,
-            schedule,
-            parameterization,
-            num_train_timesteps: sched
-                .trained_betas
-                .as_ref()
-                .map_or(sched.num_train_timesteps, Vec::len),
-            shape,
-            name: name.to_string(),
             dtype,
             device: device.clone(),
             parameters: files.weights.value_count(),
-        })
+        };
+        let steps = sched
+            .trained_betas
+            .as_ref()
+            .map_or(sched.num_train_timesteps, Vec::len);
+        Ok(Self::new(
+            net,
+            schedule,
+            parameterization,
+            steps,
+            shape,
+            name,
+        ))
     }
 
     /// Loads a folder in the diffusers layout (see [`find_layout`]).
@@ -264,47 +285,7 @@ impl DiffusersUNet {
 
     /// The network.
     pub fn unet(&self) -> &UNet2DModel {
-        &self.unet
-    }
-
-    /// The network time t as the network's timestep input N·t − 1.
-    pub fn timestep_index(&self, t_net: &Tensor) -> candle_core::Result<Tensor> {
-        (t_net * self.num_train_timesteps as f64)? - 1.0
-    }
-}
-
-impl Denoiser for DiffusersUNet {
-    fn describe(&self) -> String {
-        format!(
-            "{} (UNet2DModel, {:?}, {:?})",
-            self.name, self.parameterization, self.shape
-        )
-    }
-    fn sample_shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn noise_schedule(&self) -> &dyn NoiseSchedule {
-        self.schedule.as_ref()
-    }
-    fn parameterization(&self) -> Parameterization {
-        self.parameterization
-    }
-    fn parameter_count(&self) -> usize {
-        self.parameters
-    }
-    fn device(&self) -> &Device {
-        &self.device
-    }
-    /// Runs in the weights' dtype (chosen at load); `x` and the output keep the caller's.
-    fn forward(&self, x: &Tensor, t_net: &Tensor, cond: &Conditioning) -> Result<Tensor> {
-        cond.check_shape(&ConditioningKind::None, x.dim(0)?)?;
-        let t_dtype = match self.dtype {
-            DType::F64 => DType::F64,
-            _ => DType::F32,
-        };
-        let steps = self.timestep_index(&t_net.to_dtype(t_dtype)?)?;
-        let out = self.unet.forward(&x.to_dtype(self.dtype)?, &steps)?;
-        Ok(out.to_dtype(x.dtype())?)
+        &self.network().unet
     }
 }
 
