@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use candle_core::Tensor;
-use ld3::models::GmmFixture;
 use ld3::solvers::{SolverConfig, SolverName, UniPcVariant};
+use ld3_testing::GmmFixture;
 
 /// `fixtures/gmm/<name>`.
 pub fn fixture_dir(name: &str) -> PathBuf {

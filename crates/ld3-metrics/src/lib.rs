@@ -18,4 +18,4 @@ mod pool;
 pub mod resize;
 
 pub use inception::{FidInception, FidMode};
-pub use lpips::{pseudo_random_backbone, Lpips, LpipsNet};
+pub use lpips::{Lpips, LpipsNet};

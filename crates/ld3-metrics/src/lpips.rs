@@ -3,13 +3,11 @@
 //! taps, ŷ the channel-unit-normalised features, w_l the learned heads — as PyPI `lpips` 0.1.4
 //! computes it (its scaling layer, taps, ε = 1e-10 in the normalisation, 1×1 heads, spatial mean).
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use ld3_models::Checkpoint;
-use ld3_solvers::rng::SplitMix64;
 use ld3_solvers::{Error, Result};
 
 use crate::pool::max_pool;
@@ -66,6 +64,18 @@ impl LpipsNet {
         }
     }
 
+    /// The backbone's convolutions in torchvision's `features` numbering: (index, input
+    /// channels, output channels, kernel size).
+    pub fn convolutions(self) -> Vec<(usize, usize, usize, usize)> {
+        self.layers()
+            .into_iter()
+            .filter_map(|l| match l {
+                Layer::Conv(i, c_in, c_out, k, ..) => Some((i, c_in, c_out, k)),
+                Layer::Pool(..) => None,
+            })
+            .collect()
+    }
+
     /// The smallest image side the backbone's pooling accepts (VGG16: four 2×2 pools; AlexNet:
     /// a stride-4 11×11 convolution and two 3×3 stride-2 pools).
     pub fn min_size(self) -> usize {
@@ -104,41 +114,6 @@ impl std::str::FromStr for LpipsNet {
             ))),
         }
     }
-}
-
-/// A backbone with pseudo-random weights in torchvision's names — for tests and benchmarks where
-/// the real weights are not available. Tensor k (layer order, weight then bias) is
-/// `SplitMix64::new(1000 + k)`'s (2u − 1)·bound, bound √(6/fan_in) for weights and 0.05 for
-/// biases: the recipe fixtures/gen/lpips_fixtures.py uses for the reference distances.
-pub fn pseudo_random_backbone(net: LpipsNet) -> Result<HashMap<String, Tensor>> {
-    let mut tensors = HashMap::new();
-    let mut k = 0;
-    for layer in net.layers() {
-        let Layer::Conv(i, c_in, c_out, ks, ..) = layer else {
-            continue;
-        };
-        let fan_in = c_in * ks * ks;
-        for (name, shape, bound) in [
-            (
-                "weight",
-                vec![c_out, c_in, ks, ks],
-                (6.0 / fan_in as f64).sqrt(),
-            ),
-            ("bias", vec![c_out], 0.05),
-        ] {
-            let n: usize = shape.iter().product();
-            let mut rng = SplitMix64::new(1000 + k);
-            let v: Vec<f32> = (0..n)
-                .map(|_| ((2.0 * rng.next_open01() - 1.0) * bound) as f32)
-                .collect();
-            tensors.insert(
-                format!("features.{i}.{name}"),
-                Tensor::from_vec(v, shape, &Device::Cpu)?,
-            );
-            k += 1;
-        }
-    }
-    Ok(tensors)
 }
 
 enum Op {

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use ld3_metrics::fid::{frechet_distance, FeatureStats};
 use ld3_metrics::images::{list_images, read_image};
-use ld3_metrics::inception::{conv_specs, pseudo_random_weights, FidInception, FidMode};
+use ld3_metrics::inception::{conv_specs, FidInception, FidMode};
 use ld3_models::Checkpoint;
 use ld3_solvers::gradcheck::max_abs_diff;
+use ld3_testing::weights::fid_inception as pseudo_random_weights;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use ld3_metrics::{pseudo_random_backbone, Lpips, LpipsNet};
+use ld3_metrics::{Lpips, LpipsNet};
 use ld3_models::Checkpoint;
 use ld3_solvers::gradcheck::{max_abs_diff, GradCheck};
+use ld3_testing::weights::lpips_backbone as pseudo_random_backbone;
 
 fn lpips(net: LpipsNet, dtype: DType) -> Lpips {
     let dev = Device::Cpu;

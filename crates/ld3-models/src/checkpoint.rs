@@ -166,6 +166,7 @@ impl Checkpoint {
 
     /// Memory-maps a safetensors file (nothing is read until a model takes a tensor). The file
     /// must not change while a model loads from it.
+    #[allow(unsafe_code)] // the workspace's one `unsafe`: the read-only mapping below
     pub fn map_safetensors(path: &Path) -> Result<Self> {
         let label = path.display().to_string();
         if !path.is_file() {

@@ -11,15 +11,11 @@
 //! ([`DiffusersUNet`]); and the model [`registry`] (the embedded default `ld3-mnist-32`, hub
 //! models fetched by `cargo xtask fetch-weights`).
 
-// Input checks are written `!(a < b)` on purpose: they must also reject NaN.
-#![allow(clippy::neg_cmp_op_on_partial_ord)]
-
 pub mod checkpoint;
 mod class_gmm;
 pub mod conditioning;
 mod denoiser;
 pub mod diffusers;
-pub mod fixture;
 mod gmm;
 pub mod layers;
 mod network;
@@ -32,7 +28,6 @@ pub use class_gmm::{ClassConditionalMixture, GmmClass};
 pub use conditioning::{Conditioning, ConditioningKind, UNCONDITIONAL_CLASS};
 pub use denoiser::{Denoiser, DenoiserPredictor, Guided, Parameterization};
 pub use diffusers::{DiffusersUNet, UNet2DNetwork};
-pub use fixture::GmmFixture;
 pub use gmm::{GaussianMixture, GmmComponent};
 pub use network::{DiscreteVpTime, Network};
 pub use spec::{load_model, load_model_as, ModelSpec, DEFAULT_MODEL, EMBEDDED};

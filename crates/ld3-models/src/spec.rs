@@ -31,18 +31,18 @@ pub const EMBEDDED: [(&str, &str, &str); 3] = [
     (
         "demo-edm-gmm",
         "3-component Gaussian mixture on 1x4x4 under the EDM schedule (sigma 0.002..80)",
-        include_str!("../../../fixtures/gmm/edm-public/gmm.json"),
+        include_str!("../assets/gmm/edm-public.json"),
     ),
     (
         "demo-sd-gmm",
         "3-component Gaussian mixture on 2x4x4 under Stable Diffusion v1's discrete VP schedule",
-        include_str!("../../../fixtures/gmm/vp-public/gmm.json"),
+        include_str!("../assets/gmm/vp-public.json"),
     ),
     (
         "demo-class-gmm",
         "class-conditional Gaussian mixture (3 classes of 2 components) on 1x4x4 under the EDM \
          schedule: exact conditional, unconditional and guided denoisers",
-        include_str!("../../../fixtures/gmm-class/edm/gmm.json"),
+        include_str!("../assets/gmm/class-edm.json"),
     ),
 ];
 
@@ -179,6 +179,22 @@ pub fn load_model_as(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The embedded mixtures are copies (the crate must build from its own files) of the
+    /// fixtures the tests and docs use: they may not drift apart.
+    #[test]
+    fn embedded_mixtures_are_the_fixtures() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for (name, fixture) in [
+            ("demo-edm-gmm", "fixtures/gmm/edm-public/gmm.json"),
+            ("demo-sd-gmm", "fixtures/gmm/vp-public/gmm.json"),
+            ("demo-class-gmm", "fixtures/gmm-class/edm/gmm.json"),
+        ] {
+            let (_, _, json) = EMBEDDED.iter().find(|(n, _, _)| *n == name).unwrap();
+            let file = std::fs::read_to_string(root.join(fixture)).unwrap();
+            assert_eq!(*json, file, "{name} differs from {fixture}");
+        }
+    }
 
     #[test]
     fn parses_and_rejects_clearly() {

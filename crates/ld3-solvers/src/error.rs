@@ -16,13 +16,19 @@ pub enum Error {
          (a solver diverging at too few steps, or a schedule outside the model's time range, \
          can also cause this)"
     )]
-    NonFinite { t_net: f64, evaluation: usize },
+    NonFinite {
+        /// The network time of the first evaluation that went wrong.
+        t_net: f64,
+        /// Which evaluation of the solve it was (1 = the first).
+        evaluation: usize,
+    },
     /// The model failed (an error from the model's own crate).
     #[error(transparent)]
     Model(Box<dyn std::error::Error + Send + Sync>),
     /// A file could not be read or written.
     #[error("{path}: {cause}")]
     Io {
+        /// The file.
         path: String,
         /// Not `#[source]`: the message already holds it (a chain would print it twice).
         cause: std::io::Error,
@@ -30,6 +36,7 @@ pub enum Error {
     /// A JSON document does not have the expected form.
     #[error("{what}: {cause}")]
     Json {
+        /// What the document should have been.
         what: String,
         /// Not `#[source]`, as for `Io`.
         cause: serde_json::Error,

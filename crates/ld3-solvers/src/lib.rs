@@ -20,9 +20,6 @@
 //! # Ok(()) }
 //! ```
 
-// Input checks are written `!(a < b)` on purpose: they must also reject NaN.
-#![allow(clippy::neg_cmp_op_on_partial_ord)]
-
 mod error;
 pub mod gradcheck;
 pub mod noise;

@@ -524,28 +524,37 @@ impl NoiseSchedule for VpCosine {
 pub enum NoiseScheduleConfig {
     /// [`Edm`].
     Edm {
+        /// σ at the data end (default 0.002).
         #[serde(default = "edm_sigma_min")]
         sigma_min: f64,
+        /// σ at the noise end (default 80).
         #[serde(default = "edm_sigma_max")]
         sigma_max: f64,
     },
     /// [`VpDiscrete`], from betas (diffusers' names) or from an explicit `alphas_cumprod` list.
     VpDiscrete {
+        /// diffusers' `beta_schedule`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         beta_schedule: Option<BetaSchedule>,
+        /// β_1.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         beta_start: Option<f64>,
+        /// β_N.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         beta_end: Option<f64>,
+        /// N (default 1000).
         #[serde(default = "default_train_timesteps")]
         num_train_timesteps: usize,
+        /// ᾱ_1..ᾱ_N, instead of the β layout.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         alphas_cumprod: Option<Vec<f64>>,
     },
     /// [`VpLinear`].
     VpLinear {
+        /// β_min (default 0.1).
         #[serde(default = "vp_beta_min")]
         beta_min: f64,
+        /// β_max (default 20).
         #[serde(default = "vp_beta_max")]
         beta_max: f64,
     },

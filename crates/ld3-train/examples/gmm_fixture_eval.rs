@@ -12,8 +12,9 @@
 //!   solutions).
 
 use candle_core::Tensor;
-use ld3_models::{Denoiser, GmmFixture};
+use ld3_models::Denoiser;
 use ld3_solvers::{SolverConfig, SolverName, UniPcVariant};
+use ld3_testing::GmmFixture;
 use ld3_train::{TeacherConfig, TrainConfig, Trainer};
 use std::path::PathBuf;
 

@@ -1,6 +1,6 @@
 //! Soft teacher forcing's ball: each student start z' stays within radius r of its noise z (in
 //! standard-normal z-space), moved by projected SGD with per-sample greedy acceptance
-//! (LD3 paper Eq. 6; `../shared/docs/ld3-reference.md` §5.5).
+//! (LD3 paper Eq. 6).
 
 use candle_core::{DType, Tensor};
 use ld3_solvers::{Error, Result};

@@ -1,4 +1,4 @@
-//! LD3's learnable discretisation (`../shared/docs/ld3-reference.md` §3): logits θ ∈ R^{N+1} →
+//! LD3's learnable discretisation (the LD3 paper, arXiv 2405.15506, §3): logits θ ∈ R^{N+1} →
 //! softmax → cumulative sum → rescaled onto [λ_min, λ_max] (λ-mode) or [t_min, t_max] (t-mode),
 //! and decoupled network times t^c from ξ ∈ R^{N+1}, clamped to a window on interior points.
 

@@ -6,9 +6,6 @@
 //! ξ and the start x'_T, through the full graph or by per-step recomputation with memory flat in
 //! NFE ([`grad`]).
 
-// Input checks are written `!(a < b)` on purpose: they must also reject NaN.
-#![allow(clippy::neg_cmp_op_on_partial_ord)]
-
 pub mod ball;
 mod discretization;
 mod distance;

@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use ld3_models::{Conditioning, Denoiser, DenoiserPredictor, GaussianMixture, GmmFixture};
+use ld3_models::{Conditioning, Denoiser, DenoiserPredictor, GaussianMixture};
 use ld3_solvers::gradcheck::GradCheck;
 use ld3_solvers::steps::{Karras, StepSchedule};
 use ld3_solvers::{rng, SolverConfig, SolverName, UniPcVariant};
+use ld3_testing::GmmFixture;
 use ld3_train::grad::{Backprop, Problem};
 use ld3_train::{Discretization, TimeMode, L2};
 

@@ -1,5 +1,6 @@
-//! The LD3 training loop (`../shared/docs/ld3-reference.md` §5): θ-only rounds, then θ+ξ rounds;
-//! soft teacher forcing with projected, greedily accepted starts; validation after every
+//! The LD3 training loop (the paper's Algorithm 1, arXiv 2405.15506, as its official code, github
+//! vinhsuhi/LD3, runs it): θ-only rounds, then θ+ξ rounds; soft teacher forcing with projected,
+//! greedily accepted starts; validation after every
 //! iteration; patience, reload of the best, learning-rate decay and early stop; a run directory
 //! with teacher pairs, a checkpoint after every round and a JSON-lines log, so `resume` loses at
 //! most the current round.
@@ -41,19 +42,30 @@ use run_dir::{Best, Checkpoint, RunDir, State};
 #[derive(Clone, Debug)]
 pub enum Event {
     /// Teacher pairs are being made or loaded.
-    Teacher { count: usize },
+    Teacher {
+        /// Pairs in all (training, validation, held-out).
+        count: usize,
+    },
     /// A round starts.
     Round {
+        /// Its index (0-based).
         round: usize,
+        /// Rounds in all.
         rounds: usize,
+        /// Whether it trains ξ too.
         joint: bool,
+        /// Its iterations.
         iterations: usize,
     },
     /// A training iteration ended with its batch loss and the best validation loss.
     Iteration {
+        /// The round.
         round: usize,
+        /// Iterations so far, over all rounds.
         iteration: usize,
+        /// The batch's mean loss.
         loss: f64,
+        /// The best validation statistic so far.
         best: f64,
     },
     /// Something the user should know (NaN skipped, learning rates decayed, ...).

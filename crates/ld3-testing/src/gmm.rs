@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use ld3_solvers::{Error, Result};
 
-use crate::denoiser::Denoiser;
-use crate::gmm::GaussianMixture;
+use ld3_models::{Denoiser, DenoiserPredictor, GaussianMixture};
 
 /// One test case.
 #[derive(Clone, Debug)]
@@ -213,7 +212,7 @@ fn solve(
 ) -> Result<Tensor> {
     let times = ld3_solvers::Times::from_f64(t, t_net, &Device::Cpu)?;
     let x_t = (z * gmm.noise_schedule().prior_scale())?;
-    let predictor = crate::DenoiserPredictor::new(gmm);
+    let predictor = DenoiserPredictor::new(gmm);
     Ok(ld3_solvers::sample(solver, &predictor, &x_t, &times, None)?.x)
 }
 

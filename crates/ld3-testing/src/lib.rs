@@ -1,0 +1,11 @@
+//! # ld3-testing
+//!
+//! Test support for ld3-rs, shared by the crates' tests, examples and benchmarks (not published):
+//! the Gaussian-mixture test cases of `fixtures/gmm/` with their exact solutions and the official
+//! LD3 schedules ([`GmmFixture`]), near-exact reference solutions on fresh noise, and
+//! pseudo-random weights for the metric networks ([`weights`]).
+
+mod gmm;
+pub mod weights;
+
+pub use gmm::{reference_solution, GmmFixture};
