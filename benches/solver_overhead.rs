@@ -5,12 +5,12 @@
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
-use ld3::models::{DenoiserPredictor, GaussianMixture, GmmComponent};
+use ld3::models::{Denoiser, DenoiserPredictor, GaussianMixture, GmmComponent};
 use ld3::solvers::noise::{BetaSchedule, VpDiscrete};
 use ld3::solvers::steps::{LogSnrUniform, StepSchedule};
 use ld3::solvers::{
-    rng, sample, NoiseSchedule, NoiseScheduleConfig, Predictor, Result, SolverConfig, SolverName,
-    Target, Times, UniPcVariant,
+    rng, sample, NetTime, NoiseSchedule, NoiseScheduleConfig, Predictor, Result, SolverConfig,
+    SolverName, Target, Times, UniPcVariant,
 };
 
 const SHAPE: [usize; 3] = [4, 64, 64];
@@ -23,7 +23,7 @@ impl Predictor for Free {
     fn noise_schedule(&self) -> &dyn NoiseSchedule {
         &self.0
     }
-    fn predict(&self, x: &Tensor, _t_net: &Tensor, _target: Target) -> Result<Tensor> {
+    fn predict(&self, x: &Tensor, _at: &NetTime, _target: Target) -> Result<Tensor> {
         Ok(x.clone())
     }
 }
@@ -67,7 +67,7 @@ fn benches(c: &mut Criterion) {
     let config: NoiseScheduleConfig = sd().config();
     let gmm = GaussianMixture::new(SHAPE.to_vec(), components, config).unwrap();
     let predictor = DenoiserPredictor::new(&gmm);
-    let t_net = Tensor::new(0.5f64, &dev).unwrap();
+    let t_net = NetTime::new(gmm.noise_schedule(), &Tensor::new(0.5f64, &dev).unwrap()).unwrap();
     let mut group = c.benchmark_group("denoiser_one_evaluation");
     group.sample_size(10);
     group.bench_function("gmm-10-components", |b| {

@@ -1,7 +1,7 @@
 //! The `Denoiser` trait, the conversion between parameterisations, and classifier-free guidance.
 
 use candle_core::{Device, Tensor};
-use ld3_solvers::{NoiseSchedule, Predictor, Result, Target};
+use ld3_solvers::{NetTime, NoiseSchedule, Predictor, Result, Target};
 use serde::{Deserialize, Serialize};
 
 use crate::conditioning::{Conditioning, ConditioningKind};
@@ -190,11 +190,10 @@ impl Predictor for DenoiserPredictor<'_> {
         self.model.noise_schedule()
     }
 
-    fn predict(&self, x: &Tensor, t_net: &Tensor, target: Target) -> Result<Tensor> {
-        let out = self.model.forward(x, t_net, &self.cond)?;
-        let schedule = self.model.noise_schedule();
-        let alpha = per_sample(&schedule.alpha_tensor(t_net)?, x)?;
-        let sigma = per_sample(&schedule.sigma_tensor(t_net)?, x)?;
+    fn predict(&self, x: &Tensor, at: &NetTime, target: Target) -> Result<Tensor> {
+        let out = self.model.forward(x, &at.t, &self.cond)?;
+        let alpha = per_sample(&at.alpha, x)?;
+        let sigma = per_sample(&at.sigma, x)?;
         let mul = |a: &Tensor, b: &Tensor| b.broadcast_mul(a);
         Ok(match (self.model.parameterization(), target) {
             (Parameterization::Epsilon, Target::Noise)
@@ -285,7 +284,9 @@ mod tests {
             };
             let p = DenoiserPredictor::new(&m);
             for (target, want) in [(Target::Data, &x0), (Target::Noise, &eps)] {
-                let got = p.predict(&x, &t_net, target).unwrap();
+                let got = p
+                    .predict(&x, &NetTime::new(&schedule, &t_net).unwrap(), target)
+                    .unwrap();
                 let diff = max_abs_diff(&got, want).unwrap();
                 assert!(diff < 1e-12, "{param:?} {target:?}: {diff}");
             }

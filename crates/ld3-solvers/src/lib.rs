@@ -32,7 +32,7 @@ pub use error::{Error, Result};
 pub use noise::{NoiseSchedule, NoiseScheduleConfig};
 pub use schedule_file::ScheduleFile;
 pub use solvers::{
-    sample, Evaluator, Grid, Predictor, Sample, Solver, SolverConfig, SolverName, SolverState,
-    StepCallback, StepInfo, Target, Times, UniPcVariant,
+    sample, Evaluator, Grid, NetTime, Predictor, Sample, Solver, SolverConfig, SolverName,
+    SolverState, StepCallback, StepInfo, Target, Times, UniPcVariant,
 };
 pub use steps::StepSchedule;

@@ -204,6 +204,13 @@ impl NoiseSchedule for Edm {
     fn t_from_edm_sigma(&self, edm_sigma: f64) -> f64 {
         edm_sigma
     }
+    // α = 1 and σ = t as tensor ops: no host read where a model evaluates them per call.
+    fn alpha_tensor(&self, t: &Tensor) -> candle_core::Result<Tensor> {
+        t.ones_like()
+    }
+    fn sigma_tensor(&self, t: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(t.clone())
+    }
 }
 
 /// How a discrete VP model's β_n were laid out (diffusers' `beta_schedule`).

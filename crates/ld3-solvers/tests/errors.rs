@@ -7,7 +7,8 @@ use common::SingleGaussian;
 use ld3_solvers::noise::Edm;
 use ld3_solvers::steps::{LogSnrUniform, StepSchedule};
 use ld3_solvers::{
-    sample, Error, NoiseSchedule, Predictor, Result, SolverConfig, SolverName, Target, Times,
+    sample, Error, NetTime, NoiseSchedule, Predictor, Result, SolverConfig, SolverName, Target,
+    Times,
 };
 
 /// A model that returns NaN below a noise level.
@@ -17,9 +18,9 @@ impl Predictor for Broken {
     fn noise_schedule(&self) -> &dyn NoiseSchedule {
         self.0.noise_schedule()
     }
-    fn predict(&self, x: &Tensor, t_net: &Tensor, target: Target) -> Result<Tensor> {
-        let out = self.0.predict(x, t_net, target)?;
-        if t_net.to_scalar::<f64>()? < 1.0 {
+    fn predict(&self, x: &Tensor, at: &NetTime, target: Target) -> Result<Tensor> {
+        let out = self.0.predict(x, at, target)?;
+        if at.t.to_scalar::<f64>()? < 1.0 {
             Ok((out * f64::NAN)?)
         } else {
             Ok(out)

@@ -150,7 +150,7 @@ impl Problem<'_> {
         let states = {
             let times = &fixed;
             let grid = Grid::new(self.model.noise_schedule(), times)?;
-            let eval = Evaluator::new(predictor, times);
+            let eval = Evaluator::new(predictor, times)?;
             let mut states = vec![self.solver.start(&eval, &(z.detach() * prior)?)?.detach()];
             for i in 0..steps {
                 let next = self
@@ -178,7 +178,7 @@ impl Problem<'_> {
         let mut d_t_net = Tensor::zeros_like(&t_net_fixed)?;
         for i in (0..steps).rev() {
             let grid = Grid::new(self.model.noise_schedule(), &times)?;
-            let eval = Evaluator::new(predictor, &times);
+            let eval = Evaluator::new(predictor, &times)?;
             let input = &states[i];
             let x_v = Var::from_tensor(&input.x)?;
             let hist_v: Vec<(usize, Var)> = input
@@ -205,7 +205,7 @@ impl Problem<'_> {
         }
         // The first model call, at x_T = prior·z'.
         let z_v = var(z)?;
-        let eval = Evaluator::new(predictor, &times);
+        let eval = Evaluator::new(predictor, &times)?;
         let start = self.solver.start(&eval, &(z_v.as_tensor() * prior)?)?;
         let grads = vjp(&start, &g_x, &g_hist)?.backward()?;
         let d_z = grad_or_zeros(&grads, &z_v)?;

@@ -52,11 +52,35 @@ pub enum Target {
     Noise,
 }
 
+/// One evaluation's network time t^c with the schedule at it: α(t^c) and σ(t^c), rank-0 tensors
+/// differentiable in t^c. A solve evaluates the schedule at all its network times once
+/// ([`Evaluator::new`]), so no model call reads anything back to the host.
+#[derive(Clone, Debug)]
+pub struct NetTime {
+    /// t^c (rank 0, `f64`).
+    pub t: Tensor,
+    /// α(t^c).
+    pub alpha: Tensor,
+    /// σ(t^c).
+    pub sigma: Tensor,
+}
+
+impl NetTime {
+    /// `schedule` at the rank-0 time `t` (for a single evaluation outside a solve).
+    pub fn new(schedule: &dyn NoiseSchedule, t: &Tensor) -> Result<Self> {
+        Ok(Self {
+            t: t.clone(),
+            alpha: schedule.alpha_tensor(t)?,
+            sigma: schedule.sigma_tensor(t)?,
+        })
+    }
+}
+
 /// A model as the solvers see it: a noise schedule and predictions of x_0 or ε.
 pub trait Predictor {
     /// The schedule that defines the model's time variable, α(t) and σ(t).
     fn noise_schedule(&self) -> &dyn NoiseSchedule;
-    /// The prediction `target` for the batch `x` ([B, ...]) at network time `t_net` (a rank-0
-    /// tensor, in the schedule's time variable); differentiable in `x` and `t_net`.
-    fn predict(&self, x: &Tensor, t_net: &Tensor, target: Target) -> Result<Tensor>;
+    /// The prediction `target` for the batch `x` ([B, ...]) at the network time `at` (in the
+    /// schedule's time variable); differentiable in `x` and `at`'s tensors.
+    fn predict(&self, x: &Tensor, at: &NetTime, target: Target) -> Result<Tensor>;
 }

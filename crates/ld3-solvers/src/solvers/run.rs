@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 
 use candle_core::{DType, Tensor};
 
-use super::{Grid, Predictor, SolverConfig, Target, Times};
+use super::{Grid, NetTime, Predictor, SolverConfig, Target, Times};
 use crate::error::{invalid, Error, Result};
 
 /// Calls the model, counts evaluations (NFE) and watches for non-finite outputs. The watch is a
@@ -14,20 +14,27 @@ use crate::error::{invalid, Error, Result};
 pub struct Evaluator<'a> {
     model: &'a dyn Predictor,
     times: &'a Times,
+    /// α and σ at every network time, evaluated once.
+    alpha_net: Tensor,
+    sigma_net: Tensor,
     calls: Cell<usize>,
     /// (network-time index, sum of the output) per evaluation.
     sums: RefCell<Vec<(usize, Tensor)>>,
 }
 
 impl<'a> Evaluator<'a> {
-    /// Wraps `model` for one solve over `times`.
-    pub fn new(model: &'a dyn Predictor, times: &'a Times) -> Self {
-        Self {
+    /// Wraps `model` for one solve over `times` (evaluating the schedule at every network time,
+    /// once).
+    pub fn new(model: &'a dyn Predictor, times: &'a Times) -> Result<Self> {
+        let schedule = model.noise_schedule();
+        Ok(Self {
             model,
             times,
+            alpha_net: schedule.alpha_tensor(times.t_net())?,
+            sigma_net: schedule.sigma_tensor(times.t_net())?,
             calls: Cell::new(0),
             sums: RefCell::new(Vec::new()),
-        }
+        })
     }
     /// Model evaluations so far.
     pub fn nfe(&self) -> usize {
@@ -53,8 +60,12 @@ impl<'a> Evaluator<'a> {
     }
     /// The prediction `target` for `x` at the network time t^c_i.
     pub fn at(&self, x: &Tensor, i: usize, target: Target) -> Result<Tensor> {
-        let t_net = self.times.t_net_at(i)?;
-        let out = self.model.predict(x, &t_net, target)?;
+        let at = NetTime {
+            t: self.times.t_net_at(i)?,
+            alpha: self.alpha_net.get(i)?,
+            sigma: self.sigma_net.get(i)?,
+        };
+        let out = self.model.predict(x, &at, target)?;
         self.calls.set(self.calls.get() + 1);
         let sum = out.detach().to_dtype(DType::F64)?.sum_all()?;
         self.sums.borrow_mut().push((i, sum));
@@ -169,7 +180,7 @@ pub fn sample(
     times.check(model.noise_schedule())?;
     let t_values = times.t_values()?;
     let grid = Grid::new(model.noise_schedule(), times)?;
-    let eval = Evaluator::new(model, times);
+    let eval = Evaluator::new(model, times)?;
     let mut state = solver.start(&eval, x_t)?;
     for i in 0..steps {
         state = solver.step(&eval, &grid, &state, i, steps)?;

@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each test binary uses part of it
 
 use candle_core::Tensor;
-use ld3_solvers::{NoiseSchedule, Predictor, Result, Target};
+use ld3_solvers::{NetTime, NoiseSchedule, Predictor, Result, Target};
 
 pub struct SingleGaussian {
     pub schedule: Box<dyn NoiseSchedule>,
@@ -31,9 +31,8 @@ impl Predictor for SingleGaussian {
     fn noise_schedule(&self) -> &dyn NoiseSchedule {
         self.schedule.as_ref()
     }
-    fn predict(&self, x: &Tensor, t_net: &Tensor, target: Target) -> Result<Tensor> {
-        let alpha = self.schedule.alpha_tensor(t_net)?;
-        let sigma = self.schedule.sigma_tensor(t_net)?;
+    fn predict(&self, x: &Tensor, at: &NetTime, target: Target) -> Result<Tensor> {
+        let (alpha, sigma) = (at.alpha.clone(), at.sigma.clone());
         let s2 = self.std * self.std;
         // x̂_0 = μ + α·s0²/(α²·s0² + σ²)·(x − α·μ).
         let var = alpha.sqr()?.affine(s2, 0.0)?.add(&sigma.sqr()?)?;
