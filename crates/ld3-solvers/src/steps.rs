@@ -421,17 +421,13 @@ impl HandMade {
         Self::Gits,
     ];
 
-    /// Every schedule of the catalogue, with its default parameters.
-    pub const ALL: [HandMade; 8] = [
-        Self::TimeUniform,
-        Self::TimeQuadratic,
-        Self::LogSnr,
-        Self::Edm { rho: 7.0 },
-        Self::TimeEdm { rho: 7.0 },
-        Self::Gits,
-        Self::AysSd15,
-        Self::AysSdxl,
-    ];
+    /// Every schedule of the catalogue, with its default parameters: the compared ones and the
+    /// Align-Your-Steps lists.
+    pub fn all() -> Vec<HandMade> {
+        let mut all = Self::COMPARED.to_vec();
+        all.extend([Self::AysSd15, Self::AysSdxl]);
+        all
+    }
 
     /// The rule for `solver`.
     pub fn rule(self, solver: SolverName) -> Box<dyn StepSchedule> {
@@ -465,7 +461,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn all_rules() -> Vec<Box<dyn StepSchedule>> {
-        let mut rules: Vec<_> = HandMade::ALL
+        let mut rules: Vec<_> = HandMade::all()
             .iter()
             .map(|h| h.rule(SolverName::DpmSolverPp))
             .collect();
