@@ -224,7 +224,7 @@ fn learned_schedules_and_samples_match_the_recorded_baseline() {
     let mnist_samples = sample_all(&[], "f32", tmp.path());
 
     let json_path = baseline_dir().join("schedules.json");
-    let tensors_path = baseline_dir().join("samples.safetensors");
+    let tensors_path = baseline_dir().join("solver-samples.safetensors");
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (k, v) in &gmm_samples {
         tensors.insert(format!("gmm/{k}"), v.clone());
