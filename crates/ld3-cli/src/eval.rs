@@ -166,6 +166,9 @@ fn check_compatible(a: &FeatureSet, b: &FeatureSet) -> Result<()> {
 }
 
 fn run_fid(args: FidArgs) -> Result<()> {
+    if let Some(path) = &args.save_stats {
+        crate::outputs::check_file("--save-stats", path)?;
+    }
     let needs_net = [&args.a, &args.b]
         .iter()
         .any(|p| p.is_dir() || p.extension().is_some_and(|e| e == "safetensors"));

@@ -2,6 +2,7 @@
 
 mod eval;
 mod images;
+mod outputs;
 mod sample;
 mod schedule;
 mod train;

@@ -12,8 +12,8 @@ use ld3_models::{Conditioning, ConditioningKind, Denoiser, DenoiserPredictor};
 use ld3_solvers::schedule_file::write_atomic;
 use ld3_solvers::{rng, sample, ScheduleFile, StepInfo, Times};
 
-use crate::images;
 use crate::schedule::{check_file_fits, SolverArgs};
+use crate::{images, outputs};
 
 /// Floating-point type of the computation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -72,6 +72,11 @@ pub fn run(args: SampleArgs) -> Result<()> {
         Precision::F32 => DType::F32,
         Precision::F64 => DType::F64,
     };
+    // Outputs first: a path that cannot be written fails now, not after the sampling.
+    outputs::check_file("--out", &args.out)?;
+    if let Some(dir) = &args.images {
+        outputs::check_folder("--images", dir)?;
+    }
     let (spec, model) = args.solver.load_model_as(dtype)?;
     let file = match &args.schedule_file {
         Some(_) if args.solver.schedule.is_some() => {
@@ -122,6 +127,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
             "the PNG grid would overwrite --out {}: give --out a .safetensors name, or --grid another file",
             args.out.display()
         );
+    }
+    if image_model {
+        outputs::check_file("--grid", &grid)?;
     }
     if !image_model && (args.grid.is_some() || args.images.is_some()) {
         bail!(

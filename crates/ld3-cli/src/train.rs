@@ -19,6 +19,7 @@ use ld3_models::registry;
 use ld3_train::LpipsDistance;
 
 use crate::images::{self, Image};
+use crate::outputs;
 use crate::schedule::SolverArgs;
 
 /// Columns of the comparison picture.
@@ -292,6 +293,21 @@ pub enum WindowName {
 pub fn run(args: TrainArgs) -> Result<()> {
     if args.solver.schedule.is_some() {
         bail!("--schedule does not apply to training: LD3 learns the schedule (see --init)");
+    }
+    // Outputs first: a path that cannot be written fails now, not after the training.
+    outputs::check_file("--out", &args.out)?;
+    if let Some(p) = &args.compare {
+        outputs::check_file("--compare", p)?;
+    }
+    if let Some(d) = args.run_dir.as_ref().or(args.resume.as_ref()) {
+        outputs::check_folder(
+            if args.resume.is_some() {
+                "--resume"
+            } else {
+                "--run-dir"
+            },
+            d,
+        )?;
     }
     let (spec, model) = args.solver.load_model()?;
     let solver = args.solver.solver_config(None)?;

@@ -727,3 +727,142 @@ fn trains_a_guided_class_conditional_schedule_with_a_class_per_pair() {
         .path("--out", &tmp(&dir, "s.safetensors"))
         .ok();
 }
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_run_directory_is_locked_and_other_settings_are_refused_every_way_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tmp(&dir, "s.json");
+    let run = tmp(&dir, "s.json.run");
+    let train = || {
+        ld3("train")
+            .gmm("edm-public")
+            .args(&["--solver", "ipndm", "--order", "2", "--nfe", "4", "--quiet"])
+            .args(&["--train-samples", "6", "--valid-samples", "6"])
+            .args(&["--heldout-samples", "4", "--init", "best-hand-made"])
+            .path("--out", &out)
+    };
+    // A long run holds the lock; a second one is refused at once and touches nothing.
+    let long = train().args(&["--rounds-theta", "300"]);
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_ld3"))
+        .args(&long.0)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = run.join("lock");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&lock).is_ok_and(|s| !s.trim().is_empty()) {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the first run never locked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let holder = std::fs::read_to_string(&lock).unwrap();
+    let before = snapshot(&run);
+    let t = std::time::Instant::now();
+    long.fails_with(&format!(
+        "in use by another ld3 run (process {})",
+        holder.trim()
+    ));
+    assert!(t.elapsed().as_secs_f64() < 5.0, "refused at once");
+    // kill -9: the lock goes with the process; the next run takes it and finishes the run.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let _ = before;
+    long.ok();
+    assert!(out.is_file());
+
+    // Other settings, by every way in: the same --out (its OUT.run), --run-dir, --resume.
+    let before = snapshot(&run);
+    train()
+        .args(&["--seed", "3"])
+        .fails_with("seed: 0 there, 3 now");
+    let other_out = tmp(&dir, "other.json");
+    ld3("train")
+        .gmm("edm-public")
+        .args(&["--solver", "ipndm", "--order", "2", "--nfe", "4", "--quiet"])
+        .args(&["--train-samples", "6", "--valid-samples", "6"])
+        .args(&["--heldout-samples", "4"])
+        .path("--run-dir", &run)
+        .path("--out", &other_out)
+        .fails_with("init: \"best-hand-made\" there, \"both\" now");
+    ld3("train")
+        .gmm("edm-public")
+        .args(&["--solver", "ipndm", "--order", "2", "--nfe", "4", "--quiet"])
+        .args(&["--train-samples", "6", "--valid-samples", "6"])
+        .args(&["--heldout-samples", "4"])
+        .path("--resume", &run)
+        .path("--out", &other_out)
+        .fails_with("init: \"best-hand-made\" there, \"both\" now");
+    assert_eq!(
+        snapshot(&run),
+        before,
+        "a refused run changed the run directory"
+    );
+    assert!(!other_out.exists());
+}
+
+#[test]
+fn bad_output_paths_fail_at_once_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().to_path_buf();
+    let missing = dir.path().join("no/such/out.safetensors");
+    let file = tmp(&dir, "a-file");
+    std::fs::write(&file, "x").unwrap();
+    for (cmd, want) in [
+        (
+            ld3("sample")
+                .args(&["--num-samples", "2"])
+                .path("--out", &folder),
+            "is a folder",
+        ),
+        (
+            ld3("sample")
+                .args(&["--num-samples", "2"])
+                .path("--out", &missing),
+            "does not exist",
+        ),
+        (
+            ld3("sample")
+                .args(&["--num-samples", "2"])
+                .path("--out", &tmp(&dir, "x.safetensors"))
+                .path("--images", &file),
+            "is a file, not a folder",
+        ),
+        (
+            ld3("train").gmm("edm-public").path("--out", &folder),
+            "is a folder",
+        ),
+        (
+            ld3("train")
+                .gmm("edm-public")
+                .path("--out", &tmp(&dir, "s.json"))
+                .path("--run-dir", &file),
+            "is a file, not a folder",
+        ),
+    ] {
+        let t = std::time::Instant::now();
+        cmd.fails_with(want);
+        assert!(t.elapsed().as_secs_f64() < 2.0, "{want}: not at once");
+    }
+    // Nothing was written next to the bad paths.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}

@@ -176,25 +176,33 @@ impl<'a> Trainer<'a> {
     }
 
     /// Runs (or, with `resume`, continues) training; `max_rounds` stops after that many rounds
-    /// in this call (the checkpoint allows resuming later).
+    /// in this call (the checkpoint allows resuming later). The run directory is locked for the
+    /// whole call, and a directory that holds a run of other settings is refused — whichever
+    /// way it is reached — before anything in it changes.
     pub fn run(&mut self, resume: bool, max_rounds: Option<usize>) -> Result<Outcome> {
-        let no_run = || {
-            Error::Invalid(format!(
-                "{} holds no run to resume (no checkpoint.json); start a new run instead",
-                self.run_dir.display()
-            ))
+        let conditioning = self
+            .conditioner()?
+            .as_ref()
+            .map_or_else(crate::teacher::unconditional, |c| c.describe());
+        let manifest = run_dir::Manifest {
+            config: self.config.clone(),
+            model: self.model_name.clone(),
+            conditioning,
         };
-        if self.config.init != Init::Both {
-            let dir = RunDir::new(self.run_dir.clone());
-            if resume && !dir.has_run() {
-                return Err(no_run());
-            }
-            return self.run_start(self.config.init, &dir, max_rounds);
+        let top = RunDir::new(self.run_dir.clone());
+        top.check_settings(&manifest)?;
+        if resume && !top.holds_run()? {
+            return Err(Error::Invalid(format!(
+                "{} holds no run to resume; start a new run instead",
+                self.run_dir.display()
+            )));
         }
-        // A resumed run may not have reached the second start yet.
-        let first = RunDir::new(self.run_dir.join(STARTS[0].1));
-        if resume && !first.has_run() {
-            return Err(no_run());
+        let _lock = top.lock()?;
+        // Again under the lock: another run may have started here meanwhile.
+        top.check_settings(&manifest)?;
+        top.write_manifest(&manifest)?;
+        if self.config.init != Init::Both {
+            return self.run_start(self.config.init, &top, max_rounds);
         }
         let mut outcomes = Vec::new();
         for (init, sub) in STARTS {

@@ -63,6 +63,22 @@ pub(crate) struct Checkpoint {
     pub state: State,
 }
 
+/// `run.json`: what a run directory was made for — every setting (with the start), the model
+/// and the conditioning. Every way into a directory checks it before anything there changes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Manifest {
+    pub config: TrainConfig,
+    pub model: String,
+    pub conditioning: String,
+}
+
+/// An exclusive lock on a run directory for as long as it lives. The operating system releases it
+/// when the process ends, however it ends (kill -9 included), so a lock left by a dead process is
+/// simply taken; the file names the holder for the error another process gets meanwhile.
+pub(crate) struct RunLock {
+    _file: std::fs::File,
+}
+
 /// One run's directory.
 pub(crate) struct RunDir {
     pub path: PathBuf,
@@ -80,13 +96,142 @@ impl RunDir {
         Self { path }
     }
 
-    fn checkpoint_path(&self) -> PathBuf {
-        self.path.join("checkpoint.json")
+    fn manifest_path(&self) -> PathBuf {
+        self.path.join("run.json")
     }
 
-    /// Whether a run has saved a checkpoint here.
-    pub fn has_run(&self) -> bool {
-        self.checkpoint_path().exists()
+    /// The settings this directory holds a run of: `run.json`, or for a directory from before
+    /// it, the checkpoint of its run (or of its first start, for `init: both`).
+    fn stored_settings(&self) -> Result<Option<Manifest>> {
+        let path = self.manifest_path();
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            let m = serde_json::from_str(&text).map_err(|source| Error::Json {
+                what: format!("{} is not an ld3 run manifest", path.display()),
+                cause: source,
+            })?;
+            return Ok(Some(m));
+        }
+        for (sub, init) in [
+            (None, None),
+            (Some("from-uniform"), Some(super::Init::Both)),
+            (Some("from-hand-made"), Some(super::Init::Both)),
+        ] {
+            let dir = sub.map_or(self.path.clone(), |s| self.path.join(s));
+            let cp = dir.join("checkpoint.json");
+            if !cp.exists() {
+                continue;
+            }
+            let text = std::fs::read_to_string(&cp).map_err(io(&cp))?;
+            let c: Checkpoint = serde_json::from_str(&text).map_err(|source| Error::Json {
+                what: format!("{} is not an ld3 checkpoint", cp.display()),
+                cause: source,
+            })?;
+            let config = TrainConfig {
+                init: init.unwrap_or(c.config.init),
+                ..c.config
+            };
+            return Ok(Some(Manifest {
+                config,
+                model: c.model,
+                conditioning: c.conditioning,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Whether the directory holds a run (of any settings).
+    pub fn holds_run(&self) -> Result<bool> {
+        Ok(self.stored_settings()?.is_some())
+    }
+
+    /// Refuses, naming every difference, a directory that holds a run of other settings, model
+    /// or conditioning. Reads only.
+    pub fn check_settings(&self, now: &Manifest) -> Result<()> {
+        let Some(stored) = self.stored_settings()? else {
+            return Ok(());
+        };
+        // Recomputation changes memory, not results: a run may continue with or without it.
+        let same_config = TrainConfig {
+            recompute: now.config.recompute,
+            ..stored.config.clone()
+        } == now.config;
+        if same_config && stored.model == now.model && stored.conditioning == now.conditioning {
+            return Ok(());
+        }
+        let mut differ = config_differences(&stored.config, &now.config);
+        if stored.conditioning != now.conditioning {
+            differ.insert(
+                0,
+                format!(
+                    "conditioning: {} there, {} now",
+                    stored.conditioning, now.conditioning
+                ),
+            );
+        }
+        if stored.model != now.model {
+            differ.insert(
+                0,
+                format!("model: {} there, {} now", stored.model, now.model),
+            );
+        }
+        Err(Error::Invalid(format!(
+            "{} already holds a run with other settings or another model ({}); continue it with \
+             its settings, or choose another run directory",
+            self.path.display(),
+            differ.join("; ")
+        )))
+    }
+
+    /// Records the settings (once: a directory keeps the manifest of its first run).
+    pub fn write_manifest(&self, m: &Manifest) -> Result<()> {
+        let path = self.manifest_path();
+        if path.exists() {
+            return Ok(());
+        }
+        let text = serde_json::to_string_pretty(m).expect("manifest serialises");
+        write_atomic(&path, |tmp| std::fs::write(tmp, text).map_err(io(tmp)))
+    }
+
+    /// Takes the directory's exclusive lock (creating the directory), or says at once which
+    /// process holds it.
+    pub fn lock(&self) -> Result<RunLock> {
+        self.create()?;
+        let path = self.path.join("lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                return Err(Error::Invalid(format!(
+                    "{} is in use by another ld3 run ({}); wait for it to finish, or choose \
+                     another run directory",
+                    self.path.display(),
+                    if holder.is_empty() {
+                        "a process that has not written its id yet".to_string()
+                    } else {
+                        format!("process {holder}")
+                    }
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+        }
+        use std::io::{Seek, Write};
+        file.set_len(0).map_err(io(&path))?;
+        file.seek(std::io::SeekFrom::Start(0)).map_err(io(&path))?;
+        writeln!(file, "{}", std::process::id()).map_err(io(&path))?;
+        Ok(RunLock { _file: file })
+    }
+
+    fn checkpoint_path(&self) -> PathBuf {
+        self.path.join("checkpoint.json")
     }
 
     /// The run stored here, if any, refused (naming every difference) unless it was made with
