@@ -314,7 +314,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
     let mut files: Vec<(String, ScheduleFile)> = Vec::new();
     for path in &args.schedule_files {
         let file = ScheduleFile::read(path)?;
-        check_file_fits(&file, model.as_ref())
+        check_file_fits(&file, model.as_ref(), &args.solver.model_name(&spec))
             .with_context(|| format!("using {}", path.display()))?;
         files.push((path.display().to_string(), file));
     }

@@ -84,7 +84,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         }
         Some(path) => {
             let file = ScheduleFile::read(path)?;
-            check_file_fits(&file, model.as_ref())
+            check_file_fits(&file, model.as_ref(), &args.solver.model_name(&spec))
                 .with_context(|| format!("using {}", path.display()))?;
             if let Some(nfe) = args.solver.nfe.filter(|n| *n != file.nfe) {
                 bail!(

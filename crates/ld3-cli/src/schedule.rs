@@ -284,15 +284,30 @@ pub fn list() {
     }
 }
 
-/// Rejects a schedule file whose times do not belong to `model`.
-pub fn check_file_fits(file: &ScheduleFile, model: &dyn Denoiser) -> Result<()> {
+/// Rejects a schedule file whose times do not belong to `model` (named `model_name`): another
+/// noise schedule, or a schedule LD3 learned for another model (a learned schedule fits the
+/// network it was learned on; hand-made ones depend on the noise schedule only).
+pub fn check_file_fits(file: &ScheduleFile, model: &dyn Denoiser, model_name: &str) -> Result<()> {
     let ours = model.noise_schedule().config();
     if file.noise_schedule != ours {
+        let json = |c: &ld3_solvers::NoiseScheduleConfig| {
+            serde_json::to_string(c).unwrap_or_else(|_| "?".into())
+        };
         bail!(
-            "the schedule file was made for noise schedule {:?}, but the model uses {:?}; its times \
+            "the schedule file was made for noise schedule {}, but the model uses {}; its times \
              mean something else here (make a schedule for this model)",
-            file.noise_schedule,
-            ours
+            json(&file.noise_schedule),
+            json(&ours)
+        );
+    }
+    let learned = file.provenance.get("method").and_then(|m| m.as_str()) == Some("ld3");
+    if learned && file.model != model_name {
+        bail!(
+            "the schedule was learned for model {}, but --model is {model_name}; a learned \
+             schedule fits the network it was learned on: give --model {} (or learn one for \
+             {model_name})",
+            file.model,
+            file.model
         );
     }
     Ok(())

@@ -303,6 +303,22 @@ fn train_writes_a_schedule_that_sample_uses_and_refuses_bad_input() {
         .path("--out", &tmp(&dir, "s.safetensors"))
         .ok();
     assert!(stdout.contains("NFE: 4"), "{stdout}");
+    // A learned schedule fits its own model, even where another has the same noise schedule.
+    ld3("sample")
+        .args(&["--model", "demo-edm-gmm", "--num-samples", "2", "--quiet"])
+        .path("--schedule-file", &out)
+        .path("--out", &tmp(&dir, "other.safetensors"))
+        .fails_with("the schedule was learned for model gmm:");
+    // Outputs get the mode of any new file (not a private 0600).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let plain = tmp(&dir, "plain");
+        std::fs::write(&plain, "").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(mode(&tmp(&dir, "s.safetensors")), mode(&plain));
+        assert_eq!(mode(&out), mode(&plain));
+    }
     // The same command again re-reports the finished run; another seed in its directory is refused.
     train.ok();
     train
@@ -317,6 +333,10 @@ fn train_writes_a_schedule_that_sample_uses_and_refuses_bad_input() {
     for (extra, want) in [
         (vec!["--resume", "/nonexistent-run"], "no run to resume"),
         (vec!["--radius", "-1"], "radius must be ≥ 0"),
+        (
+            vec!["--heldout-samples", "0"],
+            "held-out pairs must be at least 1",
+        ),
         (vec!["--loss", "lpips"], "compares RGB or grey images"),
         (
             vec!["--nfe", "2", "--solver", "unipc", "--order", "3"],

@@ -172,8 +172,25 @@ impl ScheduleFile {
     }
 }
 
+/// Gives `file` the mode a plainly created file gets here (0666 less the umask), whatever the
+/// writer chose: some writers create private (0600) files, and outputs are for sharing.
+fn ordinary_permissions(file: &Path) {
+    #[cfg(unix)]
+    {
+        let probe = file.with_extension("mode-probe");
+        if std::fs::File::create(&probe).is_ok() {
+            if let Ok(meta) = std::fs::metadata(&probe) {
+                let _ = std::fs::set_permissions(file, meta.permissions());
+            }
+            let _ = std::fs::remove_file(&probe);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+}
+
 /// Writes `path` through `write` on a temporary sibling, then renames it into place, so a reader
-/// (or a crash) never sees a half-written file.
+/// (or a crash) never sees a half-written file. The file gets the ordinary mode of a new file.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = path
         .file_name()
@@ -189,6 +206,7 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         })?;
     }
     let result = write(&tmp).and_then(|()| {
+        ordinary_permissions(&tmp);
         std::fs::rename(&tmp, path).map_err(|source| Error::Io {
             path: path.display().to_string(),
             cause: source,

@@ -213,6 +213,7 @@ impl TrainConfig {
         for (name, v) in [
             ("the number of training pairs", self.train_samples),
             ("the number of validation pairs", self.valid_samples),
+            ("the number of held-out pairs", self.heldout_samples),
             ("the batch size", self.batch_size),
         ] {
             if v == 0 {
