@@ -115,6 +115,40 @@ fn same_seed_same_schedule_and_resume_equals_uninterrupted() {
     assert!(resumed.finished);
     assert_eq!(resumed.schedule.t, full_a.schedule.t);
     assert_eq!(resumed.schedule.t_net, full_a.schedule.t_net);
+    // The logs are the uninterrupted run's, with no record twice — also after a kill in the middle
+    // of a round (its records are written again when the round is redone).
+    for sub in ["from-uniform", "from-hand-made"] {
+        let log = |d: &PathBuf| std::fs::read_to_string(d.join(sub).join("log.jsonl")).unwrap();
+        assert_eq!(log(&r), log(&a), "{sub}");
+    }
+    let killed = run_dir("killed");
+    Trainer::new(&g, "edm-public", c.clone(), &killed)
+        .unwrap()
+        .run(false, Some(2))
+        .unwrap();
+    let first_log = killed.join("from-uniform/log.jsonl");
+    let mut text = std::fs::read_to_string(&first_log).unwrap();
+    text.push_str("{\"event\":\"iteration\",\"round\":2,\"iteration\":999}\n");
+    std::fs::write(&first_log, text).unwrap();
+    let mut notes = vec![];
+    Trainer::new(&g, "edm-public", c.clone(), &killed)
+        .unwrap()
+        .with_observer(|e| {
+            if let ld3_train::Event::Note(n) = e {
+                notes.push(n.clone());
+            }
+        })
+        .run(true, None)
+        .unwrap();
+    assert!(
+        notes.iter().any(|n| n.contains("resuming after round 2")),
+        "{notes:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&first_log).unwrap(),
+        std::fs::read_to_string(a.join("from-uniform/log.jsonl")).unwrap()
+    );
+    std::fs::remove_dir_all(killed).unwrap();
     for d in [a, b, r] {
         std::fs::remove_dir_all(d).unwrap();
     }

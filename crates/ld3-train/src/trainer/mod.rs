@@ -320,6 +320,14 @@ impl<'a> Trainer<'a> {
 
         let (mut cp, mut train_starts, mut valid_starts) = match stored {
             Some(cp) => {
+                let done = cp.state.round;
+                let note = if done >= c.rounds_theta + c.rounds_joint || cp.state.stopped {
+                    format!("{}: finished run, reported again", dir.path.display())
+                } else {
+                    format!("{}: resuming after round {done}", dir.path.display())
+                };
+                (self.observer)(&Event::Note(note));
+                dir.truncate_log(done)?;
                 let (tr, va) = dir.starts(&device)?;
                 (cp, tr, va)
             }

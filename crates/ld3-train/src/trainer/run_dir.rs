@@ -314,6 +314,32 @@ impl RunDir {
         }
     }
 
+    /// Cuts `log.jsonl` back to the end of round `rounds_done − 1` (the checkpoint's): the records
+    /// of a round that was interrupted are written again when it is redone, not twice.
+    pub fn truncate_log(&self, rounds_done: usize) -> Result<()> {
+        let path = self.path.join("log.jsonl");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let ends_round = |line: &str| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
+                v["event"] == "round" && v["round"].as_u64() == Some(rounds_done as u64 - 1)
+            })
+        };
+        let keep = match rounds_done {
+            0 => lines.iter().position(|l| l.contains("\"event\":\"init\"")),
+            _ => lines.iter().rposition(|l| ends_round(l)),
+        };
+        let Some(last) = keep else { return Ok(()) };
+        if last + 1 == lines.len() {
+            return Ok(());
+        }
+        let mut kept = lines[..=last].join("\n");
+        kept.push('\n');
+        write_atomic(&path, |tmp| std::fs::write(tmp, kept).map_err(io(tmp)))
+    }
+
     /// Appends one record to `log.jsonl`.
     pub fn log(&self, record: serde_json::Value) -> Result<()> {
         let path = self.path.join("log.jsonl");
