@@ -816,22 +816,17 @@ fn a_run_directory_is_locked_and_other_settings_are_refused_every_way_in() {
         .args(&["--seed", "3"])
         .fails_with("seed: 0 there, 3 now");
     let other_out = tmp(&dir, "other.json");
-    ld3("train")
-        .gmm("edm-public")
-        .args(&["--solver", "ipndm", "--order", "2", "--nfe", "4", "--quiet"])
-        .args(&["--train-samples", "6", "--valid-samples", "6"])
-        .args(&["--heldout-samples", "4"])
-        .path("--run-dir", &run)
-        .path("--out", &other_out)
-        .fails_with("init: \"best-hand-made\" there, \"both\" now");
-    ld3("train")
-        .gmm("edm-public")
-        .args(&["--solver", "ipndm", "--order", "2", "--nfe", "4", "--quiet"])
-        .args(&["--train-samples", "6", "--valid-samples", "6"])
-        .args(&["--heldout-samples", "4"])
-        .path("--resume", &run)
-        .path("--out", &other_out)
-        .fails_with("init: \"best-hand-made\" there, \"both\" now");
+    for way_in in ["--run-dir", "--resume"] {
+        // The default --init (both) against the run's best-hand-made.
+        ld3("train")
+            .gmm("edm-public")
+            .args(&["--solver", "ipndm", "--order", "2", "--nfe", "4", "--quiet"])
+            .args(&["--train-samples", "6", "--valid-samples", "6"])
+            .args(&["--heldout-samples", "4"])
+            .path(way_in, &run)
+            .path("--out", &other_out)
+            .fails_with("init: \"best-hand-made\" there, \"both\" now");
+    }
     assert_eq!(
         snapshot(&run),
         before,
