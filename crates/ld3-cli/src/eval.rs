@@ -457,7 +457,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
     );
     println!(
         "{:<40} {:>4} {:>10} {:>10} {:>8} {:>9} {:>9}",
-        "schedule", "NFE", "L2 mean", "L2 median", "LPIPS", "FID", "KID"
+        "schedule", "NFE", "RMS mean", "RMS median", "LPIPS", "FID", "KID"
     );
     for r in &rows {
         println!(

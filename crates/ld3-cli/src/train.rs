@@ -457,9 +457,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let outcome = trainer.run(resume, None)?;
     bar.finish_and_clear();
     outcome.schedule.write(&args.out)?;
+    let loss = outcome.schedule.provenance["loss"].as_str().unwrap_or("?");
     println!(
         "held-out {} distance to the teacher ({} samples, {} at NFE {nfe}):",
-        outcome.schedule.provenance["loss"].as_str().unwrap_or("?"),
+        match loss {
+            "l2" => "l2 (mean squared error per sample)",
+            "l1" => "l1 (mean absolute error per sample)",
+            other => other,
+        },
         args.heldout_samples,
         solver
     );

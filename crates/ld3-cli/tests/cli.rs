@@ -574,7 +574,7 @@ mod eval {
             .args(&["--with-hand-made"])
             .path("--json", &json)
             .ok();
-        assert!(out.contains("L2 median"), "{out}");
+        assert!(out.contains("RMS median"), "{out}");
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         let rows = v["rows"].as_array().unwrap();
