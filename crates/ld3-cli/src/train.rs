@@ -424,6 +424,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     let observer = |e: &Event| match e {
         Event::Teacher { count } => bar.set_message(format!("teacher pairs ({count})")),
+        Event::TeacherProgress { done, total } => {
+            bar.set_prefix("teacher pairs");
+            bar.set_length(*total as u64);
+            bar.set_position(*done as u64);
+        }
         Event::Round {
             round,
             rounds,

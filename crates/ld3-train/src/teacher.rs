@@ -52,10 +52,21 @@ impl TeacherConfig {
     /// The teacher's outputs for starts x_T = prior·z conditioned on `cond`, 64 samples at a
     /// time.
     pub fn solve(&self, model: &dyn Denoiser, z: &Tensor, cond: &Conditioning) -> Result<Tensor> {
+        self.solve_reporting(model, z, cond, &mut |_, _| {})
+    }
+
+    /// [`TeacherConfig::solve`], calling `progress(done, total)` after every batch.
+    pub fn solve_reporting(
+        &self,
+        model: &dyn Denoiser,
+        z: &Tensor,
+        cond: &Conditioning,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
         let (solver, steps) = self.solver.build_for_nfe(self.nfe)?;
         let t = Karras::default().times(model.noise_schedule(), steps)?;
         let times = Times::from_f64(&t, &t, model.device())?;
-        solve_in_batches(model, solver.as_ref(), &times, z, cond, 64)
+        solve_in_batches_reporting(model, solver.as_ref(), &times, z, cond, 64, progress)
     }
 }
 
@@ -69,6 +80,19 @@ pub fn solve_in_batches(
     cond: &Conditioning,
     batch: usize,
 ) -> Result<Tensor> {
+    solve_in_batches_reporting(model, solver, times, z, cond, batch, &mut |_, _| {})
+}
+
+/// [`solve_in_batches`], calling `progress(done, total)` after every batch.
+pub fn solve_in_batches_reporting(
+    model: &dyn Denoiser,
+    solver: &dyn Solver,
+    times: &Times,
+    z: &Tensor,
+    cond: &Conditioning,
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
     let prior = model.noise_schedule().prior_scale();
     let (total, batch) = (z.dim(0)?, batch.max(1));
     cond.check_for(&model.conditioning(), total)?;
@@ -78,6 +102,7 @@ pub fn solve_in_batches(
         let predictor = DenoiserPredictor::with_conditioning(model, cond.narrow(start, len)?);
         let x_t = (z.narrow(0, start, len)?.to_device(model.device())? * prior)?;
         outs.push(sample(solver, &predictor, &x_t, times, None)?.x);
+        progress(start + len, total);
     }
     Ok(Tensor::cat(&outs, 0)?)
 }
@@ -175,6 +200,7 @@ impl TeacherPairs {
         meta: &PairsMeta,
         conditioner: Option<&dyn Conditioner>,
         dtype: DType,
+        progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let noise = rng::standard_normal(
             meta.seed,
@@ -187,7 +213,9 @@ impl TeacherPairs {
             Some(c) => c.draw(meta.seed, meta.count)?,
             None => Conditioning::None,
         };
-        let target = meta.teacher.solve(model, &noise, &cond)?;
+        let target = meta
+            .teacher
+            .solve_reporting(model, &noise, &cond, progress)?;
         Ok(Self {
             noise,
             target,
@@ -203,6 +231,7 @@ impl TeacherPairs {
         conditioner: Option<&dyn Conditioner>,
         stem: &Path,
         dtype: DType,
+        progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let (data, json) = (
             stem.with_extension("safetensors"),
@@ -235,7 +264,7 @@ impl TeacherPairs {
                 });
             }
         }
-        let pairs = Self::generate(model, meta, conditioner, dtype)?;
+        let pairs = Self::generate(model, meta, conditioner, dtype, progress)?;
         pairs.save(meta, stem)?;
         Ok(pairs)
     }

@@ -388,3 +388,33 @@ fn a_run_keeps_its_conditioning_and_refuses_other_conditioning_on_resume() {
     assert!(done.finished);
     std::fs::remove_dir_all(run).unwrap();
 }
+
+#[test]
+fn making_teacher_pairs_reports_progress_and_loading_them_does_not() {
+    let g = gmm();
+    let dir = run_dir("progress");
+    let mut c = config(SolverName::Ipndm, 2, 4);
+    c.init = ld3_train::Init::Uniform;
+    c.rounds_theta = 1;
+    c.rounds_joint = 0;
+    let progress = |resume: bool| {
+        let mut seen = vec![];
+        Trainer::new(&g, "edm-public", c.clone(), &dir)
+            .unwrap()
+            .with_observer(|e| {
+                if let ld3_train::Event::TeacherProgress { done, total } = e {
+                    seen.push((*done, *total));
+                }
+            })
+            .run(resume, None)
+            .unwrap();
+        seen
+    };
+    // 20 + 20 pooled pairs and 20 held-out ones, in batches of at most 64.
+    assert_eq!(progress(false), vec![(40, 60), (60, 60)]);
+    assert!(
+        progress(true).is_empty(),
+        "stored pairs are loaded, not made"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

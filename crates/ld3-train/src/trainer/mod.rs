@@ -46,6 +46,13 @@ pub enum Event {
         /// Pairs in all (training, validation, held-out).
         count: usize,
     },
+    /// Teacher pairs made so far (when they are made, not loaded).
+    TeacherProgress {
+        /// Pairs solved.
+        done: usize,
+        /// Pairs in all.
+        total: usize,
+    },
     /// A round starts.
     Round {
         /// Its index (0-based).
@@ -269,16 +276,24 @@ impl<'a> Trainer<'a> {
             count: n_tr + n_va,
             conditioning: conditioning.clone(),
         };
-        let pairs_at = |stem: &str, meta: &PairsMeta| {
+        let total = n_tr + n_va + c.heldout_samples.max(1);
+        let (model, run_dir, observer) = (self.model, &self.run_dir, &mut self.observer);
+        let mut pairs_at = |stem: &str, meta: &PairsMeta, before: usize| {
             TeacherPairs::load_or_generate(
-                self.model,
+                model,
                 meta,
                 conditioner.as_deref(),
-                &self.run_dir.join(stem),
+                &run_dir.join(stem),
                 DType::F64,
+                &mut |done, _| {
+                    observer(&Event::TeacherProgress {
+                        done: before + done,
+                        total,
+                    })
+                },
             )
         };
-        let pairs = pairs_at("teacher", &meta)?;
+        let pairs = pairs_at("teacher", &meta, 0)?;
         let heldout = pairs_at(
             "heldout",
             &PairsMeta {
@@ -286,6 +301,7 @@ impl<'a> Trainer<'a> {
                 count: c.heldout_samples.max(1),
                 ..meta
             },
+            n_tr + n_va,
         )?;
         let (train, valid) = match c.pairs {
             PairUse::Split => (pairs.slice(0, n_tr)?, pairs.slice(n_tr, n_va)?),
