@@ -49,18 +49,8 @@ impl Case {
     }
 }
 
-/// ‖x − x*‖ / ‖x*‖ over the whole batch.
 fn relative_error(x: &Tensor, exact: &Tensor) -> f64 {
-    let err: f64 = (x - exact)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let norm: f64 = exact.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
-    (err / norm).sqrt()
+    ld3_testing::relative_error(x, exact).unwrap()
 }
 
 fn solve(

@@ -345,7 +345,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
     } else {
         let config = args.teacher.config(model.as_ref())?;
         eprintln!("teacher: {} at NFE {} ...", config.solver, config.nfe);
-        Some(model.decode(&config.solve(model.as_ref(), &z, &cond)?)?)
+        Some(model.decode(&config.solve(model.as_ref(), &z, &cond, &mut |_, _| {})?)?)
     };
     let lpips: Option<Arc<dyn Distance>> = if args.lpips {
         let net = match args.lpips_net {
@@ -383,7 +383,15 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
         eprintln!("{name}: {} at NFE {} ...", file.solver, file.nfe);
         let (solver, _) = file.solver.build_for_nfe(file.nfe)?;
         let times = Times::from_f64(&file.t, &file.t_net, z.device())?;
-        let x = solve_in_batches(model.as_ref(), solver.as_ref(), &times, &z, &cond, 64)?;
+        let x = solve_in_batches(
+            model.as_ref(),
+            solver.as_ref(),
+            &times,
+            &z,
+            &cond,
+            64,
+            &mut |_, _| {},
+        )?;
         let x = model.decode(&x)?;
         let l2 = match &teacher {
             Some(t) => {

@@ -152,7 +152,11 @@ pub fn run(args: SampleArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let total = z.dim(0)?;
-    let cond = conditioning(&args.class_labels, stored_labels, model.as_ref(), total)?;
+    let cond = conditioning(&args.class_labels, stored_labels, model.as_ref(), total)
+        .with_context(|| match (&args.noise, args.class_labels.is_empty()) {
+            (Some(path), true) => format!("the class labels of {}", path.display()),
+            _ => "the class labels".to_string(),
+        })?;
     let z = z.to_device(&device)?;
     let times = Times::from_f64(&file.t, &file.t_net, &device)?;
     let prior = model.noise_schedule().prior_scale();
@@ -251,6 +255,12 @@ fn conditioning(
     total: usize,
 ) -> Result<Conditioning> {
     let kind = model.conditioning();
+    if !flags.is_empty() && !matches!(kind, ConditioningKind::Class { .. }) {
+        bail!(
+            "--class-labels applies to class-conditional models; {} takes {kind}",
+            model.describe()
+        );
+    }
     let cond = if !flags.is_empty() {
         let labels: Vec<u32> = flags
             .iter()
@@ -272,12 +282,6 @@ fn conditioning(
     } else {
         Conditioning::None
     };
-    if !flags.is_empty() && !matches!(kind, ConditioningKind::Class { .. }) {
-        bail!(
-            "--class-labels applies to class-conditional models; {} takes {kind}",
-            model.describe()
-        );
-    }
     if cond.is_none() && kind != ConditioningKind::None {
         bail!(
             "{} needs {kind}: give --class-labels (or `class_labels` in the --noise file)",
@@ -289,20 +293,11 @@ fn conditioning(
 }
 
 /// The tensors `noise` (checked against the model's sample shape) and, if present,
-/// `class_labels` of a safetensors file (on the host).
+/// `class_labels` of a safetensors file (on the host; checked with the conditioning).
 fn read_noise(path: &std::path::Path, shape: &[usize]) -> Result<(Tensor, Option<Tensor>)> {
     let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("reading noise file {}", path.display()))?;
-    let labels = match tensors.remove("class_labels") {
-        Some(l) if l.dtype() == DType::U32 && l.rank() == 1 => Some(l),
-        Some(l) => bail!(
-            "{}: `class_labels` must be u32 [B], got {:?} {:?}",
-            path.display(),
-            l.dtype(),
-            l.dims()
-        ),
-        None => None,
-    };
+    let labels = tensors.remove("class_labels");
     let Some(noise) = tensors.remove("noise") else {
         let mut names: Vec<_> = tensors.keys().cloned().collect();
         names.sort();
@@ -328,16 +323,6 @@ fn read_noise(path: &std::path::Path, shape: &[usize]) -> Result<(Tensor, Option
     let total: f64 = noise.sum_all()?.to_scalar()?;
     if !total.is_finite() {
         bail!("the noise in {} holds NaN or infinity", path.display());
-    }
-    if let Some(l) = &labels {
-        if l.dim(0)? != noise.dim(0)? {
-            bail!(
-                "{}: `class_labels` holds {} labels for {} noises",
-                path.display(),
-                l.dim(0)?,
-                noise.dim(0)?
-            );
-        }
     }
     Ok((noise, labels))
 }

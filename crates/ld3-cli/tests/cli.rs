@@ -680,6 +680,28 @@ fn samples_a_class_conditional_model_with_guidance_to_the_exact_solution() {
             .fails_with(want);
         assert!(!bad.exists(), "{extra:?} wrote its output");
     }
+    // Labels in a --noise file are checked like the flag's, naming the file.
+    let noise_file = tmp(&dir, "noise.safetensors");
+    let dev = candle_core::Device::Cpu;
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([
+            (
+                "noise".to_string(),
+                candle_core::Tensor::zeros((3, 1, 4, 4), candle_core::DType::F64, &dev).unwrap(),
+            ),
+            (
+                "class_labels".to_string(),
+                candle_core::Tensor::new(&[0u32, 1], &dev).unwrap(),
+            ),
+        ]),
+        &noise_file,
+    )
+    .unwrap();
+    ld3("sample")
+        .args(&["--model", "demo-class-gmm", "--quiet"])
+        .path("--noise", &noise_file)
+        .path("--out", &bad)
+        .fails_with("noise.safetensors: the conditioning (class labels) is for a batch of 2");
     ld3("sample")
         .args(&["--num-samples", "1", "--class-labels", "1", "--quiet"])
         .path("--out", &bad)

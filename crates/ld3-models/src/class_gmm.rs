@@ -158,25 +158,6 @@ impl ClassConditionalMixture {
     pub fn is_class_json(text: &str) -> bool {
         serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.get("classes").is_some())
     }
-
-    /// `count` labels drawn from the class weights with seed `seed` (label b uses `seed + b`).
-    pub fn sample_labels(&self, seed: u64, count: usize) -> Result<Conditioning> {
-        let labels: Vec<u32> = (0..count)
-            .map(|b| {
-                let u =
-                    ld3_solvers::rng::SplitMix64::new(seed.wrapping_add(b as u64)).next_open01();
-                let mut acc = 0.0;
-                self.classes
-                    .iter()
-                    .position(|c| {
-                        acc += c.weight;
-                        u <= acc
-                    })
-                    .unwrap_or(self.classes.len() - 1) as u32
-            })
-            .collect();
-        Conditioning::classes(&labels, &self.device)
-    }
 }
 
 impl Denoiser for ClassConditionalMixture {

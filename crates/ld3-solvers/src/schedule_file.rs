@@ -177,12 +177,17 @@ impl ScheduleFile {
 fn ordinary_permissions(file: &Path) {
     #[cfg(unix)]
     {
-        let probe = file.with_extension("mode-probe");
-        if std::fs::File::create(&probe).is_ok() {
-            if let Ok(meta) = std::fs::metadata(&probe) {
-                let _ = std::fs::set_permissions(file, meta.permissions());
-            }
+        // The umask does not change while a process runs: probe once, by making a file.
+        static MODE: std::sync::OnceLock<Option<std::fs::Permissions>> = std::sync::OnceLock::new();
+        let mode = MODE.get_or_init(|| {
+            let probe = file.with_extension("mode-probe");
+            std::fs::File::create(&probe).ok()?;
+            let perms = std::fs::metadata(&probe).ok().map(|m| m.permissions());
             let _ = std::fs::remove_file(&probe);
+            perms
+        });
+        if let Some(perms) = mode {
+            let _ = std::fs::set_permissions(file, perms.clone());
         }
     }
     #[cfg(not(unix))]

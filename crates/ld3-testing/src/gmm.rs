@@ -163,14 +163,7 @@ impl GmmFixture {
 
     /// ‖x − x*‖/‖x*‖ over all samples, x* the exact solution at σ_min.
     pub fn relative_error(&self, x: &Tensor) -> Result<f64> {
-        let err: f64 = x
-            .to_dtype(DType::F64)?
-            .sub(&self.exact_at_sigma_min)?
-            .sqr()?
-            .sum_all()?
-            .to_scalar()?;
-        let norm: f64 = self.exact_at_sigma_min.sqr()?.sum_all()?.to_scalar()?;
-        Ok((err / norm).sqrt())
+        relative_error(x, &self.exact_at_sigma_min)
     }
 
     /// ‖x_b − x*_b‖/‖x*_b‖ for each sample b, in sample order.
@@ -190,6 +183,19 @@ impl GmmFixture {
         let k = r.len();
         Ok(0.5 * (r[(k - 1) / 2] + r[k / 2]))
     }
+}
+
+/// ‖x − x*‖ / ‖x*‖ over the whole batch, in f64.
+pub fn relative_error(x: &Tensor, exact: &Tensor) -> Result<f64> {
+    let exact = exact.to_dtype(DType::F64)?;
+    let err: f64 = x
+        .to_dtype(DType::F64)?
+        .sub(&exact)?
+        .sqr()?
+        .sum_all()?
+        .to_scalar()?;
+    let norm: f64 = exact.sqr()?.sum_all()?.to_scalar()?;
+    Ok((err / norm).sqrt())
 }
 
 /// The probability-flow ODE solved by DPM-Solver++(3M) at `nfe` steps on log-SNR-uniform times

@@ -8,4 +8,4 @@
 mod gmm;
 pub mod weights;
 
-pub use gmm::{reference_solution, GmmFixture};
+pub use gmm::{reference_solution, relative_error, GmmFixture};

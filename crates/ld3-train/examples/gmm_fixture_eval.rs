@@ -141,7 +141,7 @@ fn main() {
         &case,
         "teacher",
         &teacher
-            .solve(gmm, noise, &ld3_models::Conditioning::None)
+            .solve(gmm, noise, &ld3_models::Conditioning::None, &mut |_, _| {})
             .unwrap(),
         false,
     );
@@ -184,7 +184,12 @@ fn main() {
         &held,
         "teacher",
         &teacher
-            .solve(gmm, &held.noise, &ld3_models::Conditioning::None)
+            .solve(
+                gmm,
+                &held.noise,
+                &ld3_models::Conditioning::None,
+                &mut |_, _| {},
+            )
             .unwrap(),
         worst,
     );

@@ -50,13 +50,8 @@ impl TeacherConfig {
     }
 
     /// The teacher's outputs for starts x_T = prior·z conditioned on `cond`, 64 samples at a
-    /// time.
-    pub fn solve(&self, model: &dyn Denoiser, z: &Tensor, cond: &Conditioning) -> Result<Tensor> {
-        self.solve_reporting(model, z, cond, &mut |_, _| {})
-    }
-
-    /// [`TeacherConfig::solve`], calling `progress(done, total)` after every batch.
-    pub fn solve_reporting(
+    /// time, calling `progress(done, total)` after every batch.
+    pub fn solve(
         &self,
         model: &dyn Denoiser,
         z: &Tensor,
@@ -66,25 +61,13 @@ impl TeacherConfig {
         let (solver, steps) = self.solver.build_for_nfe(self.nfe)?;
         let t = Karras::default().times(model.noise_schedule(), steps)?;
         let times = Times::from_f64(&t, &t, model.device())?;
-        solve_in_batches_reporting(model, solver.as_ref(), &times, z, cond, 64, progress)
+        solve_in_batches(model, solver.as_ref(), &times, z, cond, 64, progress)
     }
 }
 
 /// A solver's outputs for starts x_T = prior·z (each sample conditioned on its slice of `cond`)
 /// on `times`, `batch` samples per call (no graph), on the model's device.
 pub fn solve_in_batches(
-    model: &dyn Denoiser,
-    solver: &dyn Solver,
-    times: &Times,
-    z: &Tensor,
-    cond: &Conditioning,
-    batch: usize,
-) -> Result<Tensor> {
-    solve_in_batches_reporting(model, solver, times, z, cond, batch, &mut |_, _| {})
-}
-
-/// [`solve_in_batches`], calling `progress(done, total)` after every batch.
-pub fn solve_in_batches_reporting(
     model: &dyn Denoiser,
     solver: &dyn Solver,
     times: &Times,
@@ -213,9 +196,7 @@ impl TeacherPairs {
             Some(c) => c.draw(meta.seed, meta.count)?,
             None => Conditioning::None,
         };
-        let target = meta
-            .teacher
-            .solve_reporting(model, &noise, &cond, progress)?;
+        let target = meta.teacher.solve(model, &noise, &cond, progress)?;
         Ok(Self {
             noise,
             target,

@@ -67,7 +67,14 @@ impl<'a> Evaluator<'a> {
         };
         let out = self.model.predict(x, &at, target)?;
         self.calls.set(self.calls.get() + 1);
-        let sum = out.detach().to_dtype(DType::F64)?.sum_all()?;
+        // Summed in f32 or f64 as the output is (a NaN or infinity survives the sum; half
+        // precisions are widened first, their sums would overflow): no full-size copy per call
+        // for f32/f64 outputs.
+        let out_wide = match out.dtype() {
+            DType::F16 | DType::BF16 => out.detach().to_dtype(DType::F32)?,
+            _ => out.detach(),
+        };
+        let sum = out_wide.sum_all()?.to_dtype(DType::F64)?;
         self.sums.borrow_mut().push((i, sum));
         if out.dims() != x.dims() {
             return invalid(format!(

@@ -187,14 +187,13 @@ impl<'a> Trainer<'a> {
     /// whole call, and a directory that holds a run of other settings is refused — whichever
     /// way it is reached — before anything in it changes.
     pub fn run(&mut self, resume: bool, max_rounds: Option<usize>) -> Result<Outcome> {
-        let conditioning = self
-            .conditioner()?
-            .as_ref()
-            .map_or_else(crate::teacher::unconditional, |c| c.describe());
+        let conditioner = self.conditioner()?;
         let manifest = run_dir::Manifest {
             config: self.config.clone(),
             model: self.model_name.clone(),
-            conditioning,
+            conditioning: conditioner
+                .as_ref()
+                .map_or_else(crate::teacher::unconditional, |c| c.describe()),
         };
         let top = RunDir::new(self.run_dir.clone());
         top.check_settings(&manifest)?;
@@ -209,12 +208,20 @@ impl<'a> Trainer<'a> {
         top.check_settings(&manifest)?;
         top.write_manifest(&manifest)?;
         if self.config.init != Init::Both {
-            return self.run_start(self.config.init, &top, max_rounds);
+            return self.run_start(&manifest, conditioner.as_deref(), &top, max_rounds);
         }
         let mut outcomes = Vec::new();
         for (init, sub) in STARTS {
             (self.observer)(&Event::Note(format!("training from {sub}")));
-            let outcome = self.run_start(init, &RunDir::new(self.run_dir.join(sub)), max_rounds)?;
+            let start = run_dir::Manifest {
+                config: TrainConfig {
+                    init,
+                    ..manifest.config.clone()
+                },
+                ..manifest.clone()
+            };
+            let dir = RunDir::new(self.run_dir.join(sub));
+            let outcome = self.run_start(&start, conditioner.as_deref(), &dir, max_rounds)?;
             if !outcome.finished {
                 // Stopped early (max_rounds): resume later continues here.
                 return Ok(outcome);
@@ -240,19 +247,15 @@ impl<'a> Trainer<'a> {
     /// other settings is refused before anything is touched.
     fn run_start(
         &mut self,
-        init: Init,
+        settings: &run_dir::Manifest,
+        conditioner: Option<&dyn Conditioner>,
         dir: &RunDir,
         max_rounds: Option<usize>,
     ) -> Result<Outcome> {
-        let c = TrainConfig {
-            init,
-            ..self.config.clone()
-        };
-        let conditioner = self.conditioner()?;
-        let conditioning = conditioner
-            .as_ref()
-            .map_or_else(crate::teacher::unconditional, |c| c.describe());
-        let stored = dir.stored_run(&c, &self.model_name, &conditioning)?;
+        let c = settings.config.clone();
+        let init = c.init;
+        let conditioning = &settings.conditioning;
+        let stored = dir.stored_run(settings)?;
         dir.create()?;
         let device = self.model.device().clone();
         let (solver, steps) = c.solver.build_for_nfe(c.nfe)?;
@@ -282,7 +285,7 @@ impl<'a> Trainer<'a> {
             TeacherPairs::load_or_generate(
                 model,
                 meta,
-                conditioner.as_deref(),
+                conditioner,
                 &run_dir.join(stem),
                 DType::F64,
                 &mut |done, _| {
@@ -351,9 +354,7 @@ impl<'a> Trainer<'a> {
                 let state = self.initial_state(&ld3, init, &disc, steps, &valid.noise)?;
                 dir.log(serde_json::json!({"event": "init", "schedule": state.initial.0, "valid_loss": state.initial.1, "radius": radius}))?;
                 let cp = Checkpoint {
-                    config: c.clone(),
-                    model: self.model_name.clone(),
-                    conditioning: conditioning.clone(),
+                    settings: settings.clone(),
                     state,
                 };
                 (cp, train.noise.clone(), valid.noise.clone())

@@ -51,25 +51,61 @@ impl State {
     }
 }
 
-/// `checkpoint.json`: the run's settings and its training state.
+/// `checkpoint.json`: the start's settings and its training state.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Checkpoint {
+    #[serde(flatten)]
+    pub settings: Manifest,
+    #[serde(flatten)]
+    pub state: State,
+}
+
+/// `run.json` (and the head of every checkpoint): what a run was made for — every setting, the
+/// model and the conditioning. Every way into a directory checks it before anything there
+/// changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Manifest {
     pub config: TrainConfig,
     pub model: String,
     /// Where the pairs' conditioning came from (runs from before conditioning: none).
     #[serde(default = "crate::teacher::unconditional")]
     pub conditioning: String,
-    #[serde(flatten)]
-    pub state: State,
 }
 
-/// `run.json`: what a run directory was made for — every setting (with the start), the model
-/// and the conditioning. Every way into a directory checks it before anything there changes.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct Manifest {
-    pub config: TrainConfig,
-    pub model: String,
-    pub conditioning: String,
+impl Manifest {
+    /// Refuses (naming every difference) a run of `stored` settings where `self` would run;
+    /// recomputation changes memory, not results, so a run may continue with or without it.
+    fn refuse_other(&self, stored: &Manifest, dir: &Path) -> Result<()> {
+        let same_config = TrainConfig {
+            recompute: self.config.recompute,
+            ..stored.config.clone()
+        } == self.config;
+        if same_config && stored.model == self.model && stored.conditioning == self.conditioning {
+            return Ok(());
+        }
+        let mut differ = config_differences(&stored.config, &self.config);
+        if stored.conditioning != self.conditioning {
+            differ.insert(
+                0,
+                format!(
+                    "conditioning: {} there, {} now",
+                    stored.conditioning, self.conditioning
+                ),
+            );
+        }
+        if stored.model != self.model {
+            differ.insert(
+                0,
+                format!("model: {} there, {} now", stored.model, self.model),
+            );
+        }
+        Err(Error::Invalid(format!(
+            "{} already holds a run with other settings or another model ({}); continue it with \
+             its settings, or choose another run directory",
+            dir.display(),
+            differ.join("; ")
+        )))
+    }
 }
 
 /// An exclusive lock on a run directory for as long as it lives. The operating system releases it
@@ -127,15 +163,9 @@ impl RunDir {
                 what: format!("{} is not an ld3 checkpoint", cp.display()),
                 cause: source,
             })?;
-            let config = TrainConfig {
-                init: init.unwrap_or(c.config.init),
-                ..c.config
-            };
-            return Ok(Some(Manifest {
-                config,
-                model: c.model,
-                conditioning: c.conditioning,
-            }));
+            let mut settings = c.settings;
+            settings.config.init = init.unwrap_or(settings.config.init);
+            return Ok(Some(settings));
         }
         Ok(None)
     }
@@ -148,39 +178,10 @@ impl RunDir {
     /// Refuses, naming every difference, a directory that holds a run of other settings, model
     /// or conditioning. Reads only.
     pub fn check_settings(&self, now: &Manifest) -> Result<()> {
-        let Some(stored) = self.stored_settings()? else {
-            return Ok(());
-        };
-        // Recomputation changes memory, not results: a run may continue with or without it.
-        let same_config = TrainConfig {
-            recompute: now.config.recompute,
-            ..stored.config.clone()
-        } == now.config;
-        if same_config && stored.model == now.model && stored.conditioning == now.conditioning {
-            return Ok(());
+        match self.stored_settings()? {
+            Some(stored) => now.refuse_other(&stored, &self.path),
+            None => Ok(()),
         }
-        let mut differ = config_differences(&stored.config, &now.config);
-        if stored.conditioning != now.conditioning {
-            differ.insert(
-                0,
-                format!(
-                    "conditioning: {} there, {} now",
-                    stored.conditioning, now.conditioning
-                ),
-            );
-        }
-        if stored.model != now.model {
-            differ.insert(
-                0,
-                format!("model: {} there, {} now", stored.model, now.model),
-            );
-        }
-        Err(Error::Invalid(format!(
-            "{} already holds a run with other settings or another model ({}); continue it with \
-             its settings, or choose another run directory",
-            self.path.display(),
-            differ.join("; ")
-        )))
     }
 
     /// Records the settings (once: a directory keeps the manifest of its first run).
@@ -234,14 +235,9 @@ impl RunDir {
         self.path.join("checkpoint.json")
     }
 
-    /// The run stored here, if any, refused (naming every difference) unless it was made with
-    /// the same settings, model and conditioning. Reads only.
-    pub fn stored_run(
-        &self,
-        config: &TrainConfig,
-        model: &str,
-        conditioning: &str,
-    ) -> Result<Option<Checkpoint>> {
+    /// The start's checkpoint stored here, if any, refused unless made with `now`'s settings.
+    /// Reads only.
+    pub fn stored_run(&self, now: &Manifest) -> Result<Option<Checkpoint>> {
         let path = self.checkpoint_path();
         if !path.exists() {
             return Ok(None);
@@ -251,33 +247,8 @@ impl RunDir {
             what: format!("{} is not an ld3 checkpoint", path.display()),
             cause: source,
         })?;
-        // Recomputation changes memory, not results: a run may continue with or without it.
-        let same = TrainConfig {
-            recompute: config.recompute,
-            ..cp.config.clone()
-        } == *config;
-        if same && cp.model == model && cp.conditioning == conditioning {
-            return Ok(Some(cp));
-        }
-        let mut differ = config_differences(&cp.config, config);
-        if cp.conditioning != conditioning {
-            differ.insert(
-                0,
-                format!(
-                    "conditioning: {} there, {conditioning} now",
-                    cp.conditioning
-                ),
-            );
-        }
-        if cp.model != model {
-            differ.insert(0, format!("model: {} there, {model} now", cp.model));
-        }
-        Err(Error::Invalid(format!(
-            "{} already holds a run with other settings or another model ({}); continue it with \
-             its settings, or choose another run directory",
-            self.path.display(),
-            differ.join("; ")
-        )))
+        now.refuse_other(&cp.settings, &self.path)?;
+        Ok(Some(cp))
     }
 
     /// Makes the directory.
