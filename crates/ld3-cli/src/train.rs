@@ -309,6 +309,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             d,
         )?;
     }
+    // One run per output file for the whole run (the run directory has its own lock).
+    let _out_lock = ld3_train::Lock::for_output(&args.out)?;
     let (spec, model) = args.solver.load_model()?;
     let solver = args.solver.solver_config(None)?;
     let nfe = args.solver.nfe.unwrap_or(10);

@@ -818,18 +818,41 @@ fn a_run_directory_is_locked_and_other_settings_are_refused_every_way_in() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let holder = std::fs::read_to_string(&lock).unwrap();
+    // Stopped (not ended) while the others try, so that any change to its files is theirs.
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &first.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
     let before = snapshot(&run);
     let t = std::time::Instant::now();
     long.fails_with(&format!(
         "in use by another ld3 run (process {})",
         holder.trim()
     ));
-    assert!(t.elapsed().as_secs_f64() < 5.0, "refused at once");
-    // kill -9: the lock goes with the process; the next run takes it and finishes the run.
+    // The same --out from another run directory: the output file is locked too.
+    let elsewhere = tmp(&dir, "elsewhere.run");
+    long.clone()
+        .path("--run-dir", &elsewhere)
+        .fails_with(&format!(
+            "{} is in use by another ld3 run (process {})",
+            out.display(),
+            holder.trim()
+        ));
+    assert!(t.elapsed().as_secs_f64() < 10.0, "refused at once");
+    assert_eq!(snapshot(&run), before, "a refused run touched the winner's");
+    assert!(!elsewhere.exists() && !out.exists());
+    // kill -9: the locks go with the process; the next run takes them and finishes the run.
     first.kill().unwrap();
     first.wait().unwrap();
-    let _ = before;
     long.ok();
+    assert!(
+        !tmp(&dir, ".s.json.lock").exists(),
+        "the output's lock file goes with the run"
+    );
     assert!(out.is_file());
 
     // Other settings, by every way in: the same --out (its OUT.run), --run-dir, --resume.

@@ -10,12 +10,14 @@ pub mod ball;
 mod discretization;
 mod distance;
 pub mod grad;
+mod lock;
 pub mod optim;
 pub mod teacher;
 pub mod trainer;
 
 pub use discretization::{Discretization, TimeMode, WindowRule};
 pub use distance::{Distance, LpipsDistance, L1, L2};
+pub use lock::Lock;
 pub use teacher::{Conditioner, TeacherConfig, UniformClasses};
 pub use trainer::{
     recompute_by_default, Event, Init, Loss, Outcome, PairUse, TableRow, TrainConfig, Trainer,

@@ -12,6 +12,7 @@ use ld3_solvers::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use super::config::{config_differences, TrainConfig};
+use crate::lock::Lock;
 use crate::optim::RmsProp;
 
 /// The best parameters so far and their validation statistic.
@@ -108,13 +109,6 @@ impl Manifest {
     }
 }
 
-/// An exclusive lock on a run directory for as long as it lives. The operating system releases it
-/// when the process ends, however it ends (kill -9 included), so a lock left by a dead process is
-/// simply taken; the file names the holder for the error another process gets meanwhile.
-pub(crate) struct RunLock {
-    _file: std::fs::File,
-}
-
 /// One run's directory.
 pub(crate) struct RunDir {
     pub path: PathBuf,
@@ -196,39 +190,9 @@ impl RunDir {
 
     /// Takes the directory's exclusive lock (creating the directory), or says at once which
     /// process holds it.
-    pub fn lock(&self) -> Result<RunLock> {
+    pub fn lock(&self) -> Result<Lock> {
         self.create()?;
-        let path = self.path.join("lock");
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io(&path))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                let holder = holder.trim();
-                return Err(Error::Invalid(format!(
-                    "{} is in use by another ld3 run ({}); wait for it to finish, or choose \
-                     another run directory",
-                    self.path.display(),
-                    if holder.is_empty() {
-                        "a process that has not written its id yet".to_string()
-                    } else {
-                        format!("process {holder}")
-                    }
-                )));
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
-        }
-        use std::io::{Seek, Write};
-        file.set_len(0).map_err(io(&path))?;
-        file.seek(std::io::SeekFrom::Start(0)).map_err(io(&path))?;
-        writeln!(file, "{}", std::process::id()).map_err(io(&path))?;
-        Ok(RunLock { _file: file })
+        Lock::acquire(&self.path.join("lock"), &self.path)
     }
 
     fn checkpoint_path(&self) -> PathBuf {
