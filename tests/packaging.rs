@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-const PUBLISHED: [&str; 5] = [
+const PUBLISHED: [&str; 6] = [
+    "ld3-hub",
     "ld3-solvers",
     "ld3-models",
     "ld3-metrics",

@@ -1,13 +1,12 @@
 //! `cargo xtask fetch-weights NAME...`: downloads registry models from the Hugging Face hub into
 //! its cache (the folder `ld3` reads them from), then checks every file (pinned sizes and SHA-256,
-//! and the hub's own content hash, which names each large file's blob) and that the model loads.
-//! `HF_HUB_OFFLINE=1` only checks what the cache already holds.
+//! and the hub's own content hash, which names each large file's blob). `HF_HUB_OFFLINE=1` only
+//! checks what the cache already holds. Nothing here builds a network (so nothing here compiles
+//! candle): `ld3 list --check NAME` loads the fetched model and runs it once.
 
 use std::path::Path;
 
-use candle_core::{DType, Device};
-use ld3_models::registry::{self, HubFile, Source, REGISTRY};
-use ld3_models::DiffusersUNet;
+use ld3_hub::{self as registry, download, verify, Source, REGISTRY};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -54,12 +53,11 @@ pub fn run(names: &[String]) -> Result<()> {
         if let Some(w) = registry::find_weights(name) {
             let files = std::slice::from_ref(&w.file);
             if !offline() {
-                download(&cache, w.repo, w.revision, files)?;
+                download(&cache, w.repo, w.revision, files).map_err(|e| e.to_string())?;
             }
             let path = registry::resolve_weights(w, Some(&cache)).map_err(|e| e.to_string())?;
-            verify(&path, &w.file)?;
-            let ckpt = ld3_models::Checkpoint::from_file(&path).map_err(|e| e.to_string())?;
-            println!("{name}: ok ({}, {} tensors)", path.display(), ckpt.len());
+            verify(&path, &w.file).map_err(|e| e.to_string())?;
+            fetched(name, &path);
             continue;
         }
         let entry = registry::find(name).ok_or_else(|| {
@@ -72,7 +70,7 @@ pub fn run(names: &[String]) -> Result<()> {
             format!("unknown model {name}; known: {}", known.join(", "))
         })?;
         match entry.source {
-            Source::Embedded { .. } => {
+            Source::Embedded => {
                 println!("{name}: compiled into ld3, nothing to fetch");
             }
             Source::Hub {
@@ -81,90 +79,29 @@ pub fn run(names: &[String]) -> Result<()> {
                 files,
             } => {
                 if !offline() {
-                    download(&cache, repo, revision, files)?;
+                    download(&cache, repo, revision, files).map_err(|e| e.to_string())?;
                 }
                 let dir = registry::resolve_hub(name, Some(&cache), repo, revision, files)
                     .map_err(|e| e.to_string())?;
                 for f in files {
-                    verify(&dir.join(f.path), f)?;
+                    verify(&dir.join(f.path), f).map_err(|e| e.to_string())?;
                 }
-                DiffusersUNet::from_dir(&dir, DType::F32, &Device::Cpu)
-                    .map_err(|e| format!("{name} was fetched but does not load: {e}"))?;
-                println!("{name}: ok ({})", dir.display());
+                fetched(name, &dir);
             }
         }
     }
     Ok(())
 }
 
-fn download(cache: &Path, repo: &str, revision: &str, files: &[HubFile]) -> Result<()> {
-    use hf_hub::api::sync::ApiBuilder;
-    use hf_hub::{Repo, RepoType};
-    let mut builder = ApiBuilder::new()
-        .with_cache_dir(cache.to_path_buf())
-        .with_progress(true);
-    if let Ok(token) = std::env::var("HF_TOKEN") {
-        builder = builder.with_token(Some(token));
-    }
-    let api = builder.build().map_err(|e| format!("hub client: {e}"))?;
-    let r = api.repo(Repo::with_revision(
-        repo.to_string(),
-        RepoType::Model,
-        revision.to_string(),
-    ));
-    for f in files {
-        eprintln!("fetching {repo}@{revision}/{}", f.path);
-        r.get(f.path).map_err(|e| {
-            format!(
-                "downloading {repo}/{}: {e} (no network? set HF_HUB_OFFLINE=1 to use the cache only)",
-                f.path
-            )
-        })?;
-    }
-    Ok(())
-}
-
-/// Size and SHA-256 against the registry's pins and against the hub's content hash: the cache
-/// stores each large (LFS) file as `blobs/<sha256>`, so the name of the blob a snapshot file
-/// points to is the hash the hub computed.
-fn verify(path: &Path, file: &HubFile) -> Result<()> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if let Some(size) = file.size {
-        if meta.len() != size {
-            return Err(format!(
-                "{}: {} bytes, expected {size}; delete it and fetch again",
-                path.display(),
-                meta.len()
-            ));
-        }
-    }
-    let blob_hash: Option<String> = std::fs::read_link(path)
-        .ok()
-        .and_then(|target| target.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .filter(|n| n.len() == 64 && n.chars().all(|c| c.is_ascii_hexdigit()));
-    let wanted: Vec<String> = file
-        .sha256
-        .map(str::to_string)
-        .into_iter()
-        .chain(blob_hash)
-        .collect();
-    if wanted.is_empty() {
-        return Ok(());
-    }
-    let got = sha256(path)?;
-    if let Some(w) = wanted.iter().find(|w| !w.eq_ignore_ascii_case(&got)) {
-        return Err(format!(
-            "{}: SHA-256 {got}, expected {w}; the download is corrupt — delete it and fetch again",
-            path.display()
-        ));
-    }
-    Ok(())
-}
-
-pub(crate) fn sha256(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+/// The closing line of one fetched name.
+pub(crate) fn fetched(name: &str, path: &Path) {
+    let how = if offline() {
+        "in the cache and verified"
+    } else {
+        "fetched and verified"
+    };
+    println!(
+        "{name}: {how} ({}); `ld3 list --check {name}` loads it and runs it once",
+        path.display()
+    );
 }

