@@ -20,7 +20,7 @@ use ld3_train::teacher::solve_in_batches;
 use ld3_train::Distance;
 
 use crate::images;
-use crate::schedule::{check_file_fits, parse_device, SolverArgs};
+use crate::schedule::{check_file_fits, parse_device, SolverArgs, StepArgs};
 use crate::train::{lpips_distance, LpipsNetName, TeacherArgs};
 
 /// `ld3 eval`.
@@ -236,6 +236,8 @@ fn run_fid(args: FidArgs) -> Result<()> {
 struct SamplesArgs {
     #[command(flatten)]
     solver: SolverArgs,
+    #[command(flatten)]
+    steps: StepArgs,
     /// Schedule files to score (repeatable); without any, the hand-made --schedule.
     #[arg(long = "schedule-file")]
     schedule_files: Vec<PathBuf>,
@@ -319,7 +321,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
         files.push((path.display().to_string(), file));
     }
     if files.is_empty() || args.with_hand_made {
-        let file = args.solver.hand_made(&spec, model.as_ref())?;
+        let file = args.solver.hand_made(&args.steps, &spec, model.as_ref())?;
         let rule = file
             .provenance
             .get("rule")

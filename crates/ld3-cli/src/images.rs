@@ -95,6 +95,70 @@ impl Image {
         }
     }
 
+    /// `text` in white on black, each font pixel a `scale`×`scale` block (8×8 glyphs, basic
+    /// Latin; other characters as `?`).
+    pub fn text(text: &str, scale: usize, channels: usize) -> Self {
+        use font8x8::UnicodeFonts;
+        let glyphs: Vec<[u8; 8]> = text
+            .chars()
+            .map(|ch| {
+                font8x8::BASIC_FONTS
+                    .get(ch)
+                    .or_else(|| font8x8::BASIC_FONTS.get('?'))
+                    .unwrap_or([0; 8])
+            })
+            .collect();
+        let mut img = Self::blank(glyphs.len() * 8 * scale, 8 * scale, channels);
+        for (i, glyph) in glyphs.iter().enumerate() {
+            for (gy, bits) in glyph.iter().enumerate() {
+                // Bit 0 is the leftmost pixel.
+                for gx in (0..8).filter(|gx| bits >> gx & 1 == 1) {
+                    for y in gy * scale..(gy + 1) * scale {
+                        for x in (i * 8 + gx) * scale..(i * 8 + gx + 1) * scale {
+                            let at = (y * img.width + x) * channels;
+                            img.pixels[at..at + channels].fill(255);
+                        }
+                    }
+                }
+            }
+        }
+        img
+    }
+
+    /// Rows of images laid out in a grid with `gap` pixels between cells, each row's label
+    /// written to its left.
+    pub fn labelled_grid(rows: &[(String, Vec<Image>)], gap: usize) -> Result<Self> {
+        let Some(first) = rows.iter().flat_map(|(_, r)| r).next() else {
+            bail!("no images to lay out");
+        };
+        let (h, c) = (first.height, first.channels);
+        // Text about a sixth of a cell high, at least the font's own 8 pixels.
+        let scale = (h / 48).max(1);
+        let labels: Vec<Image> = rows.iter().map(|(l, _)| Self::text(l, scale, c)).collect();
+        let label_width = labels.iter().map(|l| l.width).max().unwrap_or(0) + gap;
+        let images: Vec<Vec<Image>> = rows
+            .iter()
+            .map(|(_, r)| r.iter().map(Image::copy).collect())
+            .collect();
+        let grid = Self::grid(&images, gap)?;
+        let mut out = Self::blank(label_width + grid.width, grid.height, c);
+        out.paste(&grid, label_width, 0);
+        for (r, label) in labels.iter().enumerate() {
+            let y = gap + r * (h + gap) + (h.saturating_sub(label.height)) / 2;
+            out.paste(label, gap, y);
+        }
+        Ok(out)
+    }
+
+    fn copy(&self) -> Self {
+        Self {
+            width: self.width,
+            height: self.height,
+            channels: self.channels,
+            pixels: self.pixels.clone(),
+        }
+    }
+
     /// Rows of images laid out in a grid with `gap` pixels between cells.
     pub fn grid(rows: &[Vec<Image>], gap: usize) -> Result<Self> {
         let Some(first) = rows.iter().flatten().next() else {
@@ -142,9 +206,17 @@ impl Image {
     }
 }
 
-/// Samples as a grid of about √B columns.
+/// How much to enlarge images `height` pixels high so that they can be seen: to about 96
+/// pixels, by a whole factor.
+pub fn enlargement(height: usize) -> usize {
+    96_usize.div_ceil(height.max(1)).max(1)
+}
+
+/// Samples as a grid of about √B columns, small ones enlarged ([`enlargement`]).
 pub fn sample_grid(x: &Tensor) -> Result<Image> {
     let images = Image::from_batch(x)?;
+    let k = images.first().map_or(1, |i| enlargement(i.height));
+    let images: Vec<Image> = images.iter().map(|i| i.upscale(k)).collect();
     let cols = (images.len() as f64).sqrt().ceil().max(1.0) as usize;
     let mut rows = Vec::new();
     let mut it = images.into_iter().peekable();
@@ -167,17 +239,42 @@ mod tests {
             .unwrap();
         let img = &Image::from_batch(&x).unwrap()[0];
         assert_eq!(img.pixels, vec![0, 255, 128, 255]);
-        let x = Tensor::zeros((5, 3, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let x = Tensor::zeros((5, 3, 32, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
         let g = sample_grid(&x).unwrap();
-        // 3 columns and 2 rows of 4x4 with 2-pixel gaps.
-        assert_eq!((g.width, g.height, g.channels), (2 + 3 * 6, 2 + 2 * 6, 3));
+        // 3 columns and 2 rows of 32x32 enlarged to 96x96, with 2-pixel gaps.
+        assert_eq!((g.width, g.height, g.channels), (2 + 3 * 98, 2 + 2 * 98, 3));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.png");
         g.save(&path).unwrap();
         let decoder =
             png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
         let reader = decoder.read_info().unwrap();
-        assert_eq!((reader.info().width, reader.info().height), (20, 14));
+        assert_eq!((reader.info().width, reader.info().height), (296, 198));
+        assert_eq!(
+            (enlargement(16), enlargement(32), enlargement(256)),
+            (6, 3, 1)
+        );
         assert!(is_image(&[1, 32, 32]) && !is_image(&[1, 4, 4]) && !is_image(&[2, 32, 32]));
+    }
+
+    #[test]
+    fn labels_are_drawn_left_of_their_rows() {
+        let t = Image::text("l1", 1, 1);
+        assert_eq!((t.width, t.height), (16, 8));
+        // font8x8's 'l': a vertical stroke; '1' too — both light some pixels in every glyph.
+        assert!(t.pixels[..8 * 16].iter().any(|&p| p == 255));
+        let cell = || Image::blank(48, 48, 1);
+        let rows = vec![
+            ("teacher".to_string(), vec![cell(), cell()]),
+            ("ld3".to_string(), vec![cell(), cell()]),
+        ];
+        let g = Image::labelled_grid(&rows, 2).unwrap();
+        let label_width = 7 * 8 + 2;
+        assert_eq!((g.width, g.height), (label_width + 2 + 2 * 50, 2 + 2 * 50));
+        // The labels are the only light pixels, all left of the images.
+        let lit: Vec<usize> = (0..g.pixels.len())
+            .filter(|&i| g.pixels[i] == 255)
+            .collect();
+        assert!(!lit.is_empty() && lit.iter().all(|&i| i % g.width < label_width));
     }
 }

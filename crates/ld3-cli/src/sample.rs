@@ -12,7 +12,7 @@ use ld3_models::{Conditioning, ConditioningKind, Denoiser, DenoiserPredictor};
 use ld3_solvers::schedule_file::write_atomic;
 use ld3_solvers::{rng, sample, ScheduleFile, StepInfo, Times};
 
-use crate::schedule::{check_file_fits, SolverArgs};
+use crate::schedule::{check_file_fits, SolverArgs, StepArgs};
 use crate::{images, outputs};
 
 /// Floating-point type of the computation.
@@ -29,6 +29,8 @@ pub enum Precision {
 pub struct SampleArgs {
     #[command(flatten)]
     solver: SolverArgs,
+    #[command(flatten)]
+    steps: StepArgs,
     /// A schedule file (from `ld3 schedule` or `ld3 train`) instead of --schedule.
     #[arg(long)]
     schedule_file: Option<PathBuf>,
@@ -79,7 +81,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     }
     let (spec, model) = args.solver.load_model_as(dtype)?;
     let file = match &args.schedule_file {
-        Some(_) if args.solver.schedule.is_some() => {
+        Some(_) if args.steps.schedule.is_some() => {
             bail!("give either --schedule or --schedule-file, not both")
         }
         Some(path) => {
@@ -112,7 +114,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
                 ..file
             }
         }
-        None => args.solver.hand_made(&spec, model.as_ref())?,
+        None => args.solver.hand_made(&args.steps, &spec, model.as_ref())?,
     };
     let (solver, steps) = file.solver.build_for_nfe(file.nfe)?;
     let device = model.device().clone();

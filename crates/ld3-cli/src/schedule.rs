@@ -36,14 +36,19 @@ pub enum AysModel {
     Sdxl,
 }
 
-/// Options that pick a model, solver and hand-made schedule (shared by `sample` and `schedule`).
+/// Options that pick a model and a solver (shared by `sample`, `schedule`, `train` and
+/// `eval samples`).
 #[derive(Args, Debug)]
 pub struct SolverArgs {
-    /// Model: an embedded name (see `ld3 list`) or gmm:FILE.json.
+    /// Model: a registry network (ld3-mnist-32, embedded, the default; ddpm-cifar10-32, from
+    /// the hub once `cargo xtask fetch-weights ddpm-cifar10-32` has fetched it), an embedded
+    /// Gaussian mixture (demo-edm-gmm, demo-sd-gmm, demo-class-gmm), gmm:FILE.json, or a folder
+    /// in the diffusers layout (config.json, diffusion_pytorch_model.safetensors,
+    /// scheduler_config.json). `ld3 list` describes them.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
-    /// Solver: ddim, euler, heun, dpm-solver++, unipc, ipndm [default: dpm-solver++, or the
-    /// schedule file's].
+    /// Solver: ddim, euler, heun, dpm-solver++, unipc, ipndm [default: dpm-solver++; with `ld3
+    /// sample --schedule-file`, the file's].
     #[arg(long)]
     pub solver: Option<String>,
     /// Solver order [default: 3 for dpm-solver++/unipc/ipndm].
@@ -52,9 +57,22 @@ pub struct SolverArgs {
     /// UniPC variant: bh1 or bh2 [default: bh2].
     #[arg(long)]
     pub variant: Option<String>,
-    /// Model evaluations [default: 10, or the schedule file's].
+    /// Model evaluations [default: 10; with `ld3 sample --schedule-file`, the file's].
     #[arg(long)]
     pub nfe: Option<usize>,
+    /// Where the model runs: cpu, cuda, cuda:N (a build with `--features cuda`) or metal (a
+    /// build with `--features metal`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Classifier-free guidance scale g ≥ 1 for conditional models (1: none).
+    #[arg(long)]
+    pub guidance: Option<f64>,
+}
+
+/// Options that pick a hand-made step schedule (`sample`, `schedule`, `eval samples`; `train`
+/// compares against all of them).
+#[derive(Args, Debug)]
+pub struct StepArgs {
     /// Hand-made step schedule [default: logsnr].
     #[arg(long, value_enum)]
     pub schedule: Option<ScheduleName>,
@@ -64,13 +82,26 @@ pub struct SolverArgs {
     /// The AYS list for --schedule ays.
     #[arg(long, value_enum, default_value = "sd15")]
     pub ays_model: AysModel,
-    /// Where the model runs: cpu, cuda, cuda:N (a build with `--features cuda`) or metal (a
-    /// build with `--features metal`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Classifier-free guidance scale g ≥ 1 for conditional models (1: none).
-    #[arg(long)]
-    pub guidance: Option<f64>,
+}
+
+impl StepArgs {
+    /// The hand-made rule for `solver`.
+    pub fn step_rule(&self, solver: SolverName) -> Box<dyn StepSchedule> {
+        let rho = self.rho;
+        match self.schedule.unwrap_or(ScheduleName::Logsnr) {
+            ScheduleName::TimeUniform => HandMade::TimeUniform,
+            ScheduleName::TimeQuadratic => HandMade::TimeQuadratic,
+            ScheduleName::Logsnr => HandMade::LogSnr,
+            ScheduleName::Edm => HandMade::Edm { rho },
+            ScheduleName::TimeEdm => HandMade::TimeEdm { rho },
+            ScheduleName::Gits => HandMade::Gits,
+            ScheduleName::Ays => match self.ays_model {
+                AysModel::Sd15 => HandMade::AysSd15,
+                AysModel::Sdxl => HandMade::AysSdxl,
+            },
+        }
+        .rule(solver)
+    }
 }
 
 /// The device a `--device` value names; a clear error where this build lacks its backend.
@@ -174,30 +205,17 @@ impl SolverArgs {
         }
     }
 
-    /// The hand-made rule for `solver`.
-    pub fn step_rule(&self, solver: SolverName) -> Box<dyn StepSchedule> {
-        let rho = self.rho;
-        match self.schedule.unwrap_or(ScheduleName::Logsnr) {
-            ScheduleName::TimeUniform => HandMade::TimeUniform,
-            ScheduleName::TimeQuadratic => HandMade::TimeQuadratic,
-            ScheduleName::Logsnr => HandMade::LogSnr,
-            ScheduleName::Edm => HandMade::Edm { rho },
-            ScheduleName::TimeEdm => HandMade::TimeEdm { rho },
-            ScheduleName::Gits => HandMade::Gits,
-            ScheduleName::Ays => match self.ays_model {
-                AysModel::Sd15 => HandMade::AysSd15,
-                AysModel::Sdxl => HandMade::AysSdxl,
-            },
-        }
-        .rule(solver)
-    }
-
-    /// A schedule file for the hand-made rule.
-    pub fn hand_made(&self, spec: &ModelSpec, model: &dyn Denoiser) -> Result<ScheduleFile> {
+    /// A schedule file for the hand-made rule `rule`.
+    pub fn hand_made(
+        &self,
+        rule: &StepArgs,
+        spec: &ModelSpec,
+        model: &dyn Denoiser,
+    ) -> Result<ScheduleFile> {
         let config = self.solver_config(None)?;
         let nfe = self.nfe.unwrap_or(10);
         let (_, steps) = config.build_for_nfe(nfe)?;
-        let rule = self.step_rule(config.solver);
+        let rule = rule.step_rule(config.solver);
         let t = rule.times(model.noise_schedule(), steps)?;
         let provenance = serde_json::json!({
             "rule": rule.name(),
@@ -220,6 +238,8 @@ impl SolverArgs {
 pub struct ScheduleArgs {
     #[command(flatten)]
     solver: SolverArgs,
+    #[command(flatten)]
+    steps: StepArgs,
     /// Where to write the schedule file (JSON); printed to stdout when absent.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -227,7 +247,7 @@ pub struct ScheduleArgs {
 
 pub fn run(args: ScheduleArgs) -> Result<()> {
     let (spec, model) = args.solver.load_model()?;
-    let file = args.solver.hand_made(&spec, model.as_ref())?;
+    let file = args.solver.hand_made(&args.steps, &spec, model.as_ref())?;
     match args.out {
         Some(path) => {
             file.write(&path)?;

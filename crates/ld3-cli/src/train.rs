@@ -43,17 +43,21 @@ fn write_comparison(outcome: &ld3_train::Outcome, path: &std::path::Path) -> Res
         let n = x.dim(0)?.min(COMPARE_COLUMNS);
         Image::from_batch(&x.narrow(0, 0, n)?)
     };
-    let rows = vec![row("teacher")?, row(&best.schedule)?, row("ld3")?];
-    // Small images (MNIST, CIFAR) are enlarged 3x to be seen.
-    let grid = Image::grid(&rows, 2)?;
-    let grid = if rows[0][0].height() <= 64 {
-        grid.upscale(3)
-    } else {
-        grid
-    };
+    let rows = vec![
+        ("teacher".to_string(), row("teacher")?),
+        (best.schedule.clone(), row(&best.schedule)?),
+        ("ld3".to_string(), row("ld3")?),
+    ];
+    // Small images (MNIST, CIFAR) are enlarged to be seen.
+    let k = images::enlargement(rows[0].1[0].height());
+    let rows: Vec<(String, Vec<Image>)> = rows
+        .into_iter()
+        .map(|(label, r)| (label, r.iter().map(|i| i.upscale(k)).collect()))
+        .collect();
+    let grid = Image::labelled_grid(&rows, 2)?;
     grid.save(path)?;
     println!(
-        "wrote {}: rows teacher, best hand-made ({}), ld3 — same noise per column",
+        "wrote {}: rows teacher, best hand-made ({}), ld3 (labelled) — same noise per column",
         path.display(),
         best.schedule
     );
@@ -223,12 +227,14 @@ pub struct TrainArgs {
     /// graph: `auto` turns it on for networks of 10M parameters or more.
     #[arg(long, value_enum, default_value = "auto", num_args = 0..=1, default_missing_value = "on")]
     recompute: Switch,
-    /// Run directory (teacher pairs, checkpoints, log) [default: OUT.run].
+    /// Run directory (teacher pairs, checkpoints, log) [default: OUT.run, the --out path
+    /// followed by .run].
     #[arg(long, conflicts_with = "resume")]
     run_dir: Option<PathBuf>,
-    /// Continue the run in this directory (same options; a mismatch is refused, naming the
-    /// settings that differ).
-    #[arg(long)]
+    /// Continue the run in this run directory (OUT.run for a run without --run-dir), failing if
+    /// it holds none. The same command run again continues its run too; other settings are
+    /// refused, naming the ones that differ.
+    #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
     /// Where to write the learned schedule file.
     #[arg(long)]
@@ -288,9 +294,6 @@ pub enum WindowName {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    if args.solver.schedule.is_some() {
-        bail!("--schedule does not apply to training: LD3 learns the schedule (see --init)");
-    }
     // Outputs first: a path that cannot be written fails now, not after the training.
     outputs::check_file("--out", &args.out)?;
     if let Some(p) = &args.compare {

@@ -992,3 +992,30 @@ fn list_check_loads_and_runs_what_was_fetched() {
     hub_snapshot(&hf, "timm/vgg16.tv_in1k", &[("model.safetensors", &bad)]);
     check(&["ld3-mnist-32", "vgg16"]).fails_with("vgg16: FAILED");
 }
+
+#[test]
+fn help_names_every_model_and_only_the_options_that_apply() {
+    let help = |sub: &str| ld3(sub).args(&["--help"]).ok();
+    for sub in ["sample", "train", "schedule"] {
+        let text = help(sub);
+        for name in ld3_models::registry::REGISTRY
+            .iter()
+            .map(|e| e.name)
+            .chain(ld3_models::EMBEDDED.iter().map(|(n, _, _)| *n))
+        {
+            assert!(text.contains(name), "`ld3 {sub} --help` lacks {name}");
+        }
+        assert!(text.contains("diffusers layout"), "{sub}");
+    }
+    let train = help("train");
+    for flag in ["--schedule ", "--rho", "--ays-model"] {
+        assert!(!train.contains(flag), "train --help offers {flag}");
+    }
+    assert!(train.contains("--resume <RUN_DIR>") && train.contains("OUT.run"));
+    assert!(help("sample").contains("--schedule <SCHEDULE>"));
+    let o = ld3("train")
+        .args(&["--schedule", "edm", "--out", "x.json"])
+        .run();
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+    assert!(stderr(&o).contains("unexpected argument '--schedule'"));
+}
