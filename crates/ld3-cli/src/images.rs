@@ -262,7 +262,7 @@ mod tests {
         let t = Image::text("l1", 1, 1);
         assert_eq!((t.width, t.height), (16, 8));
         // font8x8's 'l': a vertical stroke; '1' too — both light some pixels in every glyph.
-        assert!(t.pixels[..8 * 16].iter().any(|&p| p == 255));
+        assert!(t.pixels[..8 * 16].contains(&255));
         let cell = || Image::blank(48, 48, 1);
         let rows = vec![
             ("teacher".to_string(), vec![cell(), cell()]),
