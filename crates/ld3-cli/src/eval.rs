@@ -304,6 +304,9 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
     if args.num_samples < 2 {
         bail!("--num-samples must be at least 2");
     }
+    if let Some(path) = &args.json {
+        crate::outputs::check_file("--json", path)?;
+    }
     let (spec, model) = args.solver.load_model()?;
     let shape = model.decoded_shape();
     let image_model = images::is_image(&shape);

@@ -918,6 +918,32 @@ fn bad_output_paths_fail_at_once_naming_the_path() {
                 .path("--run-dir", &file),
             "is a file, not a folder",
         ),
+        (
+            ld3("train")
+                .path("--out", &tmp(&dir, "s.json"))
+                .path("--compare", &missing),
+            "--compare",
+        ),
+        (
+            ld3("sample")
+                .args(&["--num-samples", "2"])
+                .path("--out", &tmp(&dir, "x.safetensors"))
+                .path("--grid", &folder),
+            "--grid",
+        ),
+        (
+            ld3("eval")
+                .args(&["fid", "a.npz", "b.npz"])
+                .path("--save-stats", &missing),
+            "--save-stats",
+        ),
+        (
+            ld3("eval")
+                .args(&["samples"])
+                .gmm("edm-public")
+                .path("--json", &folder),
+            "--json",
+        ),
     ] {
         let t = std::time::Instant::now();
         cmd.fails_with(want);
