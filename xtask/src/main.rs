@@ -54,7 +54,7 @@ fn fetch_weights(names: &[String]) -> bool {
     ])
     .arg("fetch-weights")
     .args(names);
-    eprintln!("fetch-weights: the hub client is built the first time (about a minute) ...");
+    eprintln!("fetch-weights: the hub client is built the first time (about 1.5 minutes) ...");
     matches!(cmd.status(), Ok(s) if s.success())
 }
 
