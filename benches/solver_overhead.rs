@@ -10,7 +10,7 @@ use ld3::solvers::noise::{BetaSchedule, VpDiscrete};
 use ld3::solvers::steps::{LogSnrUniform, StepSchedule};
 use ld3::solvers::{
     rng, sample, NetTime, NoiseSchedule, NoiseScheduleConfig, Predictor, Result, SolverConfig,
-    SolverName, Target, Times, UniPcVariant,
+    SolverName, SolverVariant, Target, Times,
 };
 
 const SHAPE: [usize; 3] = [4, 64, 64];
@@ -45,7 +45,7 @@ fn benches(c: &mut Criterion) {
         SolverConfig::new(SolverName::Euler, None, None),
         SolverConfig::new(SolverName::Heun, None, None),
         SolverConfig::new(SolverName::DpmSolverPp, Some(3), None),
-        SolverConfig::new(SolverName::UniPc, Some(3), Some(UniPcVariant::Bh2)),
+        SolverConfig::new(SolverName::UniPc, Some(3), Some(SolverVariant::Bh2)),
         SolverConfig::new(SolverName::Ipndm, Some(4), None),
     ];
     for config in configs {

@@ -9,7 +9,7 @@ mod common;
 
 use common::{load, name, Fixture};
 use ld3::models::Denoiser;
-use ld3::solvers::{SolverConfig, SolverName, UniPcVariant};
+use ld3::solvers::{SolverConfig, SolverName, SolverVariant};
 use ld3::train::trainer::hand_made;
 use ld3::train::{TeacherConfig, TrainConfig, Trainer};
 
@@ -126,7 +126,7 @@ fn unipc_2_bh2_at_5_nfe_on_the_sd_vp_mixture() {
     let f = load("vp-public");
     let s = train_and_score(
         &f,
-        SolverConfig::new(SolverName::UniPc, Some(2), Some(UniPcVariant::Bh2)).unwrap(),
+        SolverConfig::new(SolverName::UniPc, Some(2), Some(SolverVariant::Bh2)).unwrap(),
         5,
         Some("uni_pc-bh2-order2-nfe5"),
     );

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use candle_core::Tensor;
-use ld3::solvers::{SolverConfig, SolverName, UniPcVariant};
+use ld3::solvers::{SolverConfig, SolverName, SolverVariant};
 use ld3_testing::GmmFixture;
 
 /// `fixtures/gmm/<name>`.
@@ -33,7 +33,7 @@ pub fn all_solver_configs() -> Vec<SolverConfig> {
     for name in SolverName::ALL {
         for order in name.orders() {
             if name == SolverName::UniPc {
-                for v in [UniPcVariant::Bh1, UniPcVariant::Bh2] {
+                for v in [SolverVariant::Bh1, SolverVariant::Bh2] {
                     out.push(SolverConfig::new(name, Some(order), Some(v)).unwrap());
                 }
             } else {

@@ -141,11 +141,23 @@ fn catalogue() {
     }
     println!("  gmm:FILE.json    a Gaussian mixture from a JSON file");
     println!("  DIR              a folder in the diffusers layout (config.json, weights, scheduler_config.json)");
-    println!("solvers (--solver, --order):");
+    println!("solvers (--solver, --order, --variant):");
     for s in SolverName::ALL {
         let o = s.orders();
+        let variants = match s.default_variant() {
+            Some(d) => format!(
+                "; variants {} (default {})",
+                s.variants()
+                    .iter()
+                    .map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                d.as_str()
+            ),
+            None => String::new(),
+        };
         println!(
-            "  {:<14} orders {}..={} (default {})",
+            "  {:<14} orders {}..={} (default {}){variants}",
             s.as_str(),
             o.start(),
             o.end(),

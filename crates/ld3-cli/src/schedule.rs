@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use ld3_models::{ConditioningKind, Denoiser, Guided, ModelSpec, DEFAULT_MODEL};
 use ld3_solvers::steps::{HandMade, StepSchedule};
-use ld3_solvers::{ScheduleFile, SolverConfig, SolverName, UniPcVariant};
+use ld3_solvers::{ScheduleFile, SolverConfig, SolverName, SolverVariant};
 
 /// Hand-made step schedules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -54,7 +54,9 @@ pub struct SolverArgs {
     /// Solver order [default: 3 for dpm-solver++/unipc/ipndm].
     #[arg(long)]
     pub order: Option<usize>,
-    /// UniPC variant: bh1 or bh2 [default: bh2].
+    /// Solver variant: unipc bh1 or bh2 [default: bh2]; dpm-solver++ taylor (truly third order)
+    /// or reference (DPM-Solver's, diffusers' and the official LD3 code's, steadier at few
+    /// steps) [default: see `ld3 list`]; they differ at order 3.
     #[arg(long)]
     pub variant: Option<String>,
     /// Model evaluations [default: 10; with `ld3 sample --schedule-file`, the file's].
@@ -185,7 +187,7 @@ impl SolverArgs {
 
     /// The solver description from --solver/--order/--variant, falling back to `default`.
     pub fn solver_config(&self, default: Option<&SolverConfig>) -> Result<SolverConfig> {
-        let variant: Option<UniPcVariant> = self.variant.as_deref().map(str::parse).transpose()?;
+        let variant: Option<SolverVariant> = self.variant.as_deref().map(str::parse).transpose()?;
         match (&self.solver, default) {
             (None, Some(d)) => {
                 if self.order.is_some() || variant.is_some() {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use ld3_solvers::{SolverConfig, SolverName, UniPcVariant};
+use ld3_solvers::{SolverConfig, SolverName, SolverVariant};
 use ld3_train::{
     Event, Init, Loss, PairUse, TeacherConfig, TimeMode, TrainConfig, Trainer, ValidationStat,
     WindowRule,
@@ -124,7 +124,7 @@ pub struct TeacherArgs {
     /// Teacher order [default: 3].
     #[arg(long)]
     pub teacher_order: Option<usize>,
-    /// Teacher UniPC variant [default: bh1 for EDM models, bh2 for VP].
+    /// Teacher variant, as --variant [default for unipc: bh1 for EDM models, bh2 for VP].
     #[arg(long)]
     pub teacher_variant: Option<String>,
     /// Teacher NFE (on Karras ρ=7 steps in σ/α).
@@ -136,7 +136,7 @@ impl TeacherArgs {
     /// The teacher for `model` (UniPC's variant defaults by the model's noise schedule).
     pub fn config(&self, model: &dyn ld3_models::Denoiser) -> Result<TeacherConfig> {
         let name: SolverName = self.teacher_solver.parse()?;
-        let variant: Option<UniPcVariant> = match (&self.teacher_variant, name) {
+        let variant: Option<SolverVariant> = match (&self.teacher_variant, name) {
             (Some(v), _) => Some(v.parse()?),
             (None, SolverName::UniPc) => Some(TeacherConfig::default_unipc_variant(model)),
             (None, _) => None,

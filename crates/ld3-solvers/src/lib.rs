@@ -33,6 +33,6 @@ pub use noise::{NoiseSchedule, NoiseScheduleConfig};
 pub use schedule_file::ScheduleFile;
 pub use solvers::{
     sample, Evaluator, Grid, NetTime, Predictor, Sample, Solver, SolverConfig, SolverName,
-    SolverState, StepCallback, StepInfo, Target, Times, UniPcVariant,
+    SolverState, SolverVariant, StepCallback, StepInfo, Target, Times, DEFAULT_DPM_VARIANT,
 };
 pub use steps::StepSchedule;

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use common::SingleGaussian;
 use ld3_solvers::noise::{BetaSchedule, Edm, VpDiscrete};
 use ld3_solvers::steps::{Explicit, Karras, LogSnrUniform, StepSchedule};
-use ld3_solvers::{sample, NoiseSchedule, SolverConfig, SolverName, Times, UniPcVariant};
+use ld3_solvers::{sample, NoiseSchedule, SolverConfig, SolverName, SolverVariant, Times};
 use proptest::prelude::*;
 
 /// The solvers with the order each must show and the step rule it is tested on.
@@ -21,7 +21,7 @@ fn cases() -> Vec<(SolverConfig, f64, &'static str)> {
     ];
     for k in 1..=3 {
         out.push((c(SolverName::DpmSolverPp, k, None), k as f64, "logsnr"));
-        for v in [UniPcVariant::Bh1, UniPcVariant::Bh2] {
+        for v in [SolverVariant::Bh1, SolverVariant::Bh2] {
             out.push((c(SolverName::UniPc, k, Some(v)), k as f64, "logsnr"));
         }
     }

@@ -13,7 +13,7 @@
 
 use candle_core::Tensor;
 use ld3_models::Denoiser;
-use ld3_solvers::{SolverConfig, SolverName, UniPcVariant};
+use ld3_solvers::{SolverConfig, SolverName, SolverVariant};
 use ld3_testing::GmmFixture;
 use ld3_train::{TeacherConfig, TrainConfig, Trainer};
 use std::path::PathBuf;
@@ -63,7 +63,7 @@ fn main() {
     let (gmm, noise) = (&case.gmm, &case.noise);
     let name: SolverName = solver_arg.parse().unwrap();
     let variant = if name == SolverName::UniPc {
-        Some(UniPcVariant::Bh2)
+        Some(SolverVariant::Bh2)
     } else {
         None
     };

@@ -14,7 +14,7 @@ use ld3_models::{
 };
 use ld3_solvers::noise::{BetaSchedule, VpDiscrete};
 use ld3_solvers::steps::{LogSnrUniform, StepSchedule};
-use ld3_solvers::{rng, NoiseSchedule, SolverConfig, SolverName, UniPcVariant};
+use ld3_solvers::{rng, NoiseSchedule, SolverConfig, SolverName, SolverVariant};
 use ld3_train::grad::{Backprop, Problem};
 use ld3_train::{Discretization, TimeMode, L2};
 
@@ -69,7 +69,7 @@ fn main() {
     let model = load(args.get(3).map_or("gmm", String::as_str));
     let shape = model.sample_shape().to_vec();
     let schedule = model.noise_schedule();
-    let config = SolverConfig::new(SolverName::UniPc, Some(3), Some(UniPcVariant::Bh2)).unwrap();
+    let config = SolverConfig::new(SolverName::UniPc, Some(3), Some(SolverVariant::Bh2)).unwrap();
     let (solver, steps) = config.build_for_nfe(nfe).unwrap();
     let disc = Discretization::new(TimeMode::Time, steps).unwrap();
     let theta = Tensor::new(

@@ -8,8 +8,8 @@ use ld3_models::{Conditioning, ConditioningKind, Denoiser, DenoiserPredictor};
 use ld3_solvers::schedule_file::write_atomic;
 use ld3_solvers::steps::{Karras, StepSchedule};
 use ld3_solvers::{
-    rng, sample, Error, NoiseScheduleConfig, Result, Solver, SolverConfig, SolverName, Times,
-    UniPcVariant,
+    rng, sample, Error, NoiseScheduleConfig, Result, Solver, SolverConfig, SolverName,
+    SolverVariant, Times,
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,10 +32,10 @@ impl TeacherConfig {
 
     /// UniPC's variant for `model`'s teacher: bh1 for EDM schedules, bh2 for VP ones (as the
     /// official code's configurations).
-    pub fn default_unipc_variant(model: &dyn Denoiser) -> UniPcVariant {
+    pub fn default_unipc_variant(model: &dyn Denoiser) -> SolverVariant {
         match model.noise_schedule().config() {
-            NoiseScheduleConfig::Edm { .. } => UniPcVariant::Bh1,
-            _ => UniPcVariant::Bh2,
+            NoiseScheduleConfig::Edm { .. } => SolverVariant::Bh1,
+            _ => SolverVariant::Bh2,
         }
     }
 

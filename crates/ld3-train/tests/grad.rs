@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use ld3_models::{Conditioning, Denoiser, DenoiserPredictor, GaussianMixture};
 use ld3_solvers::gradcheck::GradCheck;
 use ld3_solvers::steps::{Karras, StepSchedule};
-use ld3_solvers::{rng, SolverConfig, SolverName, UniPcVariant};
+use ld3_solvers::{rng, SolverConfig, SolverName, SolverVariant};
 use ld3_testing::GmmFixture;
 use ld3_train::grad::{Backprop, Problem};
 use ld3_train::{Discretization, TimeMode, L2};
@@ -34,8 +34,8 @@ fn max_abs(t: &Tensor) -> f64 {
 #[test]
 fn recomputation_equals_the_full_graph_and_finite_differences() {
     let configs = [
-        SolverConfig::new(SolverName::UniPc, Some(3), Some(UniPcVariant::Bh1)).unwrap(),
-        SolverConfig::new(SolverName::UniPc, Some(2), Some(UniPcVariant::Bh2)).unwrap(),
+        SolverConfig::new(SolverName::UniPc, Some(3), Some(SolverVariant::Bh1)).unwrap(),
+        SolverConfig::new(SolverName::UniPc, Some(2), Some(SolverVariant::Bh2)).unwrap(),
         SolverConfig::new(SolverName::DpmSolverPp, Some(3), None).unwrap(),
         SolverConfig::new(SolverName::Ipndm, Some(4), None).unwrap(),
         SolverConfig::new(SolverName::Heun, None, None).unwrap(),

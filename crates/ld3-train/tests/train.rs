@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use ld3_models::GaussianMixture;
-use ld3_solvers::{SolverConfig, SolverName, UniPcVariant};
+use ld3_solvers::{SolverConfig, SolverName, SolverVariant};
 use ld3_train::{PairUse, TeacherConfig, TrainConfig, Trainer};
 
 fn gmm() -> GaussianMixture {
@@ -14,7 +14,7 @@ fn gmm() -> GaussianMixture {
 
 fn config(solver: SolverName, order: usize, nfe: usize) -> TrainConfig {
     let teacher = TeacherConfig::new(
-        SolverConfig::new(SolverName::UniPc, Some(3), Some(UniPcVariant::Bh1)).unwrap(),
+        SolverConfig::new(SolverName::UniPc, Some(3), Some(SolverVariant::Bh1)).unwrap(),
         40,
     )
     .unwrap();

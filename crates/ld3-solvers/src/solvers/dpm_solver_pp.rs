@@ -4,12 +4,13 @@
 //! Third order: the Taylor expansion of the exponential integrator, x_t = x̃ + α_t·h·φ2·x̂0' +
 //! α_t·h²·(−φ3)·x̂0'' + O(h⁴), with D1 ≈ h·x̂0' and D2 ≈ h²·x̂0''/2, needs the weight −2·α_t·φ3 on
 //! D2. The reference implementations (DPM-Solver, diffusers, the LD3 code) use −α_t·φ3, which
-//! leaves their "3M" second order — measured by `tests/convergence.rs`. [`DpmSolverPp::new`]
-//! is third order; [`DpmSolverPp::reference`] reproduces the reference weight.
+//! leaves their "3M" second order — measured by `tests/convergence.rs`. Both are here:
+//! [`SolverVariant::Taylor`] ([`DpmSolverPp::new`]) is third order; [`SolverVariant::Reference`]
+//! ([`DpmSolverPp::reference`]) has the reference weight. The variants differ only at order 3.
 
 use super::{
     finish_step, lin, multistep_order, Evaluator, Grid, Solver, SolverConfig, SolverName,
-    SolverState, Target,
+    SolverState, SolverVariant, Target,
 };
 use crate::error::Result;
 
@@ -40,6 +41,23 @@ impl DpmSolverPp {
             ..Self::new(order)?
         })
     }
+
+    /// DPM-Solver++ of `order` in `variant` ([`SolverVariant::Taylor`] or
+    /// [`SolverVariant::Reference`]).
+    pub fn with_variant(order: usize, variant: SolverVariant) -> Result<Self> {
+        match SolverName::DpmSolverPp.check_variant(variant)? {
+            SolverVariant::Reference => Self::reference(order),
+            _ => Self::new(order),
+        }
+    }
+
+    fn variant(&self) -> SolverVariant {
+        if self.d2_weight == 1.0 {
+            SolverVariant::Reference
+        } else {
+            SolverVariant::Taylor
+        }
+    }
 }
 
 impl Solver for DpmSolverPp {
@@ -47,7 +65,7 @@ impl Solver for DpmSolverPp {
         SolverConfig {
             solver: SolverName::DpmSolverPp,
             order: self.order,
-            variant: None,
+            variant: Some(self.variant()),
         }
     }
     fn target(&self) -> Target {

@@ -23,7 +23,7 @@ mod run;
 mod times;
 mod unipc;
 
-pub use config::{SolverConfig, SolverName};
+pub use config::{SolverConfig, SolverName, SolverVariant, DEFAULT_DPM_VARIANT};
 pub use ddim::Ddim;
 pub use dpm_solver_pp::DpmSolverPp;
 pub use euler::Euler;
@@ -33,7 +33,7 @@ pub use run::{
     sample, Evaluator, Sample, Solver, SolverState, StepCallback, StepInfo, LOWER_ORDER_FINAL_BELOW,
 };
 pub use times::{Grid, Times};
-pub use unipc::{UniPc, UniPcVariant};
+pub use unipc::UniPc;
 
 pub(crate) use linalg::{constant, lin, scale, solve_small};
 pub(crate) use run::{finish_step, multistep_order};

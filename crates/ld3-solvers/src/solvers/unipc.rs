@@ -1,45 +1,11 @@
 //! UniPC with data prediction (Zhao et al. 2023, arXiv 2302.04867, Alg. 2–3 with B(h) of §3.3):
 //! UniP predictor of order k, UniC corrector (on every step but the last), bh1/bh2.
 
-use serde::{Deserialize, Serialize};
-
 use super::{
     constant, lin, multistep_order, scale, solve_small, Evaluator, Grid, Solver, SolverConfig,
-    SolverName, SolverState, Target,
+    SolverName, SolverState, SolverVariant, Target,
 };
-use crate::error::{invalid, Result};
-
-/// UniPC's B(h): bh1 = h, bh2 = e^h − 1 (in the paper's sign convention).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UniPcVariant {
-    /// B(h) = h (recommended for unconditional pixel models).
-    Bh1,
-    /// B(h) = e^h − 1 (diffusers' default; recommended with guidance).
-    #[default]
-    Bh2,
-}
-
-impl UniPcVariant {
-    /// `bh1` or `bh2`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Bh1 => "bh1",
-            Self::Bh2 => "bh2",
-        }
-    }
-}
-
-impl std::str::FromStr for UniPcVariant {
-    type Err = crate::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "bh1" => Ok(Self::Bh1),
-            "bh2" => Ok(Self::Bh2),
-            _ => invalid(format!("unknown UniPC variant '{s}'; choose bh1 or bh2")),
-        }
-    }
-}
+use crate::error::Result;
 
 /// UniPC-k: with r_j = (λ_{i−j} − λ_i)/h, D_j = (m_j − m_0)/r_j, x̃ = (σ_t/σ_s)x − α_t(e^{−h} − 1)m_0:
 /// predictor x^p = x̃ − α_t·B·Σ ρ^p_j D_j; corrector x_t = x̃ − α_t·B·(Σ ρ^c_j D_j + ρ^c_k(m_t − m_0)),
@@ -47,13 +13,14 @@ impl std::str::FromStr for UniPcVariant {
 #[derive(Clone, Copy, Debug)]
 pub struct UniPc {
     order: usize,
-    variant: UniPcVariant,
+    variant: SolverVariant,
 }
 
 impl UniPc {
-    /// UniPC of order 1–3 with the given B(h).
-    pub fn new(order: usize, variant: UniPcVariant) -> Result<Self> {
+    /// UniPC of order 1–3 with the given B(h) ([`SolverVariant::Bh1`] or [`SolverVariant::Bh2`]).
+    pub fn new(order: usize, variant: SolverVariant) -> Result<Self> {
         let order = SolverName::UniPc.check_order(order)?;
+        let variant = SolverName::UniPc.check_variant(variant)?;
         Ok(Self { order, variant })
     }
 }
@@ -81,9 +48,10 @@ impl Solver for UniPc {
         let h = g.h(i, i + 1)?;
         let hh = h.neg()?;
         let phi = hh.exp()?.affine(1.0, -1.0)?;
-        let b_h = match self.variant {
-            UniPcVariant::Bh1 => hh.clone(),
-            UniPcVariant::Bh2 => phi.clone(),
+        let b_h = if self.variant == SolverVariant::Bh1 {
+            hh.clone()
+        } else {
+            phi.clone()
         };
         let one = constant(1.0, &h)?;
         // r_1..r_{k−1} from the history, then r_k = 1; D_j = (m_j − m_0)/r_j.
