@@ -52,10 +52,11 @@ fn solver_flags() -> Vec<(String, Vec<String>)> {
         ("ipndm", 1..=4),
     ] {
         for order in orders {
-            let variants: &[&str] = if solver == "unipc" {
-                &["bh1", "bh2"]
-            } else {
-                &[""]
+            // The baseline's DPM-Solver++-3 was the Taylor form (the default then).
+            let variants: &[&str] = match (solver, order) {
+                ("unipc", _) => &["bh1", "bh2"],
+                ("dpm-solver++", 3) => &["taylor"],
+                _ => &[""],
             };
             for v in variants {
                 let mut flags = strings(&["--solver", solver, "--order", &order.to_string()]);
@@ -63,7 +64,9 @@ fn solver_flags() -> Vec<(String, Vec<String>)> {
                     flags.extend(strings(&["--variant", v]));
                 }
                 flags.extend(strings(&["--nfe", "5"]));
-                let name = format!("{solver}-{order}{}", if v.is_empty() { "" } else { v });
+                // Named as recorded (only UniPC's variants were part of the name).
+                let tag = if solver == "unipc" { *v } else { "" };
+                let name = format!("{solver}-{order}{tag}");
                 out.push((name, flags));
             }
         }
@@ -173,7 +176,16 @@ fn learned(dir: &Path) -> Vec<(String, Times)> {
             "edm-public dpm-solver++-3 nfe 6".into(),
             train(
                 &gmm("edm-public"),
-                &["--solver", "dpm-solver++", "--order", "3", "--nfe", "6"],
+                &[
+                    "--solver",
+                    "dpm-solver++",
+                    "--order",
+                    "3",
+                    "--variant",
+                    "taylor",
+                    "--nfe",
+                    "6",
+                ],
                 &SMALL,
                 dir,
             ),

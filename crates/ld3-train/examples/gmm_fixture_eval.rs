@@ -3,10 +3,13 @@
 //! `cargo run --release -p ld3-train --example gmm_fixture_eval -- FIXTURE SOLVER ORDER NFE
 //! [SEED] [TEACHER_NFE] [SAMPLES]`, FIXTURE a name under fixtures/gmm or a directory with a
 //! gmm.json. Environment:
+//! - VARIANT=bh1|bh2|taylor|reference (the solver's variant; UniPC defaults to bh2 here),
 //! - SPLIT (the paper's train/validation split), TRIMMED or MEDIAN (validation statistic),
 //!   INIT_UNIFORM or INIT_HAND_MADE (one start), BATCH=n, RADIUS=r, TRAIN=n / VALID=n (pair
 //!   counts), ROUNDS=n (θ+ξ rounds), MODE=lambda|time, RAWLOGITS (the official ξ window);
 //! - WORST: the five largest per-sample errors of every schedule and how many exceed 0.2;
+//! - OFFICIAL=FILE.json (with HELDOUT): also score the schedule (`t_steps`, `tc_steps`) the
+//!   official code learned, as written by fixtures/gen/official_ld3_gmm.py;
 //! - HELDOUT=n: also score every schedule on n fresh noises against a near-exact reference
 //!   (DPM-Solver++-3 at 2000 NFE on log-SNR steps, itself checked against the fixture's exact
 //!   solutions).
@@ -62,10 +65,10 @@ fn main() {
     let fx = &dir.file_name().unwrap().to_string_lossy().into_owned();
     let (gmm, noise) = (&case.gmm, &case.noise);
     let name: SolverName = solver_arg.parse().unwrap();
-    let variant = if name == SolverName::UniPc {
-        Some(SolverVariant::Bh2)
-    } else {
-        None
+    let variant = match std::env::var("VARIANT") {
+        Ok(v) => Some(v.parse::<SolverVariant>().unwrap()),
+        Err(_) if name == SolverName::UniPc => Some(SolverVariant::Bh2),
+        Err(_) => None,
     };
     let sc = SolverConfig::new(name, Some(order), variant).unwrap();
     let teacher = TeacherConfig::default_for(gmm, tnfe).unwrap();
@@ -116,8 +119,13 @@ fn main() {
         cfg.train_samples = n.parse().unwrap();
     }
     let run = std::env::temp_dir().join(format!(
-        "ld3probe-{}-{}-{}-{}-{}",
-        fx, solver_arg, order, nfe, seed
+        "ld3probe-{}-{}-{}-{}-{}-{}",
+        fx,
+        solver_arg,
+        order,
+        nfe,
+        seed,
+        std::env::var("VARIANT").unwrap_or_default()
     ));
     let _ = std::fs::remove_dir_all(&run);
     let t0 = std::time::Instant::now();
@@ -208,6 +216,18 @@ fn main() {
     };
     if let Some((t, t_net)) = case.official_ld3(&key).unwrap() {
         report(&held, "official seed 0", &run_z(&t, &t_net), worst);
+    }
+    // A schedule the official code learned, from a file of fixtures/gen/official_ld3_gmm.py.
+    if let Ok(path) = std::env::var("OFFICIAL") {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let times = |k: &str| -> Vec<f64> { serde_json::from_value(v[k].clone()).unwrap() };
+        report(
+            &held,
+            "official (file)",
+            &run_z(&times("t_steps"), &times("tc_steps")),
+            worst,
+        );
     }
     for rule in ld3_train::trainer::hand_made(name) {
         let t = rule.times(s, steps).unwrap();
