@@ -17,7 +17,8 @@ pub struct Lock {
     remove: bool,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+/// Maps an I/O error on `path` to the crate's error, naming the path.
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |cause| Error::Io {
         path: path.display().to_string(),
         cause,

@@ -12,7 +12,7 @@ use ld3_solvers::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use super::config::{config_differences, TrainConfig};
-use crate::lock::Lock;
+use crate::lock::{io, Lock};
 use crate::optim::RmsProp;
 
 /// The best parameters so far and their validation statistic.
@@ -112,13 +112,6 @@ impl Manifest {
 /// One run's directory.
 pub(crate) struct RunDir {
     pub path: PathBuf,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.display().to_string(),
-        cause: source,
-    }
 }
 
 impl RunDir {
