@@ -20,6 +20,7 @@ pub mod embedded;
 mod gmm;
 pub mod layers;
 mod network;
+pub mod pickle;
 /// The model registry (the `ld3-hub` crate, which has no numerics).
 pub use ld3_hub as registry;
 mod spec;
