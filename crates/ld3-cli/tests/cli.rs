@@ -379,9 +379,19 @@ fn trains_on_the_embedded_network_with_lpips_and_draws_the_comparison() {
         std::fs::File::open(&compare).unwrap(),
     ));
     let info = decoder.read_info().unwrap();
-    // Three rows (teacher, best hand-made, learned) of three 32x32 images, 2-pixel gaps, 3x.
-    let side = 3 * (2 + 3 * 34);
-    assert_eq!((info.info().width, info.info().height), (side, side));
+    // Three rows (teacher, best hand-made, learned) of three 32x32 images enlarged 3x, with
+    // 2-pixel gaps, after a column of labels in the 8x8 font at twice its size.
+    let best = stdout
+        .split("best hand-made (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap();
+    let grid = 2 + 3 * (96 + 2);
+    let labels = 16 * ["teacher", best, "ld3"].map(str::len).iter().max().unwrap() + 2;
+    assert_eq!(
+        (info.info().width as usize, info.info().height as usize),
+        (labels + grid, grid)
+    );
 }
 
 /// `ld3 eval`: FID of folders and statistics against the tools' values, and its bad input.
