@@ -177,7 +177,7 @@ fn ld3_learns_a_guided_schedule_that_beats_every_hand_made_one() {
     }
     .draw(7_000_000, n)
     .unwrap();
-    let reference_config = SolverConfig::new(SolverName::DpmSolverPp, Some(3), None).unwrap();
+    let reference_config = ld3_testing::reference_solver().unwrap();
     let t_ref = LogSnrUniform.times(guided.noise_schedule(), 1000).unwrap();
     let reference = solve(&guided, &reference_config, &t_ref, &t_ref, &z, &labels);
     let (_, steps) = config.build_for_nfe(nfe).unwrap();

@@ -20,7 +20,12 @@ fn cases() -> Vec<(SolverConfig, f64, &'static str)> {
         (c(SolverName::Heun, 2, None), 2.0, "karras"),
     ];
     for k in 1..=3 {
-        out.push((c(SolverName::DpmSolverPp, k, None), k as f64, "logsnr"));
+        // Order k in the Taylor form; the reference form's third order is 2 (tested below).
+        out.push((
+            c(SolverName::DpmSolverPp, k, Some(SolverVariant::Taylor)),
+            k as f64,
+            "logsnr",
+        ));
         for v in [SolverVariant::Bh1, SolverVariant::Bh2] {
             out.push((c(SolverName::UniPc, k, Some(v)), k as f64, "logsnr"));
         }

@@ -198,12 +198,20 @@ pub fn relative_error(x: &Tensor, exact: &Tensor) -> Result<f64> {
     Ok((err / norm).sqrt())
 }
 
-/// The probability-flow ODE solved by DPM-Solver++(3M) at `nfe` steps on log-SNR-uniform times
-/// from noise `z` (standard normals [B, ...shape]) to σ_min.
+/// The solver of [`reference_solution`]: DPM-Solver++(3M) in its Taylor form.
+pub fn reference_solver() -> Result<ld3_solvers::SolverConfig> {
+    ld3_solvers::SolverConfig::new(
+        ld3_solvers::SolverName::DpmSolverPp,
+        Some(3),
+        Some(ld3_solvers::SolverVariant::Taylor),
+    )
+}
+
+/// The probability-flow ODE solved by DPM-Solver++(3M) (its truly third-order Taylor form) at
+/// `nfe` steps on log-SNR-uniform times from noise `z` (standard normals [B, ...shape]) to σ_min.
 pub fn reference_solution(gmm: &GaussianMixture, z: &Tensor, nfe: usize) -> Result<Tensor> {
     use ld3_solvers::steps::{LogSnrUniform, StepSchedule};
-    let config =
-        ld3_solvers::SolverConfig::new(ld3_solvers::SolverName::DpmSolverPp, Some(3), None)?;
+    let config = reference_solver()?;
     let (solver, steps) = config.build_for_nfe(nfe)?;
     let t = LogSnrUniform.times(gmm.noise_schedule(), steps)?;
     solve(gmm, &z.to_dtype(DType::F64)?, solver.as_ref(), &t, &t)
@@ -268,9 +276,7 @@ mod tests {
             let d = GmmFixture::from_mixture(&dir(name), 5, 7, 50).unwrap();
             assert_eq!(a.relative_error(&d.exact_at_sigma_min).unwrap(), 0.0);
             // `solve` is the reference's own path at the same steps.
-            let cfg =
-                ld3_solvers::SolverConfig::new(ld3_solvers::SolverName::DpmSolverPp, Some(3), None)
-                    .unwrap();
+            let cfg = reference_solver().unwrap();
             let (solver, steps) = cfg.build_for_nfe(50).unwrap();
             let t = ld3_solvers::steps::StepSchedule::times(
                 &ld3_solvers::steps::LogSnrUniform,
