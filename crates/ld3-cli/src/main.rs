@@ -1,5 +1,6 @@
 //! `ld3`: sample diffusion models with classic or learned time steps.
 
+mod convert;
 mod eval;
 mod images;
 mod list;
@@ -35,6 +36,9 @@ enum Command {
     /// FID/KID of image folders or statistics, and schedules scored against a teacher and
     /// reference statistics.
     Eval(eval::EvalArgs),
+    /// Read an EDM network snapshot (.pkl) without executing it and write its tensors
+    /// (safetensors) and constructor arguments (JSON) to a folder.
+    Convert(convert::ConvertArgs),
     /// List the models, solvers and step schedules; with --check, load models and run them once.
     List(list::ListArgs),
 }
@@ -47,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Schedule(args) => schedule::run(args),
         Command::Train(args) => train::run(args),
         Command::List(args) => list::run(args),
+        Command::Convert(args) => convert::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

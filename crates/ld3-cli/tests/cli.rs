@@ -1058,3 +1058,30 @@ fn help_names_every_model_and_only_the_options_that_apply() {
     assert_eq!(o.status.code(), Some(2), "a usage error");
     assert!(stderr(&o).contains("unexpected argument '--schedule'"));
 }
+
+#[test]
+fn convert_writes_an_edm_snapshot_as_safetensors_and_refuses_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let edm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/edm");
+    let out = tmp(&dir, "vp");
+    let stdout = ld3("convert")
+        .args(&[edm.join("ddpmpp-vp.pkl").to_str().unwrap()])
+        .args(&[out.to_str().unwrap()])
+        .ok();
+    assert!(stdout.contains("VPPrecond with 147 tensors"), "{stdout}");
+    let tensors =
+        candle_core::safetensors::load(out.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert_eq!(tensors.len(), 147);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("edm.json")).unwrap()).unwrap();
+    assert_eq!(config["class_name"], "VPPrecond");
+    assert_eq!(config["init_kwargs"]["model_type"], "SongUNet");
+    // A snapshot that would run code: refused, nothing written.
+    let evil_out = tmp(&dir, "evil");
+    ld3("convert")
+        .args(&[edm.join("evil-state.pkl").to_str().unwrap()])
+        .args(&[evil_out.to_str().unwrap()])
+        .fails_with("refused");
+    assert!(!evil_out.exists());
+}

@@ -16,8 +16,10 @@ pub enum Value {
     None,
     /// `True` / `False`.
     Bool(bool),
-    /// An integer (ints beyond 64 bits are refused).
+    /// An integer that fits 64 bits.
     Int(i64),
+    /// A wider integer, as its little-endian two's-complement bytes.
+    BigInt(Vec<u8>),
     /// A float.
     Float(f64),
     /// A text string.
@@ -235,7 +237,8 @@ fn read_inner(data: &[u8], allowed: &dyn Fn(&str, &str) -> bool) -> Result<(Valu
                 };
                 let bytes = r.take(n)?;
                 if n > 8 {
-                    return Err(bad("an integer beyond 64 bits"));
+                    stack.push(Item::Value(Value::BigInt(bytes.to_vec()), 1));
+                    continue;
                 }
                 let negative = bytes.last().is_some_and(|b| b & 0x80 != 0);
                 let mut buf = [if negative { 0xff } else { 0 }; 8];

@@ -87,6 +87,14 @@ impl std::str::FromStr for ModelSpec {
         if std::path::Path::new(s).is_dir() {
             return Ok(Self::Dir(PathBuf::from(s)));
         }
+        if s.ends_with(".pkl") {
+            return Err(Error::Invalid(format!(
+                "{s}: EDM network snapshots are read (safely, nothing in them is run) by `ld3 \
+                 convert {s} OUT/`, which writes their tensors and settings; sampling from them \
+                 needs EDM's SongUNet and DhariwalUNet networks, which this version does not have \
+                 yet"
+            )));
+        }
         let names: Vec<&str> = REGISTRY
             .iter()
             .map(|e| e.name)
@@ -214,6 +222,8 @@ mod tests {
                 && e.contains("diffusers layout"),
             "{e}"
         );
+        let e = "net.pkl".parse::<ModelSpec>().unwrap_err().to_string();
+        assert!(e.contains("ld3 convert net.pkl") && e.contains("not have"), "{e}");
         for (name, _, _) in EMBEDDED {
             let m = load_model(&name.parse().unwrap()).unwrap();
             assert!(m.describe().contains(name));
