@@ -258,37 +258,18 @@ fn read_inner(data: &[u8], allowed: &dyn Fn(&str, &str) -> bool) -> Result<(Valu
             }
             b'G' => Value::Float(f64::from_be_bytes(r.le()?)),
             b'F' => Value::Float(r.line()?.parse().map_err(|_| bad("a FLOAT"))?),
-            0x8c => {
-                let n = r.u8()? as usize;
-                Value::Str(r.text(n)?)
-            }
-            b'X' => {
-                let n = r.len_u32()?;
-                Value::Str(r.text(n)?)
-            }
-            0x8d => {
-                let n = r.len_u64()?;
-                Value::Str(r.text(n)?)
-            }
-            b'U' => {
-                let n = r.u8()? as usize;
-                Value::Bytes(r.take(n)?.to_vec())
-            }
-            b'T' => {
-                let n = r.len_u32()?;
-                Value::Bytes(r.take(n)?.to_vec())
-            }
-            b'C' => {
-                let n = r.u8()? as usize;
-                Value::Bytes(r.take(n)?.to_vec())
-            }
-            b'B' => {
-                let n = r.len_u32()?;
-                Value::Bytes(r.take(n)?.to_vec())
-            }
-            0x8e | 0x96 => {
-                let n = r.len_u64()?;
-                Value::Bytes(r.take(n)?.to_vec())
+            // Text and bytes, by the width of their length: 1, 4 or 8 bytes.
+            0x8c | b'X' | 0x8d | b'U' | b'C' | b'T' | b'B' | 0x8e | 0x96 => {
+                let n = match op {
+                    0x8c | b'U' | b'C' => r.u8()? as usize,
+                    b'X' | b'T' | b'B' => r.len_u32()?,
+                    _ => r.len_u64()?,
+                };
+                if matches!(op, 0x8c | b'X' | 0x8d) {
+                    Value::Str(r.text(n)?)
+                } else {
+                    Value::Bytes(r.take(n)?.to_vec())
+                }
             }
             b')' => Value::Tuple(vec![]),
             0x85 => Value::Tuple(vec![pop(&mut stack, &mut deepest)?]),

@@ -223,7 +223,10 @@ mod tests {
             "{e}"
         );
         let e = "net.pkl".parse::<ModelSpec>().unwrap_err().to_string();
-        assert!(e.contains("ld3 convert net.pkl") && e.contains("not have"), "{e}");
+        assert!(
+            e.contains("ld3 convert net.pkl") && e.contains("not have"),
+            "{e}"
+        );
         for (name, _, _) in EMBEDDED {
             let m = load_model(&name.parse().unwrap()).unwrap();
             assert!(m.describe().contains(name));
