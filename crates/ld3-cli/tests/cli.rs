@@ -1077,6 +1077,12 @@ fn convert_writes_an_edm_snapshot_as_safetensors_and_refuses_code() {
         serde_json::from_str(&std::fs::read_to_string(out.join("edm.json")).unwrap()).unwrap();
     assert_eq!(config["class_name"], "VPPrecond");
     assert_eq!(config["init_kwargs"]["model_type"], "SongUNet");
+    // Not yet a model to sample: said plainly.
+    ld3("sample")
+        .path("--model", &out)
+        .args(&["--num-samples", "1"])
+        .path("--out", &tmp(&dir, "x.safetensors"))
+        .fails_with("an EDM network written by `ld3 convert`");
     // A snapshot that would run code: refused, nothing written.
     let evil_out = tmp(&dir, "evil");
     ld3("convert")

@@ -143,6 +143,11 @@ pub fn load_model_as(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<
             gmm_from_json(&json, &path.display().to_string(), device)
                 .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
         }
+        ModelSpec::Dir(dir) if dir.join("edm.json").is_file() => Err(Error::Invalid(format!(
+            "{}: an EDM network written by `ld3 convert`; sampling from it needs EDM's SongUNet \
+             and DhariwalUNet networks, which this version does not have yet",
+            dir.display()
+        ))),
         ModelSpec::Dir(dir) => Ok(Box::new(DiffusersUNet::from_dir(dir, dtype, device)?)),
         ModelSpec::Registry(name) => {
             let entry = registry::find(name)
