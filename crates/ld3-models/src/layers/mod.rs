@@ -6,9 +6,11 @@
 mod attention;
 mod conv;
 mod embeddings;
+mod resample;
 mod resnet;
 
 pub use attention::SelfAttention;
 pub use conv::{conv, upsample_nearest_2x};
 pub use embeddings::{timestep_embedding, TimestepMlp};
+pub use resample::{fir_down2, fir_filter, fir_up2};
 pub use resnet::{Norms, ResnetBlock};
