@@ -16,6 +16,7 @@ mod class_gmm;
 pub mod conditioning;
 mod denoiser;
 pub mod diffusers;
+pub mod edm_net;
 pub mod edm_pkl;
 pub mod embedded;
 mod gmm;

@@ -99,3 +99,106 @@ fn code_is_refused_and_never_run() {
         "{e}"
     );
 }
+
+#[test]
+fn songunet_denoisers_equal_edms_in_float64() {
+    use candle_core::DType;
+    use ld3_models::edm_net::EdmDenoiser;
+    for name in ["ddpmpp-vp", "ncsnpp-ve", "ddpmpp-edm"] {
+        let net = read_network(&fixture(&format!("{name}.pkl")), "ema").unwrap();
+        let d = EdmDenoiser::new(&net, DType::F64).unwrap();
+        let r = candle_core::safetensors::load(
+            fixture(&format!("{name}.reference.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap();
+        for (sigma, want) in [("sigma", "out"), ("sigma2", "out2")] {
+            let x = r["x"].to_dtype(DType::F64).unwrap();
+            let s = r[sigma].to_dtype(DType::F64).unwrap();
+            let got = d.forward(&x, &s, None).unwrap();
+            let want = r[want].to_dtype(DType::F64).unwrap();
+            let err = (&got - &want)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .sqrt()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+                / want
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .sqrt()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap();
+            assert!(err < 1e-4, "{name} at {sigma}: relative error {err}");
+        }
+    }
+}
+
+#[test]
+fn edm_denoisers_are_differentiable_in_x_and_sigma() {
+    use candle_core::{DType, Tensor, Var};
+    use ld3_models::edm_net::EdmDenoiser;
+    for name in ["ddpmpp-vp", "ncsnpp-ve"] {
+        let net = read_network(&fixture(&format!("{name}.pkl")), "ema").unwrap();
+        let d = EdmDenoiser::new(&net, DType::F64).unwrap();
+        let [c, h, w] = d.shape;
+        let dev = Device::Cpu;
+        let normal = |seed| {
+            ld3_solvers::rng::standard_normal(seed, 1, &[c, h, w], DType::F64, &dev).unwrap()
+        };
+        let (x0, probe) = (normal(1), normal(2));
+        let loss = |x: &Tensor, s: &Tensor| -> Tensor {
+            (d.forward(x, s, None).unwrap() * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
+        let (xv, sv) = (
+            Var::from_tensor(&x0).unwrap(),
+            Var::new(&[1.3f64], &dev).unwrap(),
+        );
+        let grads = loss(xv.as_tensor(), sv.as_tensor()).backward().unwrap();
+        let at = |x: &Tensor, s: f64| {
+            loss(x, &Tensor::new(&[s], &dev).unwrap())
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        // The curvature in σ is strong: central differences need a small step (1e-5 leaves a
+        // 3e-6 relative truncation error; 1e-6, 2e-8).
+        let eps = 1e-6;
+        let fd = (at(&x0, 1.3 + eps) - at(&x0, 1.3 - eps)) / (2.0 * eps);
+        let g = grads.get(sv.as_tensor()).unwrap().to_vec1::<f64>().unwrap()[0];
+        assert!(
+            (fd - g).abs() < 1e-6 * (1.0 + fd.abs()),
+            "{name} dσ: {fd} vs {g}"
+        );
+        let gx: Vec<f64> = grads
+            .get(xv.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let flat: Vec<f64> = x0.flatten_all().unwrap().to_vec1().unwrap();
+        for i in [0, 37, flat.len() - 1] {
+            let shifted = |delta: f64| {
+                let mut v = flat.clone();
+                v[i] += delta;
+                Tensor::from_vec(v, (1, c, h, w), &dev).unwrap()
+            };
+            let fd = (at(&shifted(eps), 1.3) - at(&shifted(-eps), 1.3)) / (2.0 * eps);
+            assert!(
+                (fd - gx[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                "{name} dx[{i}]: {fd} vs {}",
+                gx[i]
+            );
+        }
+    }
+}

@@ -1,0 +1,590 @@
+//! EDM's networks (Karras et al. 2022, NVlabs/edm `training/networks.py`), rebuilt from a
+//! snapshot read by [`crate::edm_pkl`]: `SongUNet` in its DDPM++ and NCSN++ forms and the
+//! preconditioners `VPPrecond`, `VEPrecond` and `EDMPrecond`, giving the denoiser D(x; σ).
+//! Differentiable in x and σ (only ops whose backward candle computes correctly).
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor, D};
+use ld3_solvers::{Error, Result};
+use serde_json::Value as J;
+
+use crate::edm_pkl::PickledNetwork;
+use crate::layers::{fir_down2, fir_up2};
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::Invalid(msg.into())
+}
+
+/// The snapshot's tensors, taken by name in `dtype`.
+struct Weights<'a> {
+    tensors: &'a HashMap<String, Tensor>,
+    dtype: DType,
+}
+
+impl Weights<'_> {
+    fn get(&self, name: &str) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| invalid(format!("the snapshot has no tensor {name}")))?;
+        Ok(t.to_dtype(self.dtype)?)
+    }
+    fn opt(&self, name: &str) -> Result<Option<Tensor>> {
+        match self.tensors.contains_key(name) {
+            true => self.get(name).map(Some),
+            false => Ok(None),
+        }
+    }
+}
+
+fn silu(x: &Tensor) -> Result<Tensor> {
+    Ok((x * candle_nn::ops::sigmoid(x)?)?)
+}
+
+/// `x @ wᵀ + b`.
+struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn load(w: &Weights, name: &str) -> Result<Self> {
+        Ok(Self {
+            w: w.get(&format!("{name}.weight"))?,
+            b: w.opt(&format!("{name}.bias"))?,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.w.t()?)?;
+        Ok(match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// EDM's `Conv2d`: an optional k×k convolution with optional FIR up- or downsampling before it
+/// (or, fused, downsampling after it).
+struct Conv {
+    w: Option<Tensor>,
+    b: Option<Tensor>,
+    filter: Option<Tensor>,
+    up: bool,
+    down: bool,
+    fused: bool,
+}
+
+impl Conv {
+    fn load(w: &Weights, name: &str, up: bool, down: bool, fused: bool) -> Result<Self> {
+        Ok(Self {
+            w: w.opt(&format!("{name}.weight"))?,
+            b: w.opt(&format!("{name}.bias"))?,
+            filter: w.opt(&format!("{name}.resample_filter"))?,
+            up,
+            down,
+            fused,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w_pad = self.w.as_ref().map_or(Ok(0), |w| w.dim(3).map(|k| k / 2))?;
+        let filter = || {
+            self.filter
+                .as_ref()
+                .ok_or_else(|| invalid("a resampling layer without its resample_filter"))
+        };
+        let mut x = x.clone();
+        if let (true, true, Some(w)) = (self.fused, self.down, &self.w) {
+            let f = filter()?;
+            let f_pad = (f.dim(3)? - 1) / 2;
+            x = x.conv2d(w, w_pad + f_pad, 1, 1, 1)?;
+            // The depthwise filter at stride 2 without padding (its padding went to the conv).
+            let (b, c, h, wd) = x.dims4()?;
+            x = x
+                .reshape((b * c, 1, h, wd))?
+                .conv2d(f, 0, 2, 1, 1)?
+                .reshape((b, c, (h - f.dim(3)?) / 2 + 1, (wd - f.dim(3)?) / 2 + 1))?;
+        } else {
+            if self.up {
+                x = fir_up2(&x, filter()?)?;
+            }
+            if self.down {
+                x = fir_down2(&x, filter()?)?;
+            }
+            if let Some(w) = &self.w {
+                x = x.conv2d(w, w_pad, 1, 1, 1)?;
+            }
+        }
+        Ok(match &self.b {
+            Some(b) => x.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+            None => x,
+        })
+    }
+}
+
+/// EDM's `GroupNorm`: min(32, C/4) groups.
+struct GroupNorm {
+    groups: usize,
+    eps: f64,
+    w: Tensor,
+    b: Tensor,
+}
+
+impl GroupNorm {
+    fn load(w: &Weights, name: &str, eps: f64) -> Result<Self> {
+        let weight = w.get(&format!("{name}.weight"))?;
+        let c = weight.dim(0)?;
+        Ok(Self {
+            groups: 32.min(c / 4).max(1),
+            eps,
+            w: weight,
+            b: w.get(&format!("{name}.bias"))?,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let g = x.reshape((b, self.groups, (c / self.groups) * h * w))?;
+        let mean = g.mean_keepdim(D::Minus1)?;
+        let centred = g.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .reshape((b, c, h, w))?;
+        Ok(normed
+            .broadcast_mul(&self.w.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&self.b.reshape((1, c, 1, 1))?)?)
+    }
+}
+
+/// EDM's `UNetBlock` (SongUNet's settings: additive embedding, one attention head, skip √½).
+struct UNetBlock {
+    norm0: GroupNorm,
+    conv0: Conv,
+    affine: Linear,
+    norm1: GroupNorm,
+    conv1: Conv,
+    skip: Option<Conv>,
+    attention: Option<(GroupNorm, Conv, Conv)>,
+    in_channels: usize,
+    skip_scale: f64,
+}
+
+impl UNetBlock {
+    fn load(w: &Weights, name: &str, up: bool, down: bool, skip_scale: f64) -> Result<Self> {
+        let n = |s: &str| format!("{name}.{s}");
+        let norm0 = GroupNorm::load(w, &n("norm0"), 1e-6)?;
+        let in_channels = norm0.w.dim(0)?;
+        let skip = if w.tensors.contains_key(&n("skip.weight"))
+            || w.tensors.contains_key(&n("skip.resample_filter"))
+        {
+            Some(Conv::load(w, &n("skip"), up, down, false)?)
+        } else {
+            None
+        };
+        let attention = if w.tensors.contains_key(&n("qkv.weight")) {
+            Some((
+                GroupNorm::load(w, &n("norm2"), 1e-6)?,
+                Conv::load(w, &n("qkv"), false, false, false)?,
+                Conv::load(w, &n("proj"), false, false, false)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            norm0,
+            conv0: Conv::load(w, &n("conv0"), up, down, false)?,
+            affine: Linear::load(w, &n("affine"))?,
+            norm1: GroupNorm::load(w, &n("norm1"), 1e-6)?,
+            conv1: Conv::load(w, &n("conv1"), false, false, false)?,
+            skip,
+            attention,
+            in_channels,
+            skip_scale,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
+        let orig = x;
+        let mut x = self.conv0.forward(&silu(&self.norm0.forward(x)?)?)?;
+        let params = self.affine.forward(emb)?.unsqueeze(2)?.unsqueeze(3)?;
+        x = silu(&self.norm1.forward(&x.broadcast_add(&params)?)?)?;
+        x = self.conv1.forward(&x)?;
+        let skip = match &self.skip {
+            Some(s) => s.forward(orig)?,
+            None => orig.clone(),
+        };
+        x = ((x + skip)? * self.skip_scale)?;
+        if let Some((norm2, qkv, proj)) = &self.attention {
+            let (b, c, h, wd) = x.dims4()?;
+            // One head: channels of qkv are (c, 3) row-major.
+            let qkv = qkv
+                .forward(&norm2.forward(&x)?)?
+                .reshape((b, c, 3, h * wd))?;
+            let q = qkv.narrow(2, 0, 1)?.squeeze(2)?;
+            let k = (qkv.narrow(2, 1, 1)?.squeeze(2)? / (c as f64).sqrt())?;
+            let v = qkv.narrow(2, 2, 1)?.squeeze(2)?;
+            // w[n, q, k] = softmax_k Σ_c q[n,c,q]·k[n,c,k]; a[n,c,q] = Σ_k w[n,q,k]·v[n,c,k].
+            let logits = q.transpose(1, 2)?.contiguous()?.matmul(&k.contiguous()?)?;
+            let max = logits.max_keepdim(D::Minus1)?;
+            let e = logits.broadcast_sub(&max)?.exp()?;
+            let weights = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+            let a = v
+                .contiguous()?
+                .matmul(&weights.transpose(1, 2)?.contiguous()?)?;
+            x = ((proj.forward(&a.reshape((b, c, h, wd))?)? + x)? * self.skip_scale)?;
+        }
+        Ok(x)
+    }
+}
+
+/// One entry of SongUNet's encoder or decoder, in the order EDM builds them.
+enum Step {
+    Conv(Conv),
+    Block(Box<UNetBlock>),
+    AuxResidual(Conv),
+    AuxNorm(GroupNorm),
+    AuxConv(Conv),
+}
+
+/// EDM's `SongUNet` (DDPM++: positional embedding, standard encoder; NCSN++: Fourier
+/// embedding, residual encoder), with the standard decoder.
+pub struct SongUnet {
+    fourier_freqs: Option<Tensor>,
+    noise_channels: usize,
+    map_label: Option<Linear>,
+    map_layer0: Linear,
+    map_layer1: Linear,
+    enc: Vec<(String, Step)>,
+    dec: Vec<(String, Step)>,
+}
+
+fn usize_of(kw: &J, key: &str, default: usize) -> Result<usize> {
+    match kw.get(key) {
+        None | Some(J::Null) => Ok(default),
+        Some(v) => v
+            .as_u64()
+            .map(|v| v as usize)
+            .ok_or_else(|| invalid(format!("{key} must be a whole number, got {v}"))),
+    }
+}
+
+fn list_of(kw: &J, key: &str, default: &[usize]) -> Result<Vec<usize>> {
+    match kw.get(key) {
+        None | Some(J::Null) => Ok(default.to_vec()),
+        Some(J::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_u64()
+                    .map(|v| v as usize)
+                    .ok_or_else(|| invalid(format!("{key} must list whole numbers")))
+            })
+            .collect(),
+        Some(v) => Err(invalid(format!("{key} must be a list, got {v}"))),
+    }
+}
+
+impl SongUnet {
+    /// The network under `prefix` (`model.` inside a preconditioner) with EDM's keyword arguments
+    /// `kw` (`img_resolution` and the SongUNet settings).
+    fn load(w: &Weights, prefix: &str, kw: &J) -> Result<Self> {
+        let p = |s: &str| format!("{prefix}{s}");
+        let str_of = |key: &str, default: &str| -> String {
+            kw.get(key)
+                .and_then(J::as_str)
+                .unwrap_or(default)
+                .to_string()
+        };
+        let embedding = str_of("embedding_type", "positional");
+        let encoder = str_of("encoder_type", "standard");
+        let decoder = str_of("decoder_type", "standard");
+        if decoder != "standard" || !matches!(encoder.as_str(), "standard" | "residual") {
+            return Err(invalid(format!(
+                "SongUNet with encoder {encoder} and decoder {decoder} is not supported (DDPM++ \
+                 and NCSN++ are: standard or residual encoder, standard decoder)"
+            )));
+        }
+        let res = usize_of(kw, "img_resolution", 0)?;
+        let model_channels = usize_of(kw, "model_channels", 128)?;
+        let mults = list_of(kw, "channel_mult", &[1, 2, 2, 2])?;
+        let num_blocks = usize_of(kw, "num_blocks", 4)?;
+        let noise_channels = model_channels * usize_of(kw, "channel_mult_noise", 1)?;
+        let skip_scale = 0.5f64.sqrt();
+        let mut enc = Vec::new();
+        for (level, _) in mults.iter().enumerate() {
+            let r = res >> level;
+            let name = |s: &str| format!("{r}x{r}_{s}");
+            if level == 0 {
+                let n = name("conv");
+                enc.push((
+                    n.clone(),
+                    Step::Conv(Conv::load(w, &p(&format!("enc.{n}")), false, false, false)?),
+                ));
+            } else {
+                let n = name("down");
+                let block = UNetBlock::load(w, &p(&format!("enc.{n}")), false, true, skip_scale)?;
+                enc.push((n, Step::Block(Box::new(block))));
+                if encoder == "residual" {
+                    let n = name("aux_residual");
+                    let conv = Conv::load(w, &p(&format!("enc.{n}")), false, true, true)?;
+                    enc.push((n, Step::AuxResidual(conv)));
+                }
+            }
+            for idx in 0..num_blocks {
+                let n = name(&format!("block{idx}"));
+                let block = UNetBlock::load(w, &p(&format!("enc.{n}")), false, false, skip_scale)?;
+                enc.push((n, Step::Block(Box::new(block))));
+            }
+        }
+        let mut dec = Vec::new();
+        for level in (0..mults.len()).rev() {
+            let r = res >> level;
+            let name = |s: &str| format!("{r}x{r}_{s}");
+            let mut names = vec![];
+            if level == mults.len() - 1 {
+                names.push((name("in0"), false));
+                names.push((name("in1"), false));
+            } else {
+                names.push((name("up"), true));
+            }
+            for idx in 0..=num_blocks {
+                names.push((name(&format!("block{idx}")), false));
+            }
+            for (n, up) in names {
+                let block = UNetBlock::load(w, &p(&format!("dec.{n}")), up, false, skip_scale)?;
+                dec.push((n, Step::Block(Box::new(block))));
+            }
+            if level == 0 {
+                let n = name("aux_norm");
+                let norm = GroupNorm::load(w, &p(&format!("dec.{n}")), 1e-6)?;
+                dec.push((n, Step::AuxNorm(norm)));
+                let n = name("aux_conv");
+                let conv = Conv::load(w, &p(&format!("dec.{n}")), false, false, false)?;
+                dec.push((n, Step::AuxConv(conv)));
+            }
+        }
+        let map_label = if w.tensors.contains_key(&p("map_label.weight")) {
+            Some(Linear::load(w, &p("map_label"))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            fourier_freqs: if embedding == "fourier" {
+                Some(w.get(&p("map_noise.freqs"))?)
+            } else {
+                None
+            },
+            noise_channels,
+            map_label,
+            map_layer0: Linear::load(w, &p("map_layer0"))?,
+            map_layer1: Linear::load(w, &p("map_layer1"))?,
+            enc,
+            dec,
+        })
+    }
+
+    /// F(x; c_noise, labels): x [B, C, H, W], `noise_labels` [B].
+    fn forward(
+        &self,
+        x: &Tensor,
+        noise_labels: &Tensor,
+        class_labels: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let dev = x.device();
+        let half = self.noise_channels / 2;
+        // Embedding: [cos | sin] of labels × frequencies, then swapped to [sin | cos].
+        let freqs = match &self.fourier_freqs {
+            Some(f) => (f * (2.0 * std::f64::consts::PI))?,
+            None => {
+                // Positional with endpoint: (1/10000)^(i/(half − 1)).
+                let v: Vec<f64> = (0..half)
+                    .map(|i| (1.0f64 / 10000.0).powf(i as f64 / (half as f64 - 1.0)))
+                    .collect();
+                Tensor::from_vec(v, half, dev)?.to_dtype(dtype)?
+            }
+        };
+        let args = noise_labels
+            .unsqueeze(1)?
+            .broadcast_mul(&freqs.unsqueeze(0)?)?;
+        let mut emb = Tensor::cat(&[args.sin()?, args.cos()?], 1)?;
+        if let (Some(map), Some(labels)) = (&self.map_label, class_labels) {
+            let scale = (map.w.dim(1)? as f64).sqrt();
+            emb = (emb + map.forward(&(labels * scale)?)?)?;
+        }
+        emb = silu(&self.map_layer0.forward(&emb)?)?;
+        emb = silu(&self.map_layer1.forward(&emb)?)?;
+
+        let mut skips: Vec<Tensor> = Vec::new();
+        let (mut x, mut aux) = (x.clone(), x.clone());
+        for (_, step) in &self.enc {
+            match step {
+                Step::AuxResidual(conv) => {
+                    x = ((x + conv.forward(&aux)?)? / 2f64.sqrt())?;
+                    aux = x.clone();
+                    *skips.last_mut().expect("a block before") = x.clone();
+                }
+                Step::Block(b) => {
+                    x = b.forward(&x, &emb)?;
+                    skips.push(x.clone());
+                }
+                Step::Conv(c) => {
+                    x = c.forward(&x)?;
+                    skips.push(x.clone());
+                }
+                _ => return Err(invalid("a decoder step in the encoder")),
+            }
+        }
+        let mut tmp = None;
+        let mut out: Option<Tensor> = None;
+        for (_, step) in &self.dec {
+            match step {
+                Step::AuxNorm(n) => tmp = Some(n.forward(&x)?),
+                Step::AuxConv(c) => {
+                    let t = c.forward(&silu(tmp.as_ref().expect("aux_norm first"))?)?;
+                    out = Some(match out {
+                        Some(o) => (t + o)?,
+                        None => t,
+                    });
+                }
+                Step::Block(b) => {
+                    if x.dim(1)? != b.in_channels {
+                        let s = skips
+                            .pop()
+                            .ok_or_else(|| invalid("the decoder ran out of skip connections"))?;
+                        x = Tensor::cat(&[&x, &s], 1)?;
+                    }
+                    x = b.forward(&x, &emb)?;
+                }
+                _ => return Err(invalid("an encoder step in the decoder")),
+            }
+        }
+        out.ok_or_else(|| invalid("SongUNet without an output layer"))
+    }
+}
+
+/// How a preconditioner maps σ to the network's input scale, output scale and noise label.
+#[derive(Clone, Copy, Debug)]
+enum Precond {
+    Vp { beta_d: f64, beta_min: f64, m: f64 },
+    Ve,
+    Edm { sigma_data: f64 },
+}
+
+/// A preconditioned EDM network: D(x; σ) = c_skip·x + c_out·F(c_in·x; c_noise).
+pub struct EdmDenoiser {
+    precond: Precond,
+    net: SongUnet,
+    label_dim: usize,
+    /// [C, H, W].
+    pub shape: [usize; 3],
+}
+
+fn f64_of(kw: &J, key: &str, default: f64) -> Result<f64> {
+    match kw.get(key) {
+        None | Some(J::Null) => Ok(default),
+        Some(v) => v
+            .as_f64()
+            .ok_or_else(|| invalid(format!("{key} must be a number, got {v}"))),
+    }
+}
+
+impl EdmDenoiser {
+    /// The network of a snapshot, its weights in `dtype`.
+    pub fn new(net: &PickledNetwork, dtype: DType) -> Result<Self> {
+        let kw = &net.init_kwargs;
+        let precond = match net.class_name.as_str() {
+            "VPPrecond" => Precond::Vp {
+                beta_d: f64_of(kw, "beta_d", 19.9)?,
+                beta_min: f64_of(kw, "beta_min", 0.1)?,
+                m: f64_of(kw, "M", 1000.0)?,
+            },
+            "VEPrecond" => Precond::Ve,
+            "EDMPrecond" => Precond::Edm {
+                sigma_data: f64_of(kw, "sigma_data", 0.5)?,
+            },
+            other => {
+                return Err(invalid(format!(
+                    "{other}: EDM networks with VPPrecond, VEPrecond or EDMPrecond are supported"
+                )))
+            }
+        };
+        let model_type = kw
+            .get("model_type")
+            .and_then(J::as_str)
+            .unwrap_or("SongUNet");
+        if model_type != "SongUNet" {
+            return Err(invalid(format!(
+                "{model_type} inside {}: only SongUNet (DDPM++, NCSN++) is supported yet",
+                net.class_name
+            )));
+        }
+        let weights = Weights {
+            tensors: &net.tensors,
+            dtype,
+        };
+        let res = usize_of(kw, "img_resolution", 0)?;
+        let channels = usize_of(kw, "img_channels", 0)?;
+        Ok(Self {
+            precond,
+            net: SongUnet::load(&weights, "model.", kw)?,
+            label_dim: usize_of(kw, "label_dim", 0)?,
+            shape: [channels, res, res],
+        })
+    }
+
+    /// D(x; σ) for x [B, C, H, W] and σ [B] (one-hot `class_labels` [B, label_dim] for
+    /// conditional networks).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        sigma: &Tensor,
+        class_labels: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let s = sigma.reshape(((), 1, 1, 1))?;
+        let (c_skip, c_out, c_in, c_noise) = match self.precond {
+            Precond::Vp {
+                beta_d,
+                beta_min,
+                m,
+            } => {
+                let one = s.ones_like()?;
+                // σ⁻¹(σ) = (√(β_min² + 2β_d·ln(1 + σ²)) − β_min)/β_d.
+                let t = ((((s.sqr()? + 1.0)?.log()? * (2.0 * beta_d))? + beta_min * beta_min)?
+                    .sqrt()?
+                    - beta_min)?
+                    / beta_d;
+                (
+                    one,
+                    s.neg()?,
+                    (s.sqr()? + 1.0)?.sqrt()?.recip()?,
+                    (t? * (m - 1.0))?,
+                )
+            }
+            Precond::Ve => (
+                s.ones_like()?,
+                s.clone(),
+                s.ones_like()?,
+                (s.clone() * 0.5)?.log()?,
+            ),
+            Precond::Edm { sigma_data } => {
+                let sd2 = sigma_data * sigma_data;
+                let total = (s.sqr()? + sd2)?;
+                (
+                    (total.recip()? * sd2)?,
+                    ((&s * sigma_data)? / total.sqrt()?)?,
+                    total.sqrt()?.recip()?,
+                    (s.log()? / 4.0)?,
+                )
+            }
+        };
+        if self.label_dim > 0 && class_labels.is_none() {
+            return Err(invalid("this EDM network needs class labels"));
+        }
+        let f = self.net.forward(
+            &x.broadcast_mul(&c_in)?,
+            &c_noise.flatten_all()?,
+            class_labels,
+        )?;
+        Ok((x.broadcast_mul(&c_skip)? + f.broadcast_mul(&c_out)?)?)
+    }
+}
