@@ -1077,12 +1077,30 @@ fn convert_writes_an_edm_snapshot_as_safetensors_and_refuses_code() {
         serde_json::from_str(&std::fs::read_to_string(out.join("edm.json")).unwrap()).unwrap();
     assert_eq!(config["class_name"], "VPPrecond");
     assert_eq!(config["init_kwargs"]["model_type"], "SongUNet");
-    // Not yet a model to sample: said plainly.
+    // The snapshot and its converted folder sample alike (EDM's σ ∈ [0.002, 80]).
+    let (from_pkl, from_dir) = (tmp(&dir, "a.safetensors"), tmp(&dir, "b.safetensors"));
+    for (model, to) in [
+        (edm.join("ddpmpp-vp.pkl"), &from_pkl),
+        (out.clone(), &from_dir),
+    ] {
+        ld3("sample")
+            .path("--model", &model)
+            .args(&["--solver", "heun", "--nfe", "5", "--schedule", "edm"])
+            .args(&["--num-samples", "2", "--quiet"])
+            .path("--out", to)
+            .ok();
+    }
+    let (a, b) = (read_samples(&from_pkl), read_samples(&from_dir));
+    assert_eq!(a.dims(), &[2, 3, 8, 8]);
+    assert_eq!(
+        a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
     ld3("sample")
-        .path("--model", &out)
+        .path("--model", &edm.join("evil.pkl"))
         .args(&["--num-samples", "1"])
-        .path("--out", &tmp(&dir, "x.safetensors"))
-        .fails_with("an EDM network written by `ld3 convert`");
+        .path("--out", &tmp(&dir, "c.safetensors"))
+        .fails_with("refused");
     // A snapshot that would run code: refused, nothing written.
     let evil_out = tmp(&dir, "evil");
     ld3("convert")

@@ -4,11 +4,14 @@
 //! Differentiable in x and σ (only ops whose backward candle computes correctly).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use candle_core::{DType, Tensor, D};
-use ld3_solvers::{Error, Result};
+use candle_core::{DType, Device, Tensor, D};
+use ld3_solvers::{Error, NoiseSchedule, NoiseScheduleConfig, Result};
 use serde_json::Value as J;
 
+use crate::conditioning::{Conditioning, ConditioningKind};
+use crate::denoiser::{Denoiser, Parameterization};
 use crate::edm_pkl::PickledNetwork;
 use crate::layers::{fir_down2, fir_up2};
 
@@ -20,6 +23,7 @@ fn invalid(msg: impl Into<String>) -> Error {
 struct Weights<'a> {
     tensors: &'a HashMap<String, Tensor>,
     dtype: DType,
+    device: &'a Device,
 }
 
 impl Weights<'_> {
@@ -28,7 +32,7 @@ impl Weights<'_> {
             .tensors
             .get(name)
             .ok_or_else(|| invalid(format!("the snapshot has no tensor {name}")))?;
-        Ok(t.to_dtype(self.dtype)?)
+        Ok(t.to_dtype(self.dtype)?.to_device(self.device)?)
     }
     fn opt(&self, name: &str) -> Result<Option<Tensor>> {
         match self.tensors.contains_key(name) {
@@ -477,6 +481,7 @@ pub struct EdmDenoiser {
     label_dim: usize,
     /// [C, H, W].
     pub shape: [usize; 3],
+    dtype: DType,
 }
 
 fn f64_of(kw: &J, key: &str, default: f64) -> Result<f64> {
@@ -489,8 +494,13 @@ fn f64_of(kw: &J, key: &str, default: f64) -> Result<f64> {
 }
 
 impl EdmDenoiser {
-    /// The network of a snapshot, its weights in `dtype`.
+    /// The network of a snapshot, its weights in `dtype` on the CPU.
     pub fn new(net: &PickledNetwork, dtype: DType) -> Result<Self> {
+        Self::on(net, dtype, &Device::Cpu)
+    }
+
+    /// The network of a snapshot, its weights in `dtype` on `device`.
+    pub fn on(net: &PickledNetwork, dtype: DType, device: &Device) -> Result<Self> {
         let kw = &net.init_kwargs;
         let precond = match net.class_name.as_str() {
             "VPPrecond" => Precond::Vp {
@@ -521,6 +531,7 @@ impl EdmDenoiser {
         let weights = Weights {
             tensors: &net.tensors,
             dtype,
+            device,
         };
         let res = usize_of(kw, "img_resolution", 0)?;
         let channels = usize_of(kw, "img_channels", 0)?;
@@ -529,6 +540,7 @@ impl EdmDenoiser {
             net: SongUnet::load(&weights, "model.", kw)?,
             label_dim: usize_of(kw, "label_dim", 0)?,
             shape: [channels, res, res],
+            dtype,
         })
     }
 
@@ -586,5 +598,95 @@ impl EdmDenoiser {
             class_labels,
         )?;
         Ok((x.broadcast_mul(&c_skip)? + f.broadcast_mul(&c_out)?)?)
+    }
+}
+
+/// An EDM network as a [`Denoiser`]: D(x; σ) under EDM's schedule (t = σ ∈ [0.002, 80], α = 1),
+/// the time the paper samples every preconditioner at.
+pub struct EdmNetwork {
+    denoiser: EdmDenoiser,
+    schedule: Arc<dyn NoiseSchedule>,
+    shape: Vec<usize>,
+    device: Device,
+    source: String,
+    class_name: String,
+    parameters: usize,
+}
+
+impl EdmNetwork {
+    /// The network of a snapshot (or of its `ld3 convert` folder) named `source`, its weights in
+    /// `dtype` on `device`.
+    pub fn new(net: &PickledNetwork, source: &str, dtype: DType, device: &Device) -> Result<Self> {
+        let denoiser = EdmDenoiser::on(net, dtype, device)?;
+        Ok(Self {
+            shape: denoiser.shape.to_vec(),
+            denoiser,
+            schedule: NoiseScheduleConfig::Edm {
+                sigma_min: 0.002,
+                sigma_max: 80.0,
+            }
+            .build()?,
+            device: device.clone(),
+            source: source.to_string(),
+            class_name: net.class_name.clone(),
+            parameters: net.tensors.values().map(Tensor::elem_count).sum(),
+        })
+    }
+}
+
+impl Denoiser for EdmNetwork {
+    fn describe(&self) -> String {
+        format!(
+            "{} (EDM {} over SongUNet, {:?})",
+            self.source, self.class_name, self.shape
+        )
+    }
+    fn sample_shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn noise_schedule(&self) -> &dyn NoiseSchedule {
+        self.schedule.as_ref()
+    }
+    fn parameterization(&self) -> Parameterization {
+        Parameterization::Sample
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn conditioning(&self) -> ConditioningKind {
+        match self.denoiser.label_dim {
+            0 => ConditioningKind::None,
+            classes => ConditioningKind::Class { classes },
+        }
+    }
+    fn parameter_count(&self) -> usize {
+        self.parameters
+    }
+    fn forward(&self, x: &Tensor, t_net: &Tensor, cond: &Conditioning) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        cond.check_shape(&self.conditioning(), b)?;
+        let dtype = self.denoiser.dtype;
+        let sigma = t_net.to_dtype(dtype)?.broadcast_as(b)?.contiguous()?;
+        // One-hot labels; the unconditional label matches no class (all zeros).
+        let labels = match cond {
+            Conditioning::Class(labels) => {
+                let classes = Tensor::arange(0u32, self.denoiser.label_dim as u32, x.device())?;
+                Some(
+                    labels
+                        .unsqueeze(1)?
+                        .broadcast_eq(&classes.unsqueeze(0)?)?
+                        .to_dtype(dtype)?,
+                )
+            }
+            _ => None,
+        };
+        let labels = match (labels, self.denoiser.label_dim) {
+            (None, n) if n > 0 => Some(Tensor::zeros((b, n), dtype, x.device())?),
+            (l, _) => l,
+        };
+        let out = self
+            .denoiser
+            .forward(&x.to_dtype(dtype)?, &sigma, labels.as_ref())?;
+        Ok(out.to_dtype(x.dtype())?)
     }
 }

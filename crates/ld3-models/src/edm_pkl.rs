@@ -132,6 +132,32 @@ pub fn read_network_bytes(data: &[u8], label: &str, key: &str) -> Result<Pickled
     })
 }
 
+/// A network `ld3 convert` wrote: `DIR/model.safetensors` and `DIR/edm.json`.
+pub fn read_converted(dir: &Path) -> Result<PickledNetwork> {
+    let json_path = dir.join("edm.json");
+    let text = std::fs::read_to_string(&json_path).map_err(|cause| Error::Io {
+        path: json_path.display().to_string(),
+        cause,
+    })?;
+    let config: serde_json::Value = serde_json::from_str(&text).map_err(|cause| Error::Json {
+        what: format!("{} is not JSON", json_path.display()),
+        cause,
+    })?;
+    let class_name = config["class_name"]
+        .as_str()
+        .ok_or_else(|| bad(&json_path.display().to_string(), "no class_name"))?
+        .to_string();
+    let weights = dir.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
+        .map_err(|e| bad(&weights.display().to_string(), e))?;
+    Ok(PickledNetwork {
+        class_name,
+        init_kwargs: config["init_kwargs"].clone(),
+        init_args: config["init_args"].clone(),
+        tensors,
+    })
+}
+
 /// The items of a dict, an `OrderedDict` or an `EasyDict` (recorded as a call filled by
 /// SETITEMS and BUILD).
 fn dict_items(v: &Value) -> Option<Vec<(Value, Value)>> {

@@ -1,5 +1,6 @@
 //! Naming a model on the command line: a registry name (embedded, or fetched from the hub into
-//! the Hugging Face cache), `gmm:FILE.json`, or a local folder in the diffusers layout.
+//! the Hugging Face cache), `gmm:FILE.json`, a local folder in the diffusers layout, or an EDM
+//! network snapshot (`.pkl`, or the folder `ld3 convert` wrote).
 
 use std::path::PathBuf;
 
@@ -22,8 +23,10 @@ pub enum ModelSpec {
     Registry(&'static str),
     /// `gmm:FILE.json`: an exact Gaussian-mixture model.
     Gmm(PathBuf),
-    /// A local folder in the diffusers layout.
+    /// A local folder in the diffusers layout, or one `ld3 convert` wrote.
     Dir(PathBuf),
+    /// An EDM network snapshot (`.pkl`), read without running it.
+    EdmPickle(PathBuf),
 }
 
 /// Gaussian mixtures compiled into the binary: (name, description, GMM JSON).
@@ -88,12 +91,7 @@ impl std::str::FromStr for ModelSpec {
             return Ok(Self::Dir(PathBuf::from(s)));
         }
         if s.ends_with(".pkl") {
-            return Err(Error::Invalid(format!(
-                "{s}: EDM network snapshots are read (safely, nothing in them is run) by `ld3 \
-                 convert {s} OUT/`, which writes their tensors and settings; sampling from them \
-                 needs EDM's SongUNet and DhariwalUNet networks, which this version does not have \
-                 yet"
-            )));
+            return Ok(Self::EdmPickle(PathBuf::from(s)));
         }
         let names: Vec<&str> = REGISTRY
             .iter()
@@ -103,7 +101,8 @@ impl std::str::FromStr for ModelSpec {
         Err(Error::Invalid(format!(
             "unknown model '{s}': use a known model ({}; `ld3 list` describes them), the path of a \
              folder in the diffusers layout (config.json, diffusion_pytorch_model.safetensors, \
-             scheduler_config.json), or a Gaussian-mixture file as gmm:PATH.json",
+             scheduler_config.json), an EDM snapshot FILE.pkl, or a Gaussian-mixture file as \
+             gmm:PATH.json",
             names.join(", ")
         )))
     }
@@ -114,7 +113,7 @@ impl std::fmt::Display for ModelSpec {
         match self {
             Self::Embedded(name) | Self::Registry(name) => write!(f, "{name}"),
             Self::Gmm(p) => write!(f, "gmm:{}", p.display()),
-            Self::Dir(p) => write!(f, "{}", p.display()),
+            Self::Dir(p) | Self::EdmPickle(p) => write!(f, "{}", p.display()),
         }
     }
 }
@@ -143,11 +142,24 @@ pub fn load_model_as(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<
             gmm_from_json(&json, &path.display().to_string(), device)
                 .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
         }
-        ModelSpec::Dir(dir) if dir.join("edm.json").is_file() => Err(Error::Invalid(format!(
-            "{}: an EDM network written by `ld3 convert`; sampling from it needs EDM's SongUNet \
-             and DhariwalUNet networks, which this version does not have yet",
-            dir.display()
-        ))),
+        ModelSpec::Dir(dir) if dir.join("edm.json").is_file() => {
+            let net = crate::edm_pkl::read_converted(dir)?;
+            Ok(Box::new(crate::edm_net::EdmNetwork::new(
+                &net,
+                &dir.display().to_string(),
+                dtype,
+                device,
+            )?))
+        }
+        ModelSpec::EdmPickle(path) => {
+            let net = crate::edm_pkl::read_network(path, "ema")?;
+            Ok(Box::new(crate::edm_net::EdmNetwork::new(
+                &net,
+                &path.display().to_string(),
+                dtype,
+                device,
+            )?))
+        }
         ModelSpec::Dir(dir) => Ok(Box::new(DiffusersUNet::from_dir(dir, dtype, device)?)),
         ModelSpec::Registry(name) => {
             let entry = registry::find(name)
@@ -227,10 +239,9 @@ mod tests {
                 && e.contains("diffusers layout"),
             "{e}"
         );
-        let e = "net.pkl".parse::<ModelSpec>().unwrap_err().to_string();
-        assert!(
-            e.contains("ld3 convert net.pkl") && e.contains("not have"),
-            "{e}"
+        assert_eq!(
+            "net.pkl".parse::<ModelSpec>().unwrap(),
+            ModelSpec::EdmPickle("net.pkl".into())
         );
         for (name, _, _) in EMBEDDED {
             let m = load_model(&name.parse().unwrap()).unwrap();
