@@ -44,8 +44,8 @@ pub struct SolverArgs {
     /// the hub once `cargo xtask fetch-weights ddpm-cifar10-32` has fetched it), an embedded
     /// Gaussian mixture (demo-edm-gmm, demo-sd-gmm, demo-class-gmm), gmm:FILE.json, a folder
     /// in the diffusers layout (config.json, diffusion_pytorch_model.safetensors,
-    /// scheduler_config.json), or an EDM network snapshot FILE.pkl (SongUNet; read without
-    /// running it) or its `ld3 convert` folder. `ld3 list` describes them.
+    /// scheduler_config.json), or an EDM network snapshot FILE.pkl (SongUNet, ADM; read
+    /// without running it) or its `ld3 convert` folder. `ld3 list` describes them.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
     /// Solver: ddim, euler, heun, dpm-solver++, unipc, ipndm [default: dpm-solver++; with `ld3

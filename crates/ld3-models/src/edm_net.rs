@@ -160,7 +160,35 @@ impl GroupNorm {
     }
 }
 
-/// EDM's `UNetBlock` (SongUNet's settings: additive embedding, one attention head, skip √½).
+/// How a network family sets up EDM's `UNetBlock`.
+#[derive(Clone, Copy)]
+struct BlockStyle {
+    /// Scale and shift from the embedding (ADM) instead of adding it (SongUNet).
+    adaptive: bool,
+    /// GroupNorm ε.
+    eps: f64,
+    /// Applied after the residual sum and after attention.
+    skip_scale: f64,
+    /// Channels per attention head (0: one head).
+    channels_per_head: usize,
+}
+
+const SONG: BlockStyle = BlockStyle {
+    adaptive: false,
+    eps: 1e-6,
+    skip_scale: std::f64::consts::FRAC_1_SQRT_2,
+    channels_per_head: 0,
+};
+
+const DHARIWAL: BlockStyle = BlockStyle {
+    adaptive: true,
+    eps: 1e-5,
+    skip_scale: 1.0,
+    channels_per_head: 64,
+};
+
+/// EDM's `UNetBlock`: GroupNorm, SiLU, convolutions with optional resampling, the embedding
+/// added (SongUNet) or as scale and shift (ADM), a skip path, and optional self-attention.
 struct UNetBlock {
     norm0: GroupNorm,
     conv0: Conv,
@@ -170,13 +198,14 @@ struct UNetBlock {
     skip: Option<Conv>,
     attention: Option<(GroupNorm, Conv, Conv)>,
     in_channels: usize,
-    skip_scale: f64,
+    style: BlockStyle,
 }
 
 impl UNetBlock {
-    fn load(w: &Weights, name: &str, up: bool, down: bool, skip_scale: f64) -> Result<Self> {
+    fn load(w: &Weights, name: &str, up: bool, down: bool, style: BlockStyle) -> Result<Self> {
         let n = |s: &str| format!("{name}.{s}");
-        let norm0 = GroupNorm::load(w, &n("norm0"), 1e-6)?;
+        let eps = style.eps;
+        let norm0 = GroupNorm::load(w, &n("norm0"), eps)?;
         let in_channels = norm0.w.dim(0)?;
         let skip = if w.tensors.contains_key(&n("skip.weight"))
             || w.tensors.contains_key(&n("skip.resample_filter"))
@@ -187,7 +216,7 @@ impl UNetBlock {
         };
         let attention = if w.tensors.contains_key(&n("qkv.weight")) {
             Some((
-                GroupNorm::load(w, &n("norm2"), 1e-6)?,
+                GroupNorm::load(w, &n("norm2"), eps)?,
                 Conv::load(w, &n("qkv"), false, false, false)?,
                 Conv::load(w, &n("proj"), false, false, false)?,
             ))
@@ -198,34 +227,47 @@ impl UNetBlock {
             norm0,
             conv0: Conv::load(w, &n("conv0"), up, down, false)?,
             affine: Linear::load(w, &n("affine"))?,
-            norm1: GroupNorm::load(w, &n("norm1"), 1e-6)?,
+            norm1: GroupNorm::load(w, &n("norm1"), eps)?,
             conv1: Conv::load(w, &n("conv1"), false, false, false)?,
             skip,
             attention,
             in_channels,
-            skip_scale,
+            style,
         })
     }
 
     fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
         let orig = x;
+        let skip_scale = self.style.skip_scale;
         let mut x = self.conv0.forward(&silu(&self.norm0.forward(x)?)?)?;
         let params = self.affine.forward(emb)?.unsqueeze(2)?.unsqueeze(3)?;
-        x = silu(&self.norm1.forward(&x.broadcast_add(&params)?)?)?;
+        x = if self.style.adaptive {
+            let c = x.dim(1)?;
+            let (scale, shift) = (params.narrow(1, 0, c)?, params.narrow(1, c, c)?);
+            let scaled = self.norm1.forward(&x)?.broadcast_mul(&(scale + 1.0)?)?;
+            silu(&scaled.broadcast_add(&shift)?)?
+        } else {
+            silu(&self.norm1.forward(&x.broadcast_add(&params)?)?)?
+        };
         x = self.conv1.forward(&x)?;
         let skip = match &self.skip {
             Some(s) => s.forward(orig)?,
             None => orig.clone(),
         };
-        x = ((x + skip)? * self.skip_scale)?;
+        x = ((x + skip)? * skip_scale)?;
         if let Some((norm2, qkv, proj)) = &self.attention {
             let (b, c, h, wd) = x.dims4()?;
-            // One head: channels of qkv are (c, 3) row-major.
+            let heads = match self.style.channels_per_head {
+                0 => 1,
+                per => (c / per).max(1),
+            };
+            let ch = c / heads;
+            // Channels of qkv are (head, c, 3) row-major.
             let qkv = qkv
                 .forward(&norm2.forward(&x)?)?
-                .reshape((b, c, 3, h * wd))?;
+                .reshape((b * heads, ch, 3, h * wd))?;
             let q = qkv.narrow(2, 0, 1)?.squeeze(2)?;
-            let k = (qkv.narrow(2, 1, 1)?.squeeze(2)? / (c as f64).sqrt())?;
+            let k = (qkv.narrow(2, 1, 1)?.squeeze(2)? / (ch as f64).sqrt())?;
             let v = qkv.narrow(2, 2, 1)?.squeeze(2)?;
             // w[n, q, k] = softmax_k Σ_c q[n,c,q]·k[n,c,k]; a[n,c,q] = Σ_k w[n,q,k]·v[n,c,k].
             let logits = q.transpose(1, 2)?.contiguous()?.matmul(&k.contiguous()?)?;
@@ -235,7 +277,7 @@ impl UNetBlock {
             let a = v
                 .contiguous()?
                 .matmul(&weights.transpose(1, 2)?.contiguous()?)?;
-            x = ((proj.forward(&a.reshape((b, c, h, wd))?)? + x)? * self.skip_scale)?;
+            x = ((proj.forward(&a.reshape((b, c, h, wd))?)? + x)? * skip_scale)?;
         }
         Ok(x)
     }
@@ -251,8 +293,9 @@ enum Step {
 }
 
 /// EDM's `SongUNet` (DDPM++: positional embedding, standard encoder; NCSN++: Fourier
-/// embedding, residual encoder), with the standard decoder.
-pub struct SongUnet {
+/// embedding, residual encoder; the standard decoder) and `DhariwalUNet` (ADM).
+pub struct EdmUnet {
+    dhariwal: bool,
     fourier_freqs: Option<Tensor>,
     noise_channels: usize,
     map_label: Option<Linear>,
@@ -287,10 +330,10 @@ fn list_of(kw: &J, key: &str, default: &[usize]) -> Result<Vec<usize>> {
     }
 }
 
-impl SongUnet {
+impl EdmUnet {
     /// The network under `prefix` (`model.` inside a preconditioner) with EDM's keyword arguments
-    /// `kw` (`img_resolution` and the SongUNet settings).
-    fn load(w: &Weights, prefix: &str, kw: &J) -> Result<Self> {
+    /// `kw` (`img_resolution` and the network's settings); `dhariwal` for ADM.
+    fn load(w: &Weights, prefix: &str, kw: &J, dhariwal: bool) -> Result<Self> {
         let p = |s: &str| format!("{prefix}{s}");
         let str_of = |key: &str, default: &str| -> String {
             kw.get(key)
@@ -301,18 +344,25 @@ impl SongUnet {
         let embedding = str_of("embedding_type", "positional");
         let encoder = str_of("encoder_type", "standard");
         let decoder = str_of("decoder_type", "standard");
-        if decoder != "standard" || !matches!(encoder.as_str(), "standard" | "residual") {
+        let style = if dhariwal { DHARIWAL } else { SONG };
+        if !dhariwal
+            && (decoder != "standard" || !matches!(encoder.as_str(), "standard" | "residual"))
+        {
             return Err(invalid(format!(
                 "SongUNet with encoder {encoder} and decoder {decoder} is not supported (DDPM++ \
                  and NCSN++ are: standard or residual encoder, standard decoder)"
             )));
         }
         let res = usize_of(kw, "img_resolution", 0)?;
-        let model_channels = usize_of(kw, "model_channels", 128)?;
-        let mults = list_of(kw, "channel_mult", &[1, 2, 2, 2])?;
-        let num_blocks = usize_of(kw, "num_blocks", 4)?;
+        let (channels, mult_default, blocks) = if dhariwal {
+            (192, [1, 2, 3, 4], 3)
+        } else {
+            (128, [1, 2, 2, 2], 4)
+        };
+        let model_channels = usize_of(kw, "model_channels", channels)?;
+        let mults = list_of(kw, "channel_mult", &mult_default)?;
+        let num_blocks = usize_of(kw, "num_blocks", blocks)?;
         let noise_channels = model_channels * usize_of(kw, "channel_mult_noise", 1)?;
-        let skip_scale = 0.5f64.sqrt();
         let mut enc = Vec::new();
         for (level, _) in mults.iter().enumerate() {
             let r = res >> level;
@@ -325,9 +375,9 @@ impl SongUnet {
                 ));
             } else {
                 let n = name("down");
-                let block = UNetBlock::load(w, &p(&format!("enc.{n}")), false, true, skip_scale)?;
+                let block = UNetBlock::load(w, &p(&format!("enc.{n}")), false, true, style)?;
                 enc.push((n, Step::Block(Box::new(block))));
-                if encoder == "residual" {
+                if !dhariwal && encoder == "residual" {
                     let n = name("aux_residual");
                     let conv = Conv::load(w, &p(&format!("enc.{n}")), false, true, true)?;
                     enc.push((n, Step::AuxResidual(conv)));
@@ -335,7 +385,7 @@ impl SongUnet {
             }
             for idx in 0..num_blocks {
                 let n = name(&format!("block{idx}"));
-                let block = UNetBlock::load(w, &p(&format!("enc.{n}")), false, false, skip_scale)?;
+                let block = UNetBlock::load(w, &p(&format!("enc.{n}")), false, false, style)?;
                 enc.push((n, Step::Block(Box::new(block))));
             }
         }
@@ -354,10 +404,10 @@ impl SongUnet {
                 names.push((name(&format!("block{idx}")), false));
             }
             for (n, up) in names {
-                let block = UNetBlock::load(w, &p(&format!("dec.{n}")), up, false, skip_scale)?;
+                let block = UNetBlock::load(w, &p(&format!("dec.{n}")), up, false, style)?;
                 dec.push((n, Step::Block(Box::new(block))));
             }
-            if level == 0 {
+            if level == 0 && !dhariwal {
                 let n = name("aux_norm");
                 let norm = GroupNorm::load(w, &p(&format!("dec.{n}")), 1e-6)?;
                 dec.push((n, Step::AuxNorm(norm)));
@@ -366,12 +416,19 @@ impl SongUnet {
                 dec.push((n, Step::AuxConv(conv)));
             }
         }
+        if dhariwal {
+            let norm = GroupNorm::load(w, &p("out_norm"), 1e-5)?;
+            dec.push(("out_norm".into(), Step::AuxNorm(norm)));
+            let conv = Conv::load(w, &p("out_conv"), false, false, false)?;
+            dec.push(("out_conv".into(), Step::AuxConv(conv)));
+        }
         let map_label = if w.tensors.contains_key(&p("map_label.weight")) {
             Some(Linear::load(w, &p("map_label"))?)
         } else {
             None
         };
         Ok(Self {
+            dhariwal,
             fourier_freqs: if embedding == "fourier" {
                 Some(w.get(&p("map_noise.freqs"))?)
             } else {
@@ -400,9 +457,10 @@ impl SongUnet {
         let freqs = match &self.fourier_freqs {
             Some(f) => (f * (2.0 * std::f64::consts::PI))?,
             None => {
-                // Positional with endpoint: (1/10000)^(i/(half − 1)).
+                // Positional: (1/10000)^(i/(half − 1)) with SongUNet's endpoint, i/half without.
+                let last = if self.dhariwal { half } else { half - 1 } as f64;
                 let v: Vec<f64> = (0..half)
-                    .map(|i| (1.0f64 / 10000.0).powf(i as f64 / (half as f64 - 1.0)))
+                    .map(|i| (1.0f64 / 10000.0).powf(i as f64 / last))
                     .collect();
                 Tensor::from_vec(v, half, dev)?.to_dtype(dtype)?
             }
@@ -410,13 +468,26 @@ impl SongUnet {
         let args = noise_labels
             .unsqueeze(1)?
             .broadcast_mul(&freqs.unsqueeze(0)?)?;
-        let mut emb = Tensor::cat(&[args.sin()?, args.cos()?], 1)?;
-        if let (Some(map), Some(labels)) = (&self.map_label, class_labels) {
-            let scale = (map.w.dim(1)? as f64).sqrt();
-            emb = (emb + map.forward(&(labels * scale)?)?)?;
+        let mut emb;
+        if self.dhariwal {
+            // ADM: [cos | sin]; the label joins after the mapping layers.
+            emb = Tensor::cat(&[args.cos()?, args.sin()?], 1)?;
+            emb = silu(&self.map_layer0.forward(&emb)?)?;
+            emb = self.map_layer1.forward(&emb)?;
+            if let (Some(map), Some(labels)) = (&self.map_label, class_labels) {
+                emb = (emb + map.forward(labels)?)?;
+            }
+            emb = silu(&emb)?;
+        } else {
+            // SongUNet: [sin | cos], the label (scaled by √label_dim) before the mapping.
+            emb = Tensor::cat(&[args.sin()?, args.cos()?], 1)?;
+            if let (Some(map), Some(labels)) = (&self.map_label, class_labels) {
+                let scale = (map.w.dim(1)? as f64).sqrt();
+                emb = (emb + map.forward(&(labels * scale)?)?)?;
+            }
+            emb = silu(&self.map_layer0.forward(&emb)?)?;
+            emb = silu(&self.map_layer1.forward(&emb)?)?;
         }
-        emb = silu(&self.map_layer0.forward(&emb)?)?;
-        emb = silu(&self.map_layer1.forward(&emb)?)?;
 
         let mut skips: Vec<Tensor> = Vec::new();
         let (mut x, mut aux) = (x.clone(), x.clone());
@@ -477,7 +548,7 @@ enum Precond {
 /// A preconditioned EDM network: D(x; σ) = c_skip·x + c_out·F(c_in·x; c_noise).
 pub struct EdmDenoiser {
     precond: Precond,
-    net: SongUnet,
+    net: EdmUnet,
     label_dim: usize,
     /// [C, H, W].
     pub shape: [usize; 3],
@@ -522,9 +593,10 @@ impl EdmDenoiser {
             .get("model_type")
             .and_then(J::as_str)
             .unwrap_or("SongUNet");
-        if model_type != "SongUNet" {
+        if !matches!(model_type, "SongUNet" | "DhariwalUNet") {
             return Err(invalid(format!(
-                "{model_type} inside {}: only SongUNet (DDPM++, NCSN++) is supported yet",
+                "{model_type} inside {}: SongUNet (DDPM++, NCSN++) and DhariwalUNet (ADM) are \
+                 supported",
                 net.class_name
             )));
         }
@@ -537,7 +609,7 @@ impl EdmDenoiser {
         let channels = usize_of(kw, "img_channels", 0)?;
         Ok(Self {
             precond,
-            net: SongUnet::load(&weights, "model.", kw)?,
+            net: EdmUnet::load(&weights, "model.", kw, model_type == "DhariwalUNet")?,
             label_dim: usize_of(kw, "label_dim", 0)?,
             shape: [channels, res, res],
             dtype,
@@ -637,8 +709,15 @@ impl EdmNetwork {
 impl Denoiser for EdmNetwork {
     fn describe(&self) -> String {
         format!(
-            "{} (EDM {} over SongUNet, {:?})",
-            self.source, self.class_name, self.shape
+            "{} (EDM {} over {}, {:?})",
+            self.source,
+            self.class_name,
+            if self.denoiser.net.dhariwal {
+                "DhariwalUNet"
+            } else {
+                "SongUNet"
+            },
+            self.shape
         )
     }
     fn sample_shape(&self) -> &[usize] {

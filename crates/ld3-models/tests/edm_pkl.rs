@@ -104,7 +104,7 @@ fn code_is_refused_and_never_run() {
 fn songunet_denoisers_equal_edms_in_float64() {
     use candle_core::DType;
     use ld3_models::edm_net::EdmDenoiser;
-    for name in ["ddpmpp-vp", "ncsnpp-ve", "ddpmpp-edm"] {
+    for name in ["ddpmpp-vp", "ncsnpp-ve", "ddpmpp-edm", "adm-edm-cond"] {
         let net = read_network(&fixture(&format!("{name}.pkl")), "ema").unwrap();
         let d = EdmDenoiser::new(&net, DType::F64).unwrap();
         let r = candle_core::safetensors::load(
@@ -115,7 +115,10 @@ fn songunet_denoisers_equal_edms_in_float64() {
         for (sigma, want) in [("sigma", "out"), ("sigma2", "out2")] {
             let x = r["x"].to_dtype(DType::F64).unwrap();
             let s = r[sigma].to_dtype(DType::F64).unwrap();
-            let got = d.forward(&x, &s, None).unwrap();
+            let labels = r
+                .get("class_labels")
+                .map(|l| l.to_dtype(DType::F64).unwrap());
+            let got = d.forward(&x, &s, labels.as_ref()).unwrap();
             let want = r[want].to_dtype(DType::F64).unwrap();
             let err = (&got - &want)
                 .unwrap()
@@ -201,4 +204,41 @@ fn edm_denoisers_are_differentiable_in_x_and_sigma() {
             );
         }
     }
+}
+
+/// A snapshot of your own (say one of NVIDIA's, or a larger ADM with multi-head attention) against
+/// a reference written the way fixtures/gen/edm_pkl_fixtures.py writes its (`x`, `sigma`, `out`,
+/// optional `class_labels`): `LD3_EDM_SNAPSHOT=FILE.pkl LD3_EDM_REFERENCE=FILE.safetensors
+/// cargo test -p ld3-models --test edm_pkl -- --ignored`.
+#[test]
+#[ignore = "needs LD3_EDM_SNAPSHOT and LD3_EDM_REFERENCE"]
+fn a_given_snapshot_equals_its_reference() {
+    use candle_core::DType;
+    use ld3_models::edm_net::EdmDenoiser;
+    let snapshot = std::env::var("LD3_EDM_SNAPSHOT").expect("LD3_EDM_SNAPSHOT");
+    let reference = std::env::var("LD3_EDM_REFERENCE").expect("LD3_EDM_REFERENCE");
+    let net = read_network(Path::new(&snapshot), "ema").unwrap();
+    let d = EdmDenoiser::new(&net, DType::F64).unwrap();
+    let r = candle_core::safetensors::load(reference, &Device::Cpu).unwrap();
+    let f64_of = |k: &str| r[k].to_dtype(DType::F64).unwrap();
+    let labels = r
+        .get("class_labels")
+        .map(|l| l.to_dtype(DType::F64).unwrap());
+    let got = d
+        .forward(&f64_of("x"), &f64_of("sigma"), labels.as_ref())
+        .unwrap();
+    let want = f64_of("out");
+    let norm = |t: &candle_core::Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let err = norm(&(&got - &want).unwrap()) / norm(&want);
+    eprintln!("{snapshot}: relative error {err:.2e}");
+    assert!(err < 1e-4, "relative error {err}");
 }
