@@ -1096,6 +1096,30 @@ fn convert_writes_an_edm_snapshot_as_safetensors_and_refuses_code() {
         a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     );
+    // The class-conditional ADM takes --class-labels (and needs them).
+    let adm = edm.join("adm-edm-cond.pkl");
+    ld3("sample")
+        .path("--model", &adm)
+        .args(&[
+            "--class-labels",
+            "1,3",
+            "--num-samples",
+            "2",
+            "--nfe",
+            "4",
+            "--quiet",
+        ])
+        .path("--out", &tmp(&dir, "adm.safetensors"))
+        .ok();
+    assert_eq!(
+        read_samples(&tmp(&dir, "adm.safetensors")).dims(),
+        &[2, 3, 8, 8]
+    );
+    ld3("sample")
+        .path("--model", &adm)
+        .args(&["--num-samples", "2"])
+        .path("--out", &tmp(&dir, "adm2.safetensors"))
+        .fails_with("needs class labels 0..3");
     ld3("sample")
         .path("--model", &edm.join("evil.pkl"))
         .args(&["--num-samples", "1"])
