@@ -345,8 +345,13 @@ fn read_inner(data: &[u8], allowed: &dyn Fn(&str, &str) -> bool) -> Result<(Valu
                     _ => return Err(bad("STACK_GLOBAL without two strings")),
                 }
             }
-            b'R' | 0x81 => {
-                let args = pop(&mut stack, &mut deepest)?;
+            // REDUCE, NEWOBJ (args), NEWOBJ_EX (args, kwargs): recorded, never made.
+            b'R' | 0x81 | 0x92 => {
+                let mut args = pop(&mut stack, &mut deepest)?;
+                if op == 0x92 {
+                    let positional = pop(&mut stack, &mut deepest)?;
+                    args = Value::Tuple(vec![positional, args]);
+                }
                 let callable = pop(&mut stack, &mut deepest)?;
                 if !matches!(callable, Value::Global { .. }) {
                     return Err(bad("a call of something that is not an allowed global"));
@@ -354,18 +359,6 @@ fn read_inner(data: &[u8], allowed: &dyn Fn(&str, &str) -> bool) -> Result<(Valu
                 Value::Call {
                     callable: Box::new(callable),
                     args: Box::new(args),
-                }
-            }
-            0x92 => {
-                let kwargs = pop(&mut stack, &mut deepest)?;
-                let args = pop(&mut stack, &mut deepest)?;
-                let callable = pop(&mut stack, &mut deepest)?;
-                if !matches!(callable, Value::Global { .. }) {
-                    return Err(bad("a call of something that is not an allowed global"));
-                }
-                Value::Call {
-                    callable: Box::new(callable),
-                    args: Box::new(Value::Tuple(vec![args, kwargs])),
                 }
             }
             b'b' => {

@@ -13,6 +13,18 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// ‖got − want‖ / ‖want‖.
+fn relative_error(got: &candle_core::Tensor, want: &candle_core::Tensor) -> f64 {
+    let norm = |t: &candle_core::Tensor| {
+        t.sqr()
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.sqrt())
+            .and_then(|t| t.to_scalar::<f64>())
+            .unwrap()
+    };
+    norm(&(got - want).unwrap()) / norm(want)
+}
+
 #[test]
 fn snapshots_read_as_their_state_dicts() {
     for (name, class, protocol_note) in [
@@ -119,26 +131,7 @@ fn songunet_denoisers_equal_edms_in_float64() {
                 .get("class_labels")
                 .map(|l| l.to_dtype(DType::F64).unwrap());
             let got = d.forward(&x, &s, labels.as_ref()).unwrap();
-            let want = r[want].to_dtype(DType::F64).unwrap();
-            let err = (&got - &want)
-                .unwrap()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .sqrt()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-                / want
-                    .sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .sqrt()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap();
+            let err = relative_error(&got, &r[want].to_dtype(DType::F64).unwrap());
             assert!(err < 1e-4, "{name} at {sigma}: relative error {err}");
         }
     }
@@ -227,18 +220,7 @@ fn a_given_snapshot_equals_its_reference() {
     let got = d
         .forward(&f64_of("x"), &f64_of("sigma"), labels.as_ref())
         .unwrap();
-    let want = f64_of("out");
-    let norm = |t: &candle_core::Tensor| {
-        t.sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .sqrt()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    };
-    let err = norm(&(&got - &want).unwrap()) / norm(&want);
+    let err = relative_error(&got, &f64_of("out"));
     eprintln!("{snapshot}: relative error {err:.2e}");
     assert!(err < 1e-4, "relative error {err}");
 }
