@@ -125,22 +125,20 @@ impl Image {
         img
     }
 
-    /// Rows of images laid out in a grid with `gap` pixels between cells, each row's label
-    /// written to its left.
-    pub fn labelled_grid(rows: &[(String, Vec<Image>)], gap: usize) -> Result<Self> {
-        let Some(first) = rows.iter().flat_map(|(_, r)| r).next() else {
-            bail!("no images to lay out");
-        };
+    /// Rows of images laid out in a grid with `gap` pixels between cells ([`Image::grid`]), row
+    /// r's label `labels[r]` written to its left.
+    pub fn labelled_grid(labels: &[&str], rows: &[Vec<Image>], gap: usize) -> Result<Self> {
+        let grid = Self::grid(rows, gap)?;
+        let first = rows
+            .iter()
+            .flatten()
+            .next()
+            .expect("grid checked for images");
         let (h, c) = (first.height, first.channels);
         // Text about a sixth of a cell high, at least the font's own 8 pixels.
         let scale = (h / 48).max(1);
-        let labels: Vec<Image> = rows.iter().map(|(l, _)| Self::text(l, scale, c)).collect();
+        let labels: Vec<Image> = labels.iter().map(|l| Self::text(l, scale, c)).collect();
         let label_width = labels.iter().map(|l| l.width).max().unwrap_or(0) + gap;
-        let images: Vec<Vec<Image>> = rows
-            .iter()
-            .map(|(_, r)| r.iter().map(Image::copy).collect())
-            .collect();
-        let grid = Self::grid(&images, gap)?;
         let mut out = Self::blank(label_width + grid.width, grid.height, c);
         out.paste(&grid, label_width, 0);
         for (r, label) in labels.iter().enumerate() {
@@ -148,15 +146,6 @@ impl Image {
             out.paste(label, gap, y);
         }
         Ok(out)
-    }
-
-    fn copy(&self) -> Self {
-        Self {
-            width: self.width,
-            height: self.height,
-            channels: self.channels,
-            pixels: self.pixels.clone(),
-        }
     }
 
     /// Rows of images laid out in a grid with `gap` pixels between cells.
@@ -264,11 +253,8 @@ mod tests {
         // font8x8's 'l': a vertical stroke; '1' too — both light some pixels in every glyph.
         assert!(t.pixels[..8 * 16].contains(&255));
         let cell = || Image::blank(48, 48, 1);
-        let rows = vec![
-            ("teacher".to_string(), vec![cell(), cell()]),
-            ("ld3".to_string(), vec![cell(), cell()]),
-        ];
-        let g = Image::labelled_grid(&rows, 2).unwrap();
+        let rows = vec![vec![cell(), cell()], vec![cell(), cell()]];
+        let g = Image::labelled_grid(&["teacher", "ld3"], &rows, 2).unwrap();
         let label_width = 7 * 8 + 2;
         assert_eq!((g.width, g.height), (label_width + 2 + 2 * 50, 2 + 2 * 50));
         // The labels are the only light pixels, all left of the images.

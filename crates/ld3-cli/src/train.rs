@@ -43,18 +43,16 @@ fn write_comparison(outcome: &ld3_train::Outcome, path: &std::path::Path) -> Res
         let n = x.dim(0)?.min(COMPARE_COLUMNS);
         Image::from_batch(&x.narrow(0, 0, n)?)
     };
-    let rows = vec![
-        ("teacher".to_string(), row("teacher")?),
-        (best.schedule.clone(), row(&best.schedule)?),
-        ("ld3".to_string(), row("ld3")?),
-    ];
+    let labels = ["teacher", best.schedule.as_str(), "ld3"];
+    let rows = labels.map(row);
+    let rows: Vec<Vec<Image>> = rows.into_iter().collect::<Result<_>>()?;
     // Small images (MNIST, CIFAR) are enlarged to be seen.
-    let k = images::enlargement(rows[0].1[0].height());
-    let rows: Vec<(String, Vec<Image>)> = rows
-        .into_iter()
-        .map(|(label, r)| (label, r.iter().map(|i| i.upscale(k)).collect()))
+    let k = images::enlargement(rows[0][0].height());
+    let rows: Vec<Vec<Image>> = rows
+        .iter()
+        .map(|r| r.iter().map(|i| i.upscale(k)).collect())
         .collect();
-    let grid = Image::labelled_grid(&rows, 2)?;
+    let grid = Image::labelled_grid(&labels, &rows, 2)?;
     grid.save(path)?;
     println!(
         "wrote {}: rows teacher, best hand-made ({}), ld3 (labelled) — same noise per column",

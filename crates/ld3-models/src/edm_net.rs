@@ -13,7 +13,8 @@ use serde_json::Value as J;
 use crate::conditioning::{Conditioning, ConditioningKind};
 use crate::denoiser::{Denoiser, Parameterization};
 use crate::edm_pkl::PickledNetwork;
-use crate::layers::{fir_down2, fir_up2};
+use crate::layers::{fir_down2, fir_down2_padded, fir_up2};
+use candle_nn::{GroupNorm, Linear, Module};
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::Invalid(msg.into())
@@ -46,26 +47,12 @@ fn silu(x: &Tensor) -> Result<Tensor> {
     Ok((x * candle_nn::ops::sigmoid(x)?)?)
 }
 
-/// `x @ wᵀ + b`.
-struct Linear {
-    w: Tensor,
-    b: Option<Tensor>,
-}
-
-impl Linear {
-    fn load(w: &Weights, name: &str) -> Result<Self> {
-        Ok(Self {
-            w: w.get(&format!("{name}.weight"))?,
-            b: w.opt(&format!("{name}.bias"))?,
-        })
-    }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.w.t()?)?;
-        Ok(match &self.b {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
-    }
+/// `x @ wᵀ + b` (candle's `Linear`) from the snapshot's `NAME.weight` and `NAME.bias`.
+fn linear(w: &Weights, name: &str) -> Result<Linear> {
+    Ok(Linear::new(
+        w.get(&format!("{name}.weight"))?,
+        w.opt(&format!("{name}.bias"))?,
+    ))
 }
 
 /// EDM's `Conv2d`: an optional k×k convolution with optional FIR up- or downsampling before it
@@ -103,11 +90,7 @@ impl Conv {
             let f_pad = (f.dim(3)? - 1) / 2;
             x = x.conv2d(w, w_pad + f_pad, 1, 1, 1)?;
             // The depthwise filter at stride 2 without padding (its padding went to the conv).
-            let (b, c, h, wd) = x.dims4()?;
-            x = x
-                .reshape((b * c, 1, h, wd))?
-                .conv2d(f, 0, 2, 1, 1)?
-                .reshape((b, c, (h - f.dim(3)?) / 2 + 1, (wd - f.dim(3)?) / 2 + 1))?;
+            x = fir_down2_padded(&x, f, 0)?;
         } else {
             if self.up {
                 x = fir_up2(&x, filter()?)?;
@@ -126,38 +109,12 @@ impl Conv {
     }
 }
 
-/// EDM's `GroupNorm`: min(32, C/4) groups.
-struct GroupNorm {
-    groups: usize,
-    eps: f64,
-    w: Tensor,
-    b: Tensor,
-}
-
-impl GroupNorm {
-    fn load(w: &Weights, name: &str, eps: f64) -> Result<Self> {
-        let weight = w.get(&format!("{name}.weight"))?;
-        let c = weight.dim(0)?;
-        Ok(Self {
-            groups: 32.min(c / 4).max(1),
-            eps,
-            w: weight,
-            b: w.get(&format!("{name}.bias"))?,
-        })
-    }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        let g = x.reshape((b, self.groups, (c / self.groups) * h * w))?;
-        let mean = g.mean_keepdim(D::Minus1)?;
-        let centred = g.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred
-            .broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .reshape((b, c, h, w))?;
-        Ok(normed
-            .broadcast_mul(&self.w.reshape((1, c, 1, 1))?)?
-            .broadcast_add(&self.b.reshape((1, c, 1, 1))?)?)
-    }
+/// EDM's `GroupNorm` (candle's, with EDM's min(32, C/4) groups).
+fn group_norm(w: &Weights, name: &str, eps: f64) -> Result<GroupNorm> {
+    let weight = w.get(&format!("{name}.weight"))?;
+    let c = weight.dim(0)?;
+    let bias = w.get(&format!("{name}.bias"))?;
+    Ok(GroupNorm::new(weight, bias, c, 32.min(c / 4).max(1), eps)?)
 }
 
 /// How a network family sets up EDM's `UNetBlock`.
@@ -205,8 +162,11 @@ impl UNetBlock {
     fn load(w: &Weights, name: &str, up: bool, down: bool, style: BlockStyle) -> Result<Self> {
         let n = |s: &str| format!("{name}.{s}");
         let eps = style.eps;
-        let norm0 = GroupNorm::load(w, &n("norm0"), eps)?;
-        let in_channels = norm0.w.dim(0)?;
+        let norm0 = group_norm(w, &n("norm0"), eps)?;
+        let in_channels = w
+            .tensors
+            .get(&n("norm0.weight"))
+            .map_or(Ok(0), |t| t.dim(0))?;
         let skip = if w.tensors.contains_key(&n("skip.weight"))
             || w.tensors.contains_key(&n("skip.resample_filter"))
         {
@@ -216,7 +176,7 @@ impl UNetBlock {
         };
         let attention = if w.tensors.contains_key(&n("qkv.weight")) {
             Some((
-                GroupNorm::load(w, &n("norm2"), eps)?,
+                group_norm(w, &n("norm2"), eps)?,
                 Conv::load(w, &n("qkv"), false, false, false)?,
                 Conv::load(w, &n("proj"), false, false, false)?,
             ))
@@ -226,8 +186,8 @@ impl UNetBlock {
         Ok(Self {
             norm0,
             conv0: Conv::load(w, &n("conv0"), up, down, false)?,
-            affine: Linear::load(w, &n("affine"))?,
-            norm1: GroupNorm::load(w, &n("norm1"), eps)?,
+            affine: linear(w, &n("affine"))?,
+            norm1: group_norm(w, &n("norm1"), eps)?,
             conv1: Conv::load(w, &n("conv1"), false, false, false)?,
             skip,
             attention,
@@ -409,7 +369,7 @@ impl EdmUnet {
             }
             if level == 0 && !dhariwal {
                 let n = name("aux_norm");
-                let norm = GroupNorm::load(w, &p(&format!("dec.{n}")), 1e-6)?;
+                let norm = group_norm(w, &p(&format!("dec.{n}")), 1e-6)?;
                 dec.push((n, Step::AuxNorm(norm)));
                 let n = name("aux_conv");
                 let conv = Conv::load(w, &p(&format!("dec.{n}")), false, false, false)?;
@@ -417,13 +377,13 @@ impl EdmUnet {
             }
         }
         if dhariwal {
-            let norm = GroupNorm::load(w, &p("out_norm"), 1e-5)?;
+            let norm = group_norm(w, &p("out_norm"), 1e-5)?;
             dec.push(("out_norm".into(), Step::AuxNorm(norm)));
             let conv = Conv::load(w, &p("out_conv"), false, false, false)?;
             dec.push(("out_conv".into(), Step::AuxConv(conv)));
         }
         let map_label = if w.tensors.contains_key(&p("map_label.weight")) {
-            Some(Linear::load(w, &p("map_label"))?)
+            Some(linear(w, &p("map_label"))?)
         } else {
             None
         };
@@ -436,8 +396,8 @@ impl EdmUnet {
             },
             noise_channels,
             map_label,
-            map_layer0: Linear::load(w, &p("map_layer0"))?,
-            map_layer1: Linear::load(w, &p("map_layer1"))?,
+            map_layer0: linear(w, &p("map_layer0"))?,
+            map_layer1: linear(w, &p("map_layer1"))?,
             enc,
             dec,
         })
@@ -482,7 +442,7 @@ impl EdmUnet {
             // SongUNet: [sin | cos], the label (scaled by √label_dim) before the mapping.
             emb = Tensor::cat(&[args.sin()?, args.cos()?], 1)?;
             if let (Some(map), Some(labels)) = (&self.map_label, class_labels) {
-                let scale = (map.w.dim(1)? as f64).sqrt();
+                let scale = (map.weight().dim(1)? as f64).sqrt();
                 emb = (emb + map.forward(&(labels * scale)?)?)?;
             }
             emb = silu(&self.map_layer0.forward(&emb)?)?;
@@ -758,10 +718,6 @@ impl Denoiser for EdmNetwork {
                 )
             }
             _ => None,
-        };
-        let labels = match (labels, self.denoiser.label_dim) {
-            (None, n) if n > 0 => Some(Tensor::zeros((b, n), dtype, x.device())?),
-            (l, _) => l,
         };
         let out = self
             .denoiser

@@ -112,16 +112,16 @@ pub fn read_network_bytes(data: &[u8], label: &str, key: &str) -> Result<Pickled
     let mut tensors = HashMap::new();
     let (class_name, state) =
         module_state(network).ok_or_else(|| bad(label, format!("`{key}` is not a network")))?;
-    collect(&state, "", &mut tensors, label)?;
+    collect(state, "", &mut tensors, label)?;
     let field = |name: &str| {
-        dict_items(&state)
+        dict_items(state)
             .and_then(|items| {
                 items
                     .into_iter()
                     .find(|(k, _)| k.as_str() == Some(name))
                     .map(|(_, v)| v)
             })
-            .map(|v| to_json(&v))
+            .map(to_json)
             .unwrap_or(serde_json::Value::Null)
     };
     Ok(PickledNetwork {
@@ -160,9 +160,10 @@ pub fn read_converted(dir: &Path) -> Result<PickledNetwork> {
 
 /// The items of a dict, an `OrderedDict` or an `EasyDict` (recorded as a call filled by
 /// SETITEMS and BUILD).
-fn dict_items(v: &Value) -> Option<Vec<(Value, Value)>> {
+/// Borrowed: the tree holds every storage's bytes, so it is walked, never copied.
+fn dict_items(v: &Value) -> Option<Vec<(&Value, &Value)>> {
     match v {
-        Value::Dict(items) => Some(items.clone()),
+        Value::Dict(items) => Some(items.iter().map(|(k, v)| (k, v)).collect()),
         Value::Call { callable, .. }
             if callable.is_global("collections", "OrderedDict")
                 || callable.is_global("dnnlib.util", "EasyDict") =>
@@ -183,7 +184,7 @@ fn dict_items(v: &Value) -> Option<Vec<(Value, Value)>> {
 
 /// A module's class name and its state (its `__dict__`): an EDM persistent object (the meta dict
 /// of `_reconstruct_persistent_obj`), or a torch module built by NEWOBJ and BUILD.
-fn module_state(v: &Value) -> Option<(String, Value)> {
+fn module_state(v: &Value) -> Option<(String, &Value)> {
     match v {
         Value::Call { callable, args }
             if callable.is_global("torch_utils.persistence", "_reconstruct_persistent_obj") =>
@@ -195,7 +196,7 @@ fn module_state(v: &Value) -> Option<(String, Value)> {
             let get = |k: &str| {
                 meta.iter()
                     .find(|(key, _)| key.as_str() == Some(k))
-                    .map(|(_, v)| v.clone())
+                    .map(|(_, v)| *v)
             };
             let class = get("class_name")?.as_str()?.to_string();
             Some((class, get("state")?))
@@ -203,7 +204,7 @@ fn module_state(v: &Value) -> Option<(String, Value)> {
         Value::Build { object, state } => match object.as_ref() {
             Value::Call { callable, .. } => match callable.as_ref() {
                 Value::Global { module, name } if module.starts_with("torch.nn.modules.") => {
-                    Some((name.clone(), state.as_ref().clone()))
+                    Some((name.clone(), state.as_ref()))
                 }
                 _ => None,
             },
@@ -232,25 +233,25 @@ fn collect(
     for kind in ["_parameters", "_buffers"] {
         for (name, value) in field(kind) {
             let Some(name) = name.as_str() else { continue };
-            if value == Value::None {
+            if *value == Value::None {
                 continue;
             }
-            let t = tensor(&value, label)?;
+            let t = tensor(value, label)?;
             out.insert(format!("{prefix}{name}"), t);
         }
     }
     for (name, module) in field("_modules") {
         let Some(name) = name.as_str() else { continue };
-        if module == Value::None {
+        if *module == Value::None {
             continue;
         }
-        let (_, sub) = module_state(&module).ok_or_else(|| {
+        let (_, sub) = module_state(module).ok_or_else(|| {
             bad(
                 label,
                 format!("submodule {prefix}{name} is not a module this reader knows"),
             )
         })?;
-        collect(&sub, &format!("{prefix}{name}."), out, label)?;
+        collect(sub, &format!("{prefix}{name}."), out, label)?;
     }
     Ok(())
 }
@@ -338,7 +339,7 @@ fn storage_bytes(v: &Value, label: &str) -> Result<(DType, Vec<u8>)> {
 
 /// Bytes as pickled: `bytes` (protocol 3+), or protocol 2's `_codecs.encode(text, 'latin1')`
 /// (each character one byte).
-fn bytes_of(v: &Value) -> Option<Vec<u8>> {
+fn bytes_of(v: &Value) -> Option<std::sync::Arc<[u8]>> {
     match v {
         Value::Bytes(b) => Some(b.clone()),
         Value::Call { callable, args } if callable.is_global("_codecs", "encode") => {
@@ -349,7 +350,8 @@ fn bytes_of(v: &Value) -> Option<Vec<u8>> {
                 (Value::Str(text), Some("latin1" | "latin-1")) => text
                     .chars()
                     .map(|c| u8::try_from(u32::from(c)).ok())
-                    .collect(),
+                    .collect::<Option<Vec<u8>>>()
+                    .map(Into::into),
                 _ => None,
             }
         }

@@ -24,8 +24,9 @@ pub enum Value {
     Float(f64),
     /// A text string.
     Str(String),
-    /// A byte string (`bytes`, protocol-0/2 `str` kept as bytes, `bytearray`).
-    Bytes(Vec<u8>),
+    /// A byte string (`bytes`, protocol-0/2 `str` kept as bytes, `bytearray`), shared: the memo
+    /// and every reference hold the same bytes (a storage payload is megabytes).
+    Bytes(std::sync::Arc<[u8]>),
     /// A tuple.
     Tuple(Vec<Value>),
     /// A list.
@@ -268,7 +269,7 @@ fn read_inner(data: &[u8], allowed: &dyn Fn(&str, &str) -> bool) -> Result<(Valu
                 if matches!(op, 0x8c | b'X' | 0x8d) {
                     Value::Str(r.text(n)?)
                 } else {
-                    Value::Bytes(r.take(n)?.to_vec())
+                    Value::Bytes(r.take(n)?.into())
                 }
             }
             b')' => Value::Tuple(vec![]),
@@ -317,16 +318,16 @@ fn read_inner(data: &[u8], allowed: &dyn Fn(&str, &str) -> bool) -> Result<(Valu
                     // Items added to a recorded object (a list or dict subclass): kept as its
                     // state, in order.
                     (b'a' | b'e', obj @ Value::Call { .. }) => {
+                        let object = Box::new(std::mem::replace(obj, Value::None));
                         *obj = Value::Build {
-                            object: Box::new(obj.clone()),
+                            object,
                             state: Box::new(Value::List(items)),
                         }
                     }
                     (b's' | b'u', obj @ (Value::Call { .. } | Value::Build { .. })) => {
-                        *obj = Value::Build {
-                            object: Box::new(obj.clone()),
-                            state: Box::new(Value::Dict(pairs(items)?)),
-                        }
+                        let state = Box::new(Value::Dict(pairs(items)?));
+                        let object = Box::new(std::mem::replace(obj, Value::None));
+                        *obj = Value::Build { object, state }
                     }
                     _ => return Err(bad("items added to something that takes none")),
                 }
@@ -491,7 +492,7 @@ mod tests {
         );
         assert_eq!(
             d[1].1,
-            Value::Tuple(vec![Value::Bytes(b"xy".to_vec()), Value::Str("é".into())])
+            Value::Tuple(vec![Value::Bytes(b"xy"[..].into()), Value::Str("é".into())])
         );
         assert_eq!(d[2].1, Value::Int(1 << 40));
         // Protocol 2 spells bytes as a call of _codecs.encode: recorded, not made.

@@ -12,5 +12,6 @@ mod resnet;
 pub use attention::SelfAttention;
 pub use conv::{conv, upsample_nearest_2x};
 pub use embeddings::{timestep_embedding, TimestepMlp};
+pub(crate) use resample::fir_down2_padded;
 pub use resample::{fir_down2, fir_filter, fir_up2};
 pub use resnet::{Norms, ResnetBlock};

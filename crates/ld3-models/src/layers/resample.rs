@@ -19,11 +19,18 @@ pub fn fir_filter(taps: &[f64], dtype: DType, device: &Device) -> Result<Tensor>
 /// Downsampling by 2: each channel convolved with `filter` ([1, 1, k, k]) at stride 2, padded by
 /// (k − 1)/2 (EDM's `Conv2d(..., down=True)` without weights).
 pub fn fir_down2(x: &Tensor, filter: &Tensor) -> Result<Tensor> {
+    fir_down2_padded(x, filter, (filter.dim(3)? - 1) / 2)
+}
+
+/// [`fir_down2`] with its padding given (EDM's fused resampling pads the convolution before it
+/// instead, and filters with none).
+pub(crate) fn fir_down2_padded(x: &Tensor, filter: &Tensor, padding: usize) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
-    let k = filter.dim(3)?;
-    x.reshape((b * c, 1, h, w))?
-        .conv2d(filter, (k - 1) / 2, 2, 1, 1)?
-        .reshape((b, c, h / 2, w / 2))
+    let y = x
+        .reshape((b * c, 1, h, w))?
+        .conv2d(filter, padding, 2, 1, 1)?;
+    let (_, _, h2, w2) = y.dims4()?;
+    y.reshape((b, c, h2, w2))
 }
 
 /// Upsampling by 2: each channel through the transposed convolution with 4·`filter` at stride 2,
