@@ -1133,3 +1133,46 @@ fn convert_writes_an_edm_snapshot_as_safetensors_and_refuses_code() {
         .fails_with("refused");
     assert!(!evil_out.exists());
 }
+
+/// Whole solves of every EDM fixture, through the command users type, equal PyTorch's float64
+/// solves with EDM's own network code (fixtures/gen/edm_solves.py): DDIM, Euler and Heun (odd and
+/// even NFE) on EDM's σ grid [0.002, 80], from the stored noise (and class labels).
+#[test]
+fn edm_snapshots_solve_as_pytorch_does_in_float64() {
+    let dir = tempfile::tempdir().unwrap();
+    let edm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/edm");
+    for case in ["ddpmpp-vp", "ncsnpp-ve", "ddpmpp-edm", "adm-edm-cond"] {
+        let solves = edm.join(format!("{case}.solves.safetensors"));
+        let reference = candle_core::safetensors::load(&solves, &candle_core::Device::Cpu).unwrap();
+        for (solver, nfe) in [
+            ("ddim", 4),
+            ("ddim", 10),
+            ("euler", 5),
+            ("heun", 7),
+            ("heun", 6),
+        ] {
+            let want = &reference[&format!("{solver}-{nfe}")];
+            let norm = want.sqr().unwrap().sum_all().unwrap();
+            let norm = norm.to_scalar::<f64>().unwrap().sqrt();
+            for (dtype, tolerance) in [("f64", 1e-4), ("f32", 1e-3)] {
+                let out = tmp(&dir, &format!("{case}-{solver}-{nfe}-{dtype}.safetensors"));
+                ld3("sample")
+                    .path("--model", &edm.join(format!("{case}.pkl")))
+                    .args(&["--solver", solver, "--nfe", &nfe.to_string()])
+                    .args(&["--schedule", "edm", "--dtype", dtype, "--quiet"])
+                    .path("--noise", &solves)
+                    .path("--out", &out)
+                    .ok();
+                let got = read_samples(&out)
+                    .to_dtype(candle_core::DType::F64)
+                    .unwrap();
+                let err = (got - want).unwrap().sqr().unwrap().sum_all().unwrap();
+                let err = err.to_scalar::<f64>().unwrap().sqrt() / norm;
+                assert!(
+                    err < tolerance,
+                    "{case} {solver}-{nfe} in {dtype}: relative error {err:e}"
+                );
+            }
+        }
+    }
+}

@@ -382,6 +382,28 @@ impl EdmUnet {
             let conv = Conv::load(w, &p("out_conv"), false, false, false)?;
             dec.push(("out_conv".into(), Step::AuxConv(conv)));
         }
+        // Augmentation labels (EDM's `augment_dim`, 9 for its CIFAR-10 networks) condition the
+        // network on the augmentation a training image went through. Sampling feeds none: EDM
+        // passes `augment_labels=None`, which adds nothing, the same as bias-free
+        // `map_augment(0)`. The layer is checked, then left out of the computation.
+        let augment_dim = usize_of(kw, "augment_dim", 0)?;
+        if augment_dim > 0 {
+            let want = [
+                if dhariwal {
+                    model_channels
+                } else {
+                    noise_channels
+                },
+                augment_dim,
+            ];
+            let got = w.get(&p("map_augment.weight"))?.dims().to_vec();
+            if got != want || w.tensors.contains_key(&p("map_augment.bias")) {
+                return Err(invalid(format!(
+                    "map_augment is {got:?}, with augment_dim {augment_dim}: EDM's is a \
+                     bias-free {want:?}"
+                )));
+            }
+        }
         let map_label = if w.tensors.contains_key(&p("map_label.weight")) {
             Some(linear(w, &p("map_label"))?)
         } else {
@@ -643,6 +665,9 @@ pub struct EdmNetwork {
     source: String,
     class_name: String,
     parameters: usize,
+    /// The snapshot's `use_fp16` (EDM then runs the UNet in float16, on CUDA only): noted, and
+    /// the network computes in the dtype asked for, as EDM's own code does on a CPU.
+    use_fp16: bool,
 }
 
 impl EdmNetwork {
@@ -662,6 +687,7 @@ impl EdmNetwork {
             source: source.to_string(),
             class_name: net.class_name.clone(),
             parameters: net.tensors.values().map(Tensor::elem_count).sum(),
+            use_fp16: net.init_kwargs.get("use_fp16") == Some(&J::Bool(true)),
         })
     }
 }
@@ -669,7 +695,7 @@ impl EdmNetwork {
 impl Denoiser for EdmNetwork {
     fn describe(&self) -> String {
         format!(
-            "{} (EDM {} over {}, {:?})",
+            "{} (EDM {} over {}, {:?}{})",
             self.source,
             self.class_name,
             if self.denoiser.net.dhariwal {
@@ -677,7 +703,14 @@ impl Denoiser for EdmNetwork {
             } else {
                 "SongUNet"
             },
-            self.shape
+            self.shape,
+            match self.use_fp16 {
+                true => format!(
+                    "; made with use_fp16, computing in {:?}",
+                    self.denoiser.dtype
+                ),
+                false => String::new(),
+            }
         )
     }
     fn sample_shape(&self) -> &[usize] {

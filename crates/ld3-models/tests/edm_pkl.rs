@@ -224,3 +224,42 @@ fn a_given_snapshot_equals_its_reference() {
     eprintln!("{snapshot}: relative error {err:.2e}");
     assert!(err < 1e-4, "relative error {err}");
 }
+
+/// `use_fp16` (EDM's ImageNet ADM was trained with it) only says how EDM ran the network on CUDA:
+/// the weights are float32 in the file and the network computes in the dtype asked for. An
+/// `augment_dim` layer (the fixtures' SongUNets have EDM's 9) is checked and, as in EDM's
+/// sampling, fed no labels; one of the wrong shape is refused by name.
+#[test]
+fn use_fp16_and_augment_dim_are_read_as_edm_samples_with_them() {
+    use candle_core::{DType, Tensor};
+    use ld3_models::edm_net::{EdmDenoiser, EdmNetwork};
+    use ld3_models::Denoiser;
+    let mut net = read_network(&fixture("ddpmpp-edm.pkl"), "ema").unwrap();
+    assert_eq!(net.init_kwargs["augment_dim"], 9);
+    assert!(net.tensors.contains_key("model.map_augment.weight"));
+    net.init_kwargs["use_fp16"] = serde_json::Value::Bool(true);
+    let r =
+        candle_core::safetensors::load(fixture("ddpmpp-edm.reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    let d = EdmDenoiser::new(&net, DType::F64).unwrap();
+    let got = d.forward(&r["x"], &r["sigma"], None).unwrap();
+    assert!(relative_error(&got, &r["out"]) < 1e-8);
+    let model = EdmNetwork::new(&net, "fp16.pkl", DType::F32, &Device::Cpu).unwrap();
+    assert!(
+        model.describe().contains("use_fp16, computing in F32"),
+        "{}",
+        model.describe()
+    );
+    net.tensors.insert(
+        "model.map_augment.weight".into(),
+        Tensor::zeros((16, 8), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let e = EdmDenoiser::new(&net, DType::F64)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("map_augment is [16, 8], with augment_dim 9"),
+        "{e}"
+    );
+}
