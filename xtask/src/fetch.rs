@@ -1,5 +1,6 @@
 //! `cargo xtask fetch-weights NAME...`: downloads registry models from the Hugging Face hub into
-//! its cache (the folder `ld3` reads them from), then checks every file (pinned sizes and SHA-256,
+//! its cache (the folder `ld3` reads them from; NVIDIA's EDM snapshots from their address into
+//! ld3-rs's cache, `models/NAME/`), then checks every file (pinned sizes and SHA-256,
 //! and the hub's own content hash, which names each large file's blob). `HF_HUB_OFFLINE=1` only
 //! checks what the cache already holds. Nothing here builds a network (so nothing here compiles
 //! candle): `ld3 list --check NAME` loads the fetched model and runs it once.
@@ -87,6 +88,22 @@ pub fn run(names: &[String]) -> Result<()> {
                     verify(&dir.join(f.path), f).map_err(|e| e.to_string())?;
                 }
                 fetched(name, &dir);
+            }
+            Source::Url { url, file } => {
+                let cache = registry::ld3_cache_dir(|k| std::env::var(k).ok())
+                    .ok_or("no ld3-rs cache folder: set LD3_CACHE (or HOME)")?;
+                if !offline() {
+                    registry::download_url(url, &registry::url_file(&cache, name, &file))
+                        .map_err(|e| e.to_string())?;
+                }
+                let path = registry::resolve_url(name, Some(&cache), url, &file)
+                    .map_err(|e| e.to_string())?;
+                verify(&path, &file).map_err(|e| e.to_string())?;
+                println!(
+                    "{name}: SHA-256 {}",
+                    registry::sha256(&path).map_err(|e| e.to_string())?
+                );
+                fetched(name, &path);
             }
         }
     }

@@ -4,9 +4,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use ld3_solvers::schedule_file::write_atomic;
 
 use crate::outputs;
 
@@ -25,27 +24,16 @@ pub struct ConvertArgs {
 pub fn run(args: ConvertArgs) -> Result<()> {
     outputs::check_folder("OUT", &args.out)?;
     let net = ld3_models::edm_pkl::read_network(&args.input, &args.key)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let weights = args.out.join("model.safetensors");
-    write_atomic(&weights, |tmp| {
-        Ok(candle_core::safetensors::save(&net.tensors, tmp)?)
-    })?;
-    let config = serde_json::json!({
-        "format": "edm-pkl",
-        "class_name": net.class_name,
-        "init_args": net.init_args,
-        "init_kwargs": net.init_kwargs,
-        "source": args.input.file_name().map(|n| n.to_string_lossy().into_owned()),
-        "key": args.key,
-    });
-    let text = serde_json::to_string_pretty(&config)?;
-    write_atomic(&args.out.join("edm.json"), |tmp| {
-        std::fs::write(tmp, text).map_err(|cause| ld3_solvers::Error::Io {
-            path: tmp.display().to_string(),
-            cause,
-        })
-    })?;
+    let source = args
+        .input
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    ld3_models::edm_pkl::write_converted(
+        &net,
+        source.as_deref().unwrap_or_default(),
+        &args.key,
+        &args.out,
+    )?;
     println!(
         "{}: {} with {} tensors ({} values) -> {}",
         args.input.display(),

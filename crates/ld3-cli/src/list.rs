@@ -129,6 +129,14 @@ fn catalogue() {
                     e.name
                 ),
             ),
+            ld3_models::registry::Source::Url { url, .. } => (
+                "",
+                format!(
+                    "{url}; `cargo xtask fetch-weights {0}` once (converted on first use), then \
+                     `ld3 list --check {0}`",
+                    e.name
+                ),
+            ),
         };
         println!("  {:<16} {}{default}", e.name, e.description);
         println!(
@@ -141,6 +149,7 @@ fn catalogue() {
     }
     println!("  gmm:FILE.json    a Gaussian mixture from a JSON file");
     println!("  DIR              a folder in the diffusers layout (config.json, weights, scheduler_config.json)");
+    println!("  FILE.pkl         an EDM network snapshot, read without running it (or the folder `ld3 convert` made of it)");
     println!("solvers (--solver, --order, --variant):");
     for s in SolverName::ALL {
         let o = s.orders();

@@ -1176,3 +1176,76 @@ fn edm_snapshots_solve_as_pytorch_does_in_float64() {
         }
     }
 }
+
+/// A registry EDM network (NVIDIA's snapshots, fetched into ld3-rs's cache): missing, the error
+/// names the fetch command and the address; fetched (here a fixture under the name), it is
+/// converted once on first use and then samples like the snapshot itself.
+#[test]
+fn registry_edm_networks_are_converted_once_and_sample_like_their_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("ld3");
+    let name = "edm-cifar10-32x32-uncond-vp";
+    let with_cache = |sub: &str| ld3(sub).env("LD3_CACHE", &cache);
+    with_cache("list")
+        .args(&["--check", name])
+        .fails_with("cargo xtask fetch-weights edm-cifar10-32x32-uncond-vp");
+    with_cache("list").args(&["--check", name]).fails_with(
+        "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-uncond-vp.pkl",
+    );
+    let edm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/edm");
+    let home = cache.join("models").join(name);
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::copy(edm.join("ddpmpp-vp.pkl"), home.join(format!("{name}.pkl"))).unwrap();
+    let first = with_cache("list").args(&["--check", name]).run();
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(stderr(&first).contains("converting"), "{}", stderr(&first));
+    assert!(home.join("converted/edm.json").is_file());
+    let again = with_cache("list").args(&["--check", name]).run();
+    assert!(again.status.success() && !stderr(&again).contains("converting"));
+    let outs = [tmp(&dir, "a.safetensors"), tmp(&dir, "b.safetensors")];
+    for (model, out) in [name, edm.join("ddpmpp-vp.pkl").to_str().unwrap()]
+        .iter()
+        .zip(&outs)
+    {
+        with_cache("sample")
+            .args(&["--model", model, "--solver", "ipndm", "--order", "3"])
+            .args(&["--nfe", "4", "--num-samples", "2", "--quiet"])
+            .path("--out", out)
+            .ok();
+    }
+    assert_eq!(
+        read_samples(&outs[0])
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap(),
+        read_samples(&outs[1])
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    );
+    // The paper's setting by name: λ-mode and r = 0.001·d/N² (d = 3·8·8 here, N = 4).
+    let schedule = tmp(&dir, "s.json");
+    with_cache("train")
+        .args(&[
+            "--model", name, "--solver", "ipndm", "--order", "3", "--nfe", "4",
+        ])
+        .args(&[
+            "--train-samples",
+            "2",
+            "--valid-samples",
+            "2",
+            "--heldout-samples",
+            "2",
+        ])
+        .args(&["--rounds-theta", "1", "--rounds-joint", "1", "--quiet"])
+        .path("--out", &schedule)
+        .ok();
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&schedule).unwrap()).unwrap();
+    assert_eq!(file["model"], name);
+    assert_eq!(file["provenance"]["time_mode"], "lambda");
+    let radius = file["provenance"]["radius"].as_f64().unwrap();
+    assert!((radius - 0.001 * 192.0 / 16.0).abs() < 1e-12, "{radius}");
+}

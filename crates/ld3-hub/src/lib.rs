@@ -11,7 +11,7 @@ mod download;
 mod verify;
 
 #[cfg(feature = "download")]
-pub use download::download;
+pub use download::{download, download_url};
 pub use verify::{sha256, verify};
 
 /// Why a model's files are not at hand, or not the ones pinned.
@@ -70,6 +70,14 @@ pub enum Source {
         /// Files to fetch (the diffusers layout of one UNet2DModel).
         files: &'static [HubFile],
     },
+    /// One file at a plain HTTPS address (NVIDIA's EDM network snapshots), kept in ld3-rs's
+    /// cache ([`url_file`]); `ld3` converts it once, on first use, into the folder beside it.
+    Url {
+        /// Where to download it from.
+        url: &'static str,
+        /// Its file name in the cache, and its pins.
+        file: HubFile,
+    },
 }
 
 /// A known model.
@@ -85,7 +93,8 @@ pub struct RegistryEntry {
     pub architecture: &'static str,
     /// Noise schedule (as its scheduler config gives it).
     pub noise_schedule: &'static str,
-    /// What the network predicts (diffusers' `prediction_type`: epsilon, sample, v_prediction).
+    /// What the network predicts (diffusers' `prediction_type`: epsilon, sample, v_prediction;
+    /// EDM's networks give the denoised sample D(x; σ)).
     pub prediction: &'static str,
     /// [C, H, W].
     pub resolution: [usize; 3],
@@ -124,6 +133,39 @@ pub const DDPM_CIFAR10_32_CONFIG: &str = r#"{"_class_name":"UNet2DModel","act_fn
 pub const DDPM_SCHEDULER_CONFIG: &str = r#"{"_class_name":"DDPMScheduler","beta_start":0.0001,
  "beta_end":0.02,"beta_schedule":"linear","num_train_timesteps":1000,"prediction_type":"epsilon"}"#;
 
+/// NVIDIA's EDM networks (Karras et al. 2022), published only as pickled snapshots.
+const EDM_LICENSE: &str = "CC BY-NC-SA 4.0 (NVIDIA)";
+
+macro_rules! edm_entry {
+    ($name:literal, $description:literal, $architecture:literal, $trained:literal, [$c:literal, $r:literal]) => {
+        RegistryEntry {
+            name: $name,
+            description: $description,
+            source: Source::Url {
+                url: concat!(
+                    "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/",
+                    $name,
+                    ".pkl"
+                ),
+                file: HubFile {
+                    path: concat!($name, ".pkl"),
+                    size: None,
+                    sha256: None,
+                },
+            },
+            architecture: $architecture,
+            noise_schedule: concat!(
+                "EDM, sampled at sigma in [0.002, 80] as in the paper (trained with ",
+                $trained,
+                ")"
+            ),
+            prediction: "sample (EDM's preconditioned denoiser D(x; sigma))",
+            resolution: [$c, $r, $r],
+            license: EDM_LICENSE,
+        }
+    };
+}
+
 /// The registry.
 pub const REGISTRY: &[RegistryEntry] = &[
     RegistryEntry {
@@ -151,6 +193,69 @@ pub const REGISTRY: &[RegistryEntry] = &[
         resolution: [3, 32, 32],
         license: "Apache-2.0",
     },
+    edm_entry!(
+        "edm-cifar10-32x32-uncond-vp",
+        "EDM's unconditional CIFAR-10 network, VP (the paper's CIFAR-10 model; 56M parameters)",
+        "SongUNet DDPM++ (128 channels, mult 2/2/2, 4 blocks, attention at 16x16)",
+        "VPPrecond",
+        [3, 32]
+    ),
+    edm_entry!(
+        "edm-cifar10-32x32-uncond-ve",
+        "EDM's unconditional CIFAR-10 network, VE (63M parameters)",
+        "SongUNet NCSN++ (128 channels, mult 2/2/2, 4 blocks, attention at 16x16)",
+        "VEPrecond",
+        [3, 32]
+    ),
+    edm_entry!(
+        "edm-cifar10-32x32-cond-vp",
+        "EDM's class-conditional CIFAR-10 network, VP (10 classes)",
+        "SongUNet DDPM++ (128 channels, mult 2/2/2, 4 blocks, attention at 16x16)",
+        "VPPrecond",
+        [3, 32]
+    ),
+    edm_entry!(
+        "edm-cifar10-32x32-cond-ve",
+        "EDM's class-conditional CIFAR-10 network, VE (10 classes)",
+        "SongUNet NCSN++ (128 channels, mult 2/2/2, 4 blocks, attention at 16x16)",
+        "VEPrecond",
+        [3, 32]
+    ),
+    edm_entry!(
+        "edm-ffhq-64x64-uncond-vp",
+        "EDM's FFHQ 64x64 network, VP (the paper's FFHQ model)",
+        "SongUNet DDPM++ (128 channels, mult 1/2/2/2, 4 blocks, attention at 16x16)",
+        "VPPrecond",
+        [3, 64]
+    ),
+    edm_entry!(
+        "edm-ffhq-64x64-uncond-ve",
+        "EDM's FFHQ 64x64 network, VE",
+        "SongUNet NCSN++ (128 channels, mult 1/2/2/2, 4 blocks, attention at 16x16)",
+        "VEPrecond",
+        [3, 64]
+    ),
+    edm_entry!(
+        "edm-afhqv2-64x64-uncond-vp",
+        "EDM's AFHQv2 64x64 network, VP (the paper's AFHQv2 model)",
+        "SongUNet DDPM++ (128 channels, mult 1/2/2/2, 4 blocks, attention at 16x16)",
+        "VPPrecond",
+        [3, 64]
+    ),
+    edm_entry!(
+        "edm-afhqv2-64x64-uncond-ve",
+        "EDM's AFHQv2 64x64 network, VE",
+        "SongUNet NCSN++ (128 channels, mult 1/2/2/2, 4 blocks, attention at 16x16)",
+        "VEPrecond",
+        [3, 64]
+    ),
+    edm_entry!(
+        "edm-imagenet-64x64-cond-adm",
+        "EDM's class-conditional ImageNet 64x64 network (1000 classes; 296M parameters)",
+        "DhariwalUNet / ADM (192 channels, mult 1/2/3/4, 3 blocks, attention at 32, 16, 8)",
+        "EDMPrecond",
+        [3, 64]
+    ),
 ];
 
 /// Network weights other than diffusion models (metric backbones), fetched the same way.
@@ -226,6 +331,44 @@ pub fn ld3_cache_dir(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     set("LD3_CACHE")
         .or_else(|| set("XDG_CACHE_HOME").map(|x| x.join("ld3-rs")))
         .or_else(|| set("HOME").map(|h| h.join(".cache").join("ld3-rs")))
+}
+
+/// Where a [`Source::Url`] model's file lives in ld3-rs's cache `ld3_cache` ([`ld3_cache_dir`]):
+/// `models/NAME/FILE`. `ld3` converts it once into `models/NAME/converted/` beside it.
+pub fn url_file(ld3_cache: &Path, name: &str, file: &HubFile) -> PathBuf {
+    ld3_cache.join("models").join(name).join(file.path)
+}
+
+/// The cached file of a [`Source::Url`] model, or an error naming the command that fetches it
+/// and the address to download it from by hand.
+pub fn resolve_url(
+    name: &str,
+    ld3_cache: Option<&Path>,
+    url: &str,
+    file: &HubFile,
+) -> Result<PathBuf> {
+    let fetch = |dest: &str| {
+        format!(
+            "fetch it once (needs network access; in a clone of ld3-rs: `cargo xtask \
+             fetch-weights {name}`), or download {url} to {dest} yourself, or pass the .pkl \
+             file as --model"
+        )
+    };
+    let Some(cache) = ld3_cache else {
+        return Err(Error::NotCached(format!(
+            "model {name} is not available: no cache folder is known (set LD3_CACHE or HOME); {}",
+            fetch("LD3_CACHE/models/NAME/")
+        )));
+    };
+    let path = url_file(cache, name, file);
+    if path.is_file() {
+        return Ok(path);
+    }
+    Err(Error::NotCached(format!(
+        "model {name} is not in ld3-rs's cache (no {}); {}",
+        path.display(),
+        fetch(&path.display().to_string())
+    )))
 }
 
 /// The snapshot folder of `repo` at `revision` inside the hub cache `cache`

@@ -132,6 +132,35 @@ pub fn read_network_bytes(data: &[u8], label: &str, key: &str) -> Result<Pickled
     })
 }
 
+/// Writes `net` (read from the snapshot named `source`, under `key`) as `out/model.safetensors`
+/// (every parameter and buffer under its `state_dict` name, as stored) and `out/edm.json` (its
+/// class and constructor arguments), each written whole and renamed into place, `edm.json` last:
+/// a folder with `edm.json` is complete. [`read_converted`] reads it back.
+pub fn write_converted(net: &PickledNetwork, source: &str, key: &str, out: &Path) -> Result<()> {
+    use ld3_solvers::schedule_file::write_atomic;
+    write_atomic(&out.join("model.safetensors"), |tmp| {
+        candle_core::safetensors::save(&net.tensors, tmp).map_err(Error::from)
+    })?;
+    let config = serde_json::json!({
+        "format": "edm-pkl",
+        "class_name": net.class_name,
+        "init_args": net.init_args,
+        "init_kwargs": net.init_kwargs,
+        "source": source,
+        "key": key,
+    });
+    let text = serde_json::to_string_pretty(&config).map_err(|cause| Error::Json {
+        what: "the network's settings".into(),
+        cause,
+    })?;
+    write_atomic(&out.join("edm.json"), |tmp| {
+        std::fs::write(tmp, text).map_err(|cause| Error::Io {
+            path: tmp.display().to_string(),
+            cause,
+        })
+    })
+}
+
 /// A network `ld3 convert` wrote: `DIR/model.safetensors` and `DIR/edm.json`.
 pub fn read_converted(dir: &Path) -> Result<PickledNetwork> {
     let json_path = dir.join("edm.json");

@@ -186,6 +186,16 @@ pub fn load_model_as(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<
                         device,
                     )?))
                 }
+                Source::Url { url, file } => {
+                    let cache = registry::ld3_cache_dir(|k| std::env::var(k).ok());
+                    let pkl = registry::resolve_url(name, cache.as_deref(), url, &file)
+                        .map_err(|e| Error::Invalid(e.to_string()))?;
+                    let dir = converted_once(&pkl, name)?;
+                    let net = crate::edm_pkl::read_converted(&dir)?;
+                    Ok(Box::new(crate::edm_net::EdmNetwork::new(
+                        &net, name, dtype, device,
+                    )?))
+                }
                 Source::Hub {
                     repo,
                     revision,
@@ -199,6 +209,23 @@ pub fn load_model_as(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<
             }
         }
     }
+}
+
+/// The folder beside a fetched snapshot `pkl` that holds it converted (`converted/`), written on
+/// first use: the pickle is read (never run) once, later loads read safetensors.
+fn converted_once(pkl: &std::path::Path, name: &str) -> Result<PathBuf> {
+    let dir = pkl.with_file_name("converted");
+    if !dir.join("edm.json").is_file() {
+        eprintln!(
+            "{name}: converting {} once into {}",
+            pkl.display(),
+            dir.display()
+        );
+        let net = crate::edm_pkl::read_network(pkl, "ema")?;
+        let source = pkl.file_name().map(|n| n.to_string_lossy().into_owned());
+        crate::edm_pkl::write_converted(&net, source.as_deref().unwrap_or(name), "ema", &dir)?;
+    }
+    Ok(dir)
 }
 
 #[cfg(test)]
