@@ -1,8 +1,10 @@
 //! Wall time and peak memory of one LD3 gradient (θ, ξ, z') through the full graph or by per-step
-//! recomputation, UniPC-3, batch 2, on a 10-component Gaussian mixture over a [4, 64, 64] state,
-//! the embedded ld3-mnist-32 UNet, or google/ddpm-cifar10-32's UNet (35.7M parameters, random
-//! weights): `cargo run --release -p ld3-train --example grad_memory -- NFE full|recompute
-//! [gmm|ld3-mnist-32|ddpm-cifar10-32]`.
+//! recomputation, batch 2, on a 10-component Gaussian mixture over a [4, 64, 64] state, the
+//! embedded ld3-mnist-32 UNet, google/ddpm-cifar10-32's UNet (35.7M parameters, random weights),
+//! or any `--model` value (an EDM snapshot, say): `cargo run --release -p ld3-train --example
+//! grad_memory -- NFE full|recompute [gmm|ld3-mnist-32|ddpm-cifar10-32|MODEL] [SOLVER[-ORDER]]`.
+//! The solver defaults to UniPC-3 (bh2); `ddim`, `ipndm-3` and the like name others. Steps are
+//! laid out in time, from the logSNR-uniform schedule.
 //! Run one configuration per process: the peak (VmHWM) is per process. Results: docs/BENCHMARKS.md.
 
 use candle_core::{DType, Device, Tensor};
@@ -69,7 +71,16 @@ fn main() {
     let model = load(args.get(3).map_or("gmm", String::as_str));
     let shape = model.sample_shape().to_vec();
     let schedule = model.noise_schedule();
-    let config = SolverConfig::new(SolverName::UniPc, Some(3), Some(SolverVariant::Bh2)).unwrap();
+    let config = match args.get(4) {
+        None => SolverConfig::new(SolverName::UniPc, Some(3), Some(SolverVariant::Bh2)).unwrap(),
+        Some(s) => {
+            let (name, order) = match s.split_once('-') {
+                Some((n, o)) => (n, Some(o.parse().expect("SOLVER-ORDER"))),
+                None => (s.as_str(), None),
+            };
+            SolverConfig::new(name.parse().expect("a solver name"), order, None).unwrap()
+        }
+    };
     let (solver, steps) = config.build_for_nfe(nfe).unwrap();
     let disc = Discretization::new(TimeMode::Time, steps).unwrap();
     let theta = Tensor::new(
@@ -103,7 +114,8 @@ fn main() {
         .to_scalar()
         .unwrap();
     println!(
-        "nfe {nfe} {:?}: {secs:.2} s, peak RSS {:.0} MiB (before the gradient {before:.0} MiB), |dθ|² = {norm:.3e}",
+        "{} nfe {nfe} {:?}: {secs:.2} s, peak RSS {:.0} MiB (before the gradient {before:.0} MiB), |dθ|² = {norm:.3e}",
+        config.solver.as_str(),
         mode,
         peak_rss_mib()
     );
