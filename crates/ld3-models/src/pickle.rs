@@ -83,10 +83,12 @@ impl Value {
 }
 
 /// What may appear on the stack during reading (a MARK is never a value); a value with its
-/// nesting depth.
+/// nesting depth and, when it is a memo entry (stored by PUT or fetched by GET), that entry's
+/// key: Python's memo and stack hold one object, so items added to it or a BUILD of it later are
+/// written back to the entry, and a later GET sees the filled object, as Python does.
 enum Item {
     Mark,
-    Value(Value, u32),
+    Value(Value, u32, Option<usize>),
 }
 
 /// The deepest nesting accepted: far beyond any checkpoint's, and shallow enough that dropping
@@ -161,7 +163,7 @@ fn read_inner(data: &[u8], allowed: &dyn Fn(&str, &str) -> bool) -> Result<(Valu
     let mut memo: HashMap<usize, (Value, u32)> = HashMap::new();
     let pop = |stack: &mut Vec<Item>, deepest: &mut u32| -> Result<Value> {
         match stack.pop() {
-            Some(Item::Value(v, d)) => {
+            Some(Item::Value(v, d, _)) => {
                 *deepest = (*deepest).max(d);
                 Ok(v)
             }
@@ -179,7 +181,7 @@ fn read_inner(data: &[u8], allowed: &dyn Fn(&str, &str) -> bool) -> Result<(Valu
         Ok(items
             .into_iter()
             .filter_map(|i| match i {
-                Item::Value(v, d) => {
+                Item::Value(v, d, _) => {
                     *deepest = (*deepest).max(d);
                     Some(v)
                 }
@@ -238,7 +240,7 @@ fn read_inner(data: &[u8], allowed: &dyn Fn(&str, &str) -> bool) -> Result<(Valu
                 };
                 let bytes = r.take(n)?;
                 if n > 8 {
-                    stack.push(Item::Value(Value::BigInt(bytes.to_vec()), 1));
+                    stack.push(Item::Value(Value::BigInt(bytes.to_vec()), 1, None));
                     continue;
                 }
                 let negative = bytes.last().is_some_and(|b| b & 0x80 != 0);
@@ -301,17 +303,17 @@ fn read_inner(data: &[u8], allowed: &dyn Fn(&str, &str) -> bool) -> Result<(Valu
                     }
                     _ => pop_mark(&mut stack, &mut deepest)?,
                 };
-                let target = match stack.last_mut() {
-                    Some(Item::Value(v, d)) => {
+                let (target, depth, key) = match stack.last_mut() {
+                    Some(Item::Value(v, d, key)) => {
                         *d = (*d).max(deepest + 1);
                         if *d > MAX_DEPTH {
                             return Err(bad(format!("nesting deeper than {MAX_DEPTH}")));
                         }
-                        v
+                        (v, *d, *key)
                     }
                     _ => return Err(bad("nothing to add items to")),
                 };
-                match (op, target) {
+                match (op, &mut *target) {
                     (b'a' | b'e', Value::List(l)) => l.extend(items),
                     (b's' | b'u', Value::Dict(d)) => d.extend(pairs(items)?),
                     (0x90, Value::Set(s)) => s.extend(items),
@@ -330,6 +332,9 @@ fn read_inner(data: &[u8], allowed: &dyn Fn(&str, &str) -> bool) -> Result<(Valu
                         *obj = Value::Build { object, state }
                     }
                     _ => return Err(bad("items added to something that takes none")),
+                }
+                if let Some(key) = key {
+                    memo.insert(key, (target.clone(), depth));
                 }
                 continue;
             }
@@ -362,34 +367,49 @@ fn read_inner(data: &[u8], allowed: &dyn Fn(&str, &str) -> bool) -> Result<(Valu
                     args: Box::new(args),
                 }
             }
+            // BUILD: Python sets the state of the object in place, so a memo entry of it sees
+            // the state too.
             b'b' => {
                 let state = pop(&mut stack, &mut deepest)?;
+                let key = match stack.last() {
+                    Some(Item::Value(_, _, key)) => *key,
+                    _ => None,
+                };
                 let object = pop(&mut stack, &mut deepest)?;
-                Value::Build {
+                let built = Value::Build {
                     object: Box::new(object),
                     state: Box::new(state),
+                };
+                let depth = deepest + 1;
+                if depth > MAX_DEPTH {
+                    return Err(bad(format!("nesting deeper than {MAX_DEPTH}")));
                 }
+                if let Some(key) = key {
+                    memo.insert(key, (built.clone(), depth));
+                }
+                stack.push(Item::Value(built, depth, key));
+                continue;
             }
             b'Q' => Value::Persistent(Box::new(pop(&mut stack, &mut deepest)?)),
             b'P' => Value::Persistent(Box::new(Value::Str(r.line()?.to_string()))),
             b'q' => {
                 let i = r.u8()? as usize;
-                memo_put(&mut memo, i, &stack)?;
+                memo_put(&mut memo, i, &mut stack)?;
                 continue;
             }
             b'r' => {
                 let i = r.len_u32()?;
-                memo_put(&mut memo, i, &stack)?;
+                memo_put(&mut memo, i, &mut stack)?;
                 continue;
             }
             0x94 => {
                 let i = memo.len();
-                memo_put(&mut memo, i, &stack)?;
+                memo_put(&mut memo, i, &mut stack)?;
                 continue;
             }
             b'p' => {
                 let i = r.line()?.parse().map_err(|_| bad("a PUT index"))?;
-                memo_put(&mut memo, i, &stack)?;
+                memo_put(&mut memo, i, &mut stack)?;
                 continue;
             }
             b'h' | b'j' | b'g' => {
@@ -402,8 +422,8 @@ fn read_inner(data: &[u8], allowed: &dyn Fn(&str, &str) -> bool) -> Result<(Valu
                     .get(&i)
                     .cloned()
                     .ok_or_else(|| bad(format!("memo {i} read before it was written")))?;
-                deepest = d - 1;
-                v
+                stack.push(Item::Value(v, d, Some(i)));
+                continue;
             }
             b'0' => {
                 stack.pop().ok_or_else(|| bad("POP on an empty stack"))?;
@@ -414,9 +434,10 @@ fn read_inner(data: &[u8], allowed: &dyn Fn(&str, &str) -> bool) -> Result<(Valu
                 continue;
             }
             b'2' => match stack.last() {
-                Some(Item::Value(v, d)) => {
-                    deepest = d - 1;
-                    v.clone()
+                Some(Item::Value(v, d, key)) => {
+                    let item = Item::Value(v.clone(), *d, *key);
+                    stack.push(item);
+                    continue;
                 }
                 _ => return Err(bad("DUP without a value")),
             },
@@ -431,7 +452,7 @@ fn read_inner(data: &[u8], allowed: &dyn Fn(&str, &str) -> bool) -> Result<(Valu
         if depth > MAX_DEPTH {
             return Err(bad(format!("nesting deeper than {MAX_DEPTH}")));
         }
-        stack.push(Item::Value(value, depth));
+        stack.push(Item::Value(value, depth, None));
     }
 }
 
@@ -451,9 +472,10 @@ fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>> {
     Ok(out)
 }
 
-fn memo_put(memo: &mut HashMap<usize, (Value, u32)>, i: usize, stack: &[Item]) -> Result<()> {
-    match stack.last() {
-        Some(Item::Value(v, d)) => {
+fn memo_put(memo: &mut HashMap<usize, (Value, u32)>, i: usize, stack: &mut [Item]) -> Result<()> {
+    match stack.last_mut() {
+        Some(Item::Value(v, d, key)) => {
+            *key = Some(i);
             memo.insert(i, (v.clone(), *d));
             Ok(())
         }
@@ -467,6 +489,33 @@ mod tests {
 
     fn any(_: &str, _: &str) -> bool {
         true
+    }
+
+    /// Python's memo holds the object itself: filled (APPENDS, SETITEMS) after it was memoized,
+    /// a later GET sees it filled.
+    #[test]
+    fn a_memoized_object_is_seen_filled_when_fetched_again() {
+        // x = [1, 2]; pickle.dumps([x, x], protocol=2)
+        let lists = [
+            128u8, 2, 93, 113, 0, 40, 93, 113, 1, 40, 75, 1, 75, 2, 101, 104, 1, 101, 46,
+        ];
+        let two = Value::List(vec![Value::Int(1), Value::Int(2)]);
+        assert_eq!(
+            read(&lists, "l", &any).unwrap().0,
+            Value::List(vec![two.clone(), two])
+        );
+        // od = OrderedDict(a=1); pickle.dumps([od, od], protocol=4)
+        let mut dicts = b"\x80\x04\x95/\x00\x00\x00\x00\x00\x00\x00]\x94(".to_vec();
+        dicts.extend(b"\x8c\x0bcollections\x94\x8c\x0bOrderedDict\x94\x93\x94)R\x94");
+        dicts.extend(b"\x8c\x01a\x94K\x01sh\x04e.");
+        let (v, _) = read(&dicts, "d", &any).unwrap();
+        let Value::List(items) = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0], items[1]);
+        assert!(matches!(&items[1], Value::Build { state, .. }
+            if **state == Value::Dict(vec![(Value::Str("a".into()), Value::Int(1))])));
     }
 
     #[test]
