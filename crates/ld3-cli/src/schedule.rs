@@ -41,7 +41,11 @@ pub enum AysModel {
 #[derive(Args, Debug)]
 pub struct SolverArgs {
     /// Model: a registry network (ld3-mnist-32, embedded, the default; ddpm-cifar10-32, from
-    /// the hub once `cargo xtask fetch-weights ddpm-cifar10-32` has fetched it), an embedded
+    /// the hub once `cargo xtask fetch-weights ddpm-cifar10-32` has fetched it; NVIDIA's EDM
+    /// networks, fetched the same way: edm-cifar10-32x32-uncond-vp, edm-cifar10-32x32-uncond-ve,
+    /// edm-cifar10-32x32-cond-vp, edm-cifar10-32x32-cond-ve, edm-ffhq-64x64-uncond-vp,
+    /// edm-ffhq-64x64-uncond-ve, edm-afhqv2-64x64-uncond-vp, edm-afhqv2-64x64-uncond-ve,
+    /// edm-imagenet-64x64-cond-adm), an embedded
     /// Gaussian mixture (demo-edm-gmm, demo-sd-gmm, demo-class-gmm), gmm:FILE.json, a folder
     /// in the diffusers layout (config.json, diffusion_pytorch_model.safetensors,
     /// scheduler_config.json), or an EDM network snapshot FILE.pkl (SongUNet, ADM; read

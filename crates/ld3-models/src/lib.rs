@@ -13,6 +13,7 @@
 
 pub mod checkpoint;
 mod class_gmm;
+pub mod clip;
 pub mod conditioning;
 mod denoiser;
 pub mod diffusers;

@@ -57,7 +57,6 @@ impl SelfAttention {
     /// `x` [B, C, H, W].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let (heads, d) = (self.heads, c / self.heads);
         let normed = match &self.group_norm {
             Some(n) => n.forward(x)?,
             None => x.clone(),
@@ -66,17 +65,13 @@ impl SelfAttention {
             .reshape((b, c, h * w))?
             .transpose(1, 2)?
             .contiguous()?;
-        let split = |l: &Linear| -> Result<Tensor> {
-            l.forward(&tokens)?
-                .reshape((b, h * w, heads, d))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let (q, k, v) = (split(&self.to_q)?, split(&self.to_k)?, split(&self.to_v)?);
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
-        // `ops::softmax`, not `softmax_last_dim`: the fused one has no backward.
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, h * w, c))?;
+        let out = multi_head_attention(
+            &self.to_q.forward(&tokens)?,
+            &self.to_k.forward(&tokens)?,
+            &self.to_v.forward(&tokens)?,
+            self.heads,
+            false,
+        )?;
         let out = self
             .to_out
             .forward(&out)?
@@ -84,4 +79,34 @@ impl SelfAttention {
             .reshape((b, c, h, w))?;
         divided((out + x)?, self.rescale)
     }
+}
+
+/// Multi-head scaled dot-product attention: queries `q` [B, Lq, C], keys `k` and values `v`
+/// [B, Lk, C], `heads` heads of C/heads channels, softmax(QKᵀ/√d)V per head, heads joined back
+/// to [B, Lq, C]. `causal` masks every key after its query (CLIP's text encoder). Plain matmul
+/// and `softmax` (the fused `softmax_last_dim` has no backward).
+pub fn multi_head_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    causal: bool,
+) -> Result<Tensor> {
+    let (b, lq, c) = q.dims3()?;
+    let lk = k.dim(1)?;
+    let d = c / heads;
+    let split = |t: &Tensor, l: usize| -> Result<Tensor> {
+        t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()
+    };
+    let (q, k, v) = (split(q, lq)?, split(k, lk)?, split(v, lk)?);
+    let mut scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
+    if causal {
+        let mask: Vec<f32> = (0..lq)
+            .flat_map(|i| (0..lk).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (lq, lk), q.device())?.to_dtype(scores.dtype())?;
+        scores = scores.broadcast_add(&mask)?;
+    }
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, lq, c))
 }

@@ -3,15 +3,19 @@
 //! correctly — no fused softmax or norms, nearest upsampling as a broadcast — so that every
 //! network built from them is differentiable in its input and its time input.
 
+mod activation;
 mod attention;
 mod conv;
 mod embeddings;
+mod norm;
 mod resample;
 mod resnet;
 
-pub use attention::SelfAttention;
+pub use activation::Activation;
+pub use attention::{multi_head_attention, SelfAttention};
 pub use conv::{conv, upsample_nearest_2x};
 pub use embeddings::{timestep_embedding, TimestepMlp};
+pub use norm::LayerNorm;
 pub(crate) use resample::fir_down2_padded;
 pub use resample::{fir_down2, fir_filter, fir_up2};
 pub use resnet::{Norms, ResnetBlock};

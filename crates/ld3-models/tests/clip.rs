@@ -1,0 +1,107 @@
+//! CLIP's tokenizer and text encoder on the tiny pipelines of `fixtures/sd/` (written by
+//! fixtures/gen/sd_pipelines.py with transformers and diffusers): token ids equal transformers'
+//! for ordinary, upper-case and punctuated, empty, Unicode and over-long prompts, and the text
+//! embeddings equal transformers' float64 `last_hidden_state`.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use ld3_models::clip::{ClipTextModel, ClipTokenizer};
+
+fn pipeline(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/sd")
+        .join(name)
+}
+
+fn prompts(name: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(pipeline(name).join("prompts.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn reference(name: &str) -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(pipeline(name).join("reference.safetensors"), &Device::Cpu)
+        .unwrap()
+}
+
+fn relative_error(got: &Tensor, want: &Tensor) -> f64 {
+    let diff = (got - want).unwrap().sqr().unwrap().sum_all().unwrap();
+    let norm = want.sqr().unwrap().sum_all().unwrap();
+    (diff.to_scalar::<f64>().unwrap() / norm.to_scalar::<f64>().unwrap()).sqrt()
+}
+
+#[test]
+fn token_ids_equal_transformers() {
+    for name in ["tiny-sd15", "tiny-sd21v"] {
+        let r = reference(name);
+        let dir = pipeline(name).join("tokenizer");
+        // tiny-sd21v ships tokenizer.json too: both ways of building it agree.
+        let tokenizers = [
+            ClipTokenizer::from_dir(&dir).unwrap(),
+            ClipTokenizer::from_vocab_and_merges(&dir).unwrap(),
+        ];
+        for tok in &tokenizers {
+            assert_eq!(tok.max_length(), 77);
+            for (i, prompt) in prompts(name).iter().enumerate() {
+                let got = tok.encode(prompt).unwrap();
+                let want: Vec<i64> = r[&format!("tokens.{i}")].to_vec1().unwrap();
+                let want: Vec<u32> = want.iter().map(|&t| t as u32).collect();
+                assert_eq!(got.ids, want, "{name}, prompt {i}: {prompt:?}");
+                let full: Vec<i64> = r[&format!("untruncated_length.{i}")].to_vec1().unwrap();
+                assert_eq!(got.untruncated_len, full[0] as usize, "{name}, prompt {i}");
+                assert_eq!(got.truncated.is_some(), full[0] > 77, "{name}, prompt {i}");
+            }
+        }
+        // The over-long prompt says what was cut: the end of the repeated sentence.
+        let long = tokenizers[0].encode(&prompts(name)[4]).unwrap();
+        let cut = long.truncated.unwrap();
+        assert!(cut.ends_with("lighthouse on a cliff at dusk"), "{cut}");
+    }
+}
+
+#[test]
+fn text_embeddings_equal_transformers_in_float64() {
+    for name in ["tiny-sd15", "tiny-sd21v"] {
+        let r = reference(name);
+        let dir = pipeline(name);
+        let model =
+            ClipTextModel::from_dir(&dir.join("text_encoder"), DType::F64, &Device::Cpu).unwrap();
+        for i in 0..prompts(name).len() {
+            let ids = r[&format!("tokens.{i}")]
+                .to_dtype(DType::U32)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let got = model.forward(&ids).unwrap();
+            let err = relative_error(&got, &r[&format!("embeddings.{i}")]);
+            assert!(err < 1e-10, "{name}, prompt {i}: relative error {err:e}");
+        }
+    }
+}
+
+#[test]
+fn broken_tokenizer_folders_and_foreign_ids_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = pipeline("tiny-sd15").join("tokenizer");
+    for f in [
+        "vocab.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let e = ClipTokenizer::from_dir(dir.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("merges.txt"), "{e}");
+    let model = ClipTextModel::from_dir(
+        &pipeline("tiny-sd15").join("text_encoder"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ids = Tensor::new(&[[0u32, 49407]], &Device::Cpu).unwrap();
+    let e = model.forward(&ids).err().unwrap().to_string();
+    assert!(e.contains("outside the text encoder's vocabulary"), "{e}");
+}
