@@ -28,6 +28,8 @@ pub mod pickle;
 pub use ld3_hub as registry;
 mod spec;
 pub mod unet2d;
+pub mod unet_cond;
+pub mod vae;
 
 pub use checkpoint::Checkpoint;
 pub use class_gmm::{ClassConditionalMixture, GmmClass};

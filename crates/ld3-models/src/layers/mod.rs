@@ -10,6 +10,7 @@ mod embeddings;
 mod norm;
 mod resample;
 mod resnet;
+mod transformer;
 
 pub use activation::Activation;
 pub use attention::{multi_head_attention, SelfAttention};
@@ -19,3 +20,4 @@ pub use norm::LayerNorm;
 pub(crate) use resample::fir_down2_padded;
 pub use resample::{fir_down2, fir_filter, fir_up2};
 pub use resnet::{Norms, ResnetBlock};
+pub use transformer::{Attention, SpatialTransformer, TransformerShape};

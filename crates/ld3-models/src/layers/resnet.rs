@@ -19,7 +19,7 @@ pub struct Norms {
 pub struct ResnetBlock {
     norm1: GroupNorm,
     conv1: Conv2d,
-    time_emb_proj: Linear,
+    time_emb_proj: Option<Linear>,
     norm2: GroupNorm,
     conv2: Conv2d,
     conv_shortcut: Option<Conv2d>,
@@ -28,7 +28,8 @@ pub struct ResnetBlock {
 }
 
 impl ResnetBlock {
-    /// Keys `norm1`, `conv1`, `time_emb_proj`, `norm2`, `conv2`, `conv_shortcut`.
+    /// Keys `norm1`, `conv1`, `time_emb_proj` (none when `temb` is 0: the VAE's ResNets take
+    /// no time), `norm2`, `conv2`, `conv_shortcut`.
     pub fn new(
         c_in: usize,
         c_out: usize,
@@ -42,7 +43,10 @@ impl ResnetBlock {
         Ok(Self {
             norm1: candle_nn::group_norm(norms.groups, c_in, norms.eps, vb.pp("norm1"))?,
             conv1: conv(c_in, c_out, 3, 1, 1, vb.pp("conv1"))?,
-            time_emb_proj: candle_nn::linear(temb, proj_out, vb.pp("time_emb_proj"))?,
+            time_emb_proj: match temb {
+                0 => None,
+                _ => Some(candle_nn::linear(temb, proj_out, vb.pp("time_emb_proj"))?),
+            },
             norm2: candle_nn::group_norm(norms.groups, c_out, norms.eps, vb.pp("norm2"))?,
             conv2: conv(c_out, c_out, 3, 1, 1, vb.pp("conv2"))?,
             conv_shortcut: if c_in != c_out {
@@ -55,23 +59,28 @@ impl ResnetBlock {
         })
     }
 
-    /// `x` [B, C_in, H, W] and the time embedding `temb` [B, T].
-    pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+    /// `x` [B, C_in, H, W] and the time embedding `temb` [B, T] (`None` for a block without
+    /// time).
+    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let t = self
-            .time_emb_proj
-            .forward(&temb.silu()?)?
-            .unsqueeze(2)?
-            .unsqueeze(3)?;
-        let h = if self.scale_shift {
-            let c = h.dim(1)?;
-            let (scale, shift) = (t.narrow(1, 0, c)?, t.narrow(1, c, c)?);
-            self.norm2
-                .forward(&h)?
-                .broadcast_mul(&(scale + 1.0)?)?
-                .broadcast_add(&shift)?
-        } else {
-            self.norm2.forward(&h.broadcast_add(&t)?)?
+        let t = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => {
+                Some(proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?)
+            }
+            (None, _) => None,
+            (Some(_), None) => candle_core::bail!("this ResNet block needs a time embedding"),
+        };
+        let h = match t {
+            Some(t) if self.scale_shift => {
+                let c = h.dim(1)?;
+                let (scale, shift) = (t.narrow(1, 0, c)?, t.narrow(1, c, c)?);
+                self.norm2
+                    .forward(&h)?
+                    .broadcast_mul(&(scale + 1.0)?)?
+                    .broadcast_add(&shift)?
+            }
+            Some(t) => self.norm2.forward(&h.broadcast_add(&t)?)?,
+            None => self.norm2.forward(&h)?,
         };
         let h = self.conv2.forward(&h.silu()?)?;
         let skip = match &self.conv_shortcut {

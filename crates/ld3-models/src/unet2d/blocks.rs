@@ -1,16 +1,54 @@
-//! The blocks of diffusers' UNet2DModel (down, up and middle), built from the shared
-//! [`crate::layers`].
+//! The blocks of diffusers' UNets (down, up and middle), built from the shared
+//! [`crate::layers`]: `UNet2DModel`'s (plain, or with spatial self-attention) and
+//! `UNet2DConditionModel`'s (with cross-attention transformers).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
 
-use crate::layers::{conv, upsample_nearest_2x, Norms, ResnetBlock, SelfAttention};
+use crate::layers::{
+    conv, upsample_nearest_2x, Norms, ResnetBlock, SelfAttention, SpatialTransformer,
+    TransformerShape,
+};
+
+/// The attention of one level, if any.
+#[derive(Clone, Copy)]
+pub enum LevelAttention {
+    /// None (`DownBlock2D`, `UpBlock2D`).
+    None,
+    /// Spatial self-attention (`AttnDownBlock2D`): channels per head, GroupNorm before it.
+    Spatial {
+        /// Channels per head.
+        head_dim: usize,
+        /// GroupNorm before the attention (`None`: none).
+        norms: Option<Norms>,
+    },
+    /// A cross-attention transformer (`CrossAttnDownBlock2D`); its `channels` are the level's.
+    Transformer(TransformerShape),
+}
+
+/// One attention layer of a block.
+enum BlockAttention {
+    Spatial(SelfAttention),
+    Transformer(SpatialTransformer),
+}
+
+impl BlockAttention {
+    fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        match (self, context) {
+            (Self::Spatial(a), _) => a.forward(x),
+            (Self::Transformer(t), Some(c)) => t.forward(x, c),
+            (Self::Transformer(_), None) => {
+                candle_core::bail!("a cross-attention UNet needs text embeddings to attend to")
+            }
+        }
+    }
+}
 
 /// `DownBlock2D` / `AttnDownBlock2D`: ResNets (each followed by attention in the Attn kind),
 /// then an optional strided-conv downsampler. Returns every intermediate state for the skips.
 pub struct DownBlock {
     resnets: Vec<ResnetBlock>,
-    attentions: Vec<SelfAttention>,
+    attentions: Vec<BlockAttention>,
     downsampler: Option<(Conv2d, usize)>,
 }
 
@@ -24,10 +62,8 @@ pub struct Level {
     pub temb: usize,
     /// ResNet norms.
     pub norms: Norms,
-    /// Attention norms (`None`: no GroupNorm before attention).
-    pub attn_norms: Option<Norms>,
-    /// Channels per head (`None`: no attention).
-    pub head_dim: Option<usize>,
+    /// Its attention.
+    pub attention: LevelAttention,
     /// Scale-shift time conditioning.
     pub scale_shift: bool,
 }
@@ -40,7 +76,7 @@ impl Level {
         c_in: usize,
         i: usize,
         vb: &VarBuilder,
-    ) -> Result<(ResnetBlock, Option<SelfAttention>)> {
+    ) -> Result<(ResnetBlock, Option<BlockAttention>)> {
         let resnet = ResnetBlock::new(
             c_in,
             self.c_out,
@@ -50,17 +86,27 @@ impl Level {
             1.0,
             vb.pp(format!("resnets.{i}")),
         )?;
-        let attention = match self.head_dim {
-            Some(hd) => Some(SelfAttention::new(
-                self.c_out,
-                hd,
-                self.attn_norms,
-                1.0,
-                vb.pp(format!("attentions.{i}")),
-            )?),
-            None => None,
-        };
+        let attention = self.attention(1.0, vb.pp(format!("attentions.{i}")))?;
         Ok((resnet, attention))
+    }
+
+    /// The level's attention layer (`rescale` divides a spatial attention's output).
+    fn attention(&self, rescale: f64, vb: VarBuilder) -> Result<Option<BlockAttention>> {
+        Ok(match self.attention {
+            LevelAttention::None => None,
+            LevelAttention::Spatial { head_dim, norms } => Some(BlockAttention::Spatial(
+                SelfAttention::new(self.c_out, head_dim, norms, rescale, vb)?,
+            )),
+            LevelAttention::Transformer(shape) => {
+                Some(BlockAttention::Transformer(SpatialTransformer::new(
+                    TransformerShape {
+                        channels: self.c_out,
+                        ..shape
+                    },
+                    vb,
+                )?))
+            }
+        })
     }
 }
 
@@ -101,14 +147,20 @@ impl DownBlock {
         })
     }
 
-    /// The block's output and the states it hands to the up path.
-    pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+    /// The block's output and the states it hands to the up path (`context`: the text
+    /// embeddings, for cross-attention).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        temb: Option<&Tensor>,
+        context: Option<&Tensor>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut h = x.clone();
         let mut states = Vec::new();
         for (i, r) in self.resnets.iter().enumerate() {
             h = r.forward(&h, temb)?;
             if let Some(a) = self.attentions.get(i) {
-                h = a.forward(&h)?;
+                h = a.forward(&h, context)?;
             }
             states.push(h.clone());
         }
@@ -131,7 +183,7 @@ impl DownBlock {
 /// upsampling and a conv unless it is the last level.
 pub struct UpBlock {
     resnets: Vec<ResnetBlock>,
-    attentions: Vec<SelfAttention>,
+    attentions: Vec<BlockAttention>,
     upsampler: Option<Conv2d>,
 }
 
@@ -182,13 +234,19 @@ impl UpBlock {
     }
 
     /// `skips` in the order they were produced; consumed from the back.
-    pub fn forward(&self, x: &Tensor, skips: &[Tensor], temb: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        skips: &[Tensor],
+        temb: Option<&Tensor>,
+        context: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let mut h = x.clone();
         for (i, r) in self.resnets.iter().enumerate() {
             let skip = &skips[skips.len() - 1 - i];
             h = r.forward(&Tensor::cat(&[&h, skip], 1)?, temb)?;
             if let Some(a) = self.attentions.get(i) {
-                h = a.forward(&h)?;
+                h = a.forward(&h, context)?;
             }
         }
         match &self.upsampler {
@@ -198,10 +256,10 @@ impl UpBlock {
     }
 }
 
-/// `UNetMidBlock2D`: ResNet → (attention) → ResNet.
+/// `UNetMidBlock2D` / `UNetMidBlock2DCrossAttn`: ResNet → (attention) → ResNet.
 pub struct MidBlock {
     resnet_0: ResnetBlock,
-    attention: Option<SelfAttention>,
+    attention: Option<BlockAttention>,
     resnet_1: ResnetBlock,
 }
 
@@ -222,25 +280,21 @@ impl MidBlock {
         };
         Ok(Self {
             resnet_0: res(0)?,
-            attention: match level.head_dim {
-                Some(hd) => Some(SelfAttention::new(
-                    c,
-                    hd,
-                    level.attn_norms,
-                    output_scale_factor,
-                    vb.pp("attentions.0"),
-                )?),
-                None => None,
-            },
+            attention: level.attention(output_scale_factor, vb.pp("attentions.0"))?,
             resnet_1: res(1)?,
         })
     }
 
     /// The mid block on `x`.
-    pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        temb: Option<&Tensor>,
+        context: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let mut h = self.resnet_0.forward(x, temb)?;
         if let Some(a) = &self.attention {
-            h = a.forward(&h)?;
+            h = a.forward(&h, context)?;
         }
         self.resnet_1.forward(&h, temb)
     }

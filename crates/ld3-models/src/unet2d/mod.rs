@@ -10,7 +10,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, GroupNorm, VarBuilder};
 
 use crate::layers::{timestep_embedding, Norms, TimestepMlp};
-use blocks::{DownBlock, Level, MidBlock, UpBlock};
+pub(crate) use blocks::{DownBlock, Level, LevelAttention, MidBlock, UpBlock};
 
 /// The network: x [B, C, H, W] and timesteps [B] (diffusers' training-step index, any real
 /// value) in, the raw prediction out.
@@ -41,8 +41,13 @@ impl UNet2DModel {
             c_out,
             temb,
             norms,
-            attn_norms,
-            head_dim: attn.then(|| c.head_dim(c_out)),
+            attention: match attn {
+                true => LevelAttention::Spatial {
+                    head_dim: c.head_dim(c_out),
+                    norms: attn_norms,
+                },
+                false => LevelAttention::None,
+            },
             scale_shift: c.scale_shift(),
         };
         let time_embedding = TimestepMlp::new(widths[0], temb, vb.pp("time_embedding"))?;
@@ -190,17 +195,17 @@ impl UNet2DModel {
         let mut h = self.conv_in.forward(&x)?;
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
-            let (out, states) = block.forward(&h, &temb)?;
+            let (out, states) = block.forward(&h, Some(&temb), None)?;
             h = out;
             skips.extend(states);
         }
         if let Some(mid) = &self.mid_block {
-            h = mid.forward(&h, &temb)?;
+            h = mid.forward(&h, Some(&temb), None)?;
         }
         for block in &self.up_blocks {
             let k = block.num_skips();
             let rest = skips.len() - k;
-            h = block.forward(&h, &skips[rest..], &temb)?;
+            h = block.forward(&h, &skips[rest..], Some(&temb), None)?;
             skips.truncate(rest);
         }
         let h = self.conv_norm_out.forward(&h)?.silu()?;

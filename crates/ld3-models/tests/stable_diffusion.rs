@@ -1,7 +1,8 @@
-//! CLIP's tokenizer and text encoder on the tiny pipelines of `fixtures/sd/` (written by
-//! fixtures/gen/sd_pipelines.py with transformers and diffusers): token ids equal transformers'
-//! for ordinary, upper-case and punctuated, empty, Unicode and over-long prompts, and the text
-//! embeddings equal transformers' float64 `last_hidden_state`.
+//! Stable Diffusion's parts on the tiny pipelines of `fixtures/sd/` (written by
+//! fixtures/gen/sd_pipelines.py with transformers and diffusers, in the hub's layout): CLIP's
+//! token ids equal transformers' for ordinary, upper-case and punctuated, empty, Unicode and
+//! over-long prompts; the text embeddings, the UNet's outputs and the VAE's equal the float64
+//! PyTorch ones.
 
 use std::path::PathBuf;
 
@@ -104,4 +105,70 @@ fn broken_tokenizer_folders_and_foreign_ids_are_clear_errors() {
     let ids = Tensor::new(&[[0u32, 49407]], &Device::Cpu).unwrap();
     let e = model.forward(&ids).err().unwrap().to_string();
     assert!(e.contains("outside the text encoder's vocabulary"), "{e}");
+}
+
+#[test]
+fn unet_outputs_equal_diffusers_in_float64() {
+    use ld3_models::unet_cond::UNet2DConditionModel;
+    for name in ["tiny-sd15", "tiny-sd21v"] {
+        let r = reference(name);
+        let unet =
+            UNet2DConditionModel::from_dir(&pipeline(name).join("unet"), DType::F64, &Device::Cpu)
+                .unwrap();
+        let ts: Vec<f64> = r["unet.t"].to_vec1().unwrap();
+        for (j, t) in ts.iter().enumerate() {
+            let t = Tensor::new(*t, &Device::Cpu).unwrap();
+            let got = unet
+                .forward(&r["unet.latents"], &t, &r["unet.context"])
+                .unwrap();
+            let err = relative_error(&got, &r[&format!("unet.out.{j}")]);
+            assert!(
+                err < 1e-4,
+                "{name} at t = {}: relative error {err:e}",
+                ts[j]
+            );
+        }
+    }
+}
+
+#[test]
+fn unet_equals_diffusers_with_float64_time_sinusoids_exactly() {
+    use ld3_models::unet_cond::UNet2DConditionModel;
+    for name in ["tiny-sd15", "tiny-sd21v"] {
+        let r = reference(name);
+        let unet =
+            UNet2DConditionModel::from_dir(&pipeline(name).join("unet"), DType::F64, &Device::Cpu)
+                .unwrap();
+        let ts: Vec<f64> = r["unet.t"].to_vec1().unwrap();
+        for (j, t) in ts.iter().enumerate() {
+            let t = Tensor::new(*t, &Device::Cpu).unwrap();
+            let got = unet
+                .forward(&r["unet.latents"], &t, &r["unet.context"])
+                .unwrap();
+            let err = relative_error(&got, &r[&format!("unet.out_f64time.{j}")]);
+            assert!(
+                err < 1e-10,
+                "{name} at t = {}: relative error {err:e}",
+                ts[j]
+            );
+        }
+    }
+}
+
+#[test]
+fn vae_decodes_and_encodes_as_diffusers_in_float64() {
+    use ld3_models::vae::AutoencoderKl;
+    for name in ["tiny-sd15", "tiny-sd21v"] {
+        let r = reference(name);
+        let vae =
+            AutoencoderKl::from_dir(&pipeline(name).join("vae"), DType::F64, &Device::Cpu).unwrap();
+        // tiny-sd15's config has no scaling_factor: SD's 0.18215.
+        assert_eq!(vae.scaling_factor(), 0.18215);
+        let z = (&r["vae.latents"] / vae.scaling_factor()).unwrap();
+        let err = relative_error(&vae.decode(&z).unwrap(), &r["vae.decoded"]);
+        assert!(err < 1e-10, "{name} decode: relative error {err:e}");
+        let (mean, _) = vae.encode(&r["vae.image"]).unwrap();
+        let err = relative_error(&mean, &r["vae.encoded_mean"]);
+        assert!(err < 1e-10, "{name} encode: relative error {err:e}");
+    }
 }
