@@ -24,6 +24,7 @@ mod gmm;
 pub mod layers;
 mod network;
 pub mod pickle;
+pub mod sd;
 /// The model registry (the `ld3-hub` crate, which has no numerics).
 pub use ld3_hub as registry;
 mod spec;

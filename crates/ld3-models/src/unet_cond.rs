@@ -323,6 +323,7 @@ pub struct UNet2DConditionModel {
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
+    parameters: usize,
 }
 
 impl UNet2DConditionModel {
@@ -432,6 +433,7 @@ impl UNet2DConditionModel {
             up_blocks,
             conv_norm_out,
             conv_out,
+            parameters: 0,
         })
     }
 
@@ -457,9 +459,15 @@ impl UNet2DConditionModel {
             "diffusion_pytorch_model.bin",
         )?;
         let weights = crate::Checkpoint::from_file(&file)?;
-        let model = Self::new(config, weights.var_builder(dtype, device))?;
+        let mut model = Self::new(config, weights.var_builder(dtype, device))?;
         weights.check_all_used("UNet2DConditionModel")?;
+        model.parameters = weights.value_count();
         Ok(model)
+    }
+
+    /// Number of weights read from its file (0 when built from a `VarBuilder`).
+    pub fn parameter_count(&self) -> usize {
+        self.parameters
     }
 
     /// The configuration the network was built from.

@@ -172,3 +172,48 @@ fn vae_decodes_and_encodes_as_diffusers_in_float64() {
         assert!(err < 1e-10, "{name} encode: relative error {err:e}");
     }
 }
+
+/// The whole guided text-to-image sample: diffusers' StableDiffusionPipeline in float64 with its
+/// DDIMScheduler (4 steps at timesteps 751, 501, 251, 1, the last landing on ᾱ_0), guidance 7.5,
+/// negative prompts, then the VAE decode — equal to ld3-rs's DDIM over the same times (t = (k+1)/N,
+/// ending at 1/N) through the `Guided` wrapper and `decode`.
+#[test]
+fn a_guided_ddim_sample_equals_diffusers_pipeline() {
+    use ld3_models::sd::StableDiffusion;
+    use ld3_models::{Denoiser, DenoiserPredictor, Guided};
+    use ld3_solvers::solvers::sample;
+    use ld3_solvers::{SolverConfig, SolverName, Times};
+    for name in ["tiny-sd15", "tiny-sd21v"] {
+        let r = reference(name);
+        let sd =
+            StableDiffusion::from_dir(&pipeline(name), DType::F64, &Device::Cpu, None).unwrap();
+        assert_eq!(sd.sample_shape(), &[4, 8, 8]);
+        assert_eq!(sd.decoded_shape(), vec![3, 16, 16]);
+        let all = prompts(name);
+        let cond = sd
+            .text_conditioning(
+                &all[..2],
+                &["".to_string(), "blurry, low quality".to_string()],
+            )
+            .unwrap();
+        let steps: Vec<i64> = r["sample.timesteps"].to_vec1().unwrap();
+        let mut t: Vec<f64> = steps.iter().map(|k| (*k as f64 + 1.0) / 1000.0).collect();
+        t.push(0.001);
+        let guided = Guided::new(&sd, 7.5).unwrap();
+        let config = SolverConfig::new(SolverName::Ddim, None, None).unwrap();
+        let (solver, _) = config.build_for_nfe(4).unwrap();
+        let times = Times::from_f64(&t, &t, &Device::Cpu).unwrap();
+        let z = r["sample.noise"].to_dtype(DType::F64).unwrap();
+        let predictor = DenoiserPredictor::with_conditioning(&guided, cond);
+        let x = sample(solver.as_ref(), &predictor, &z, &times, None)
+            .unwrap()
+            .x;
+        let decoded = sd.decode(&x).unwrap();
+        for (suffix, tol) in [("_f64", 1e-9), ("", 1e-4)] {
+            let err = relative_error(&x, &r[&format!("sample.latents{suffix}")]);
+            assert!(err < tol, "{name} latents{suffix}: relative error {err:e}");
+            let err = relative_error(&decoded, &r[&format!("sample.decoded{suffix}")]);
+            assert!(err < tol, "{name} decoded{suffix}: relative error {err:e}");
+        }
+    }
+}
