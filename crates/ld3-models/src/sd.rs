@@ -134,8 +134,7 @@ impl StableDiffusion {
         let schedule: Arc<dyn NoiseSchedule> = scheduler
             .noise_schedule()
             .map_err(|e| invalid(format!("{}: {e}", scheduler_path.display())))?
-            .build()?
-            .into();
+            .build()?;
         let parameterization = scheduler
             .parameterization()
             .map_err(|e| invalid(format!("{}: {e}", scheduler_path.display())))?;
