@@ -166,6 +166,12 @@ impl Image {
 
     /// Writes the image as PNG, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.save_with_text(path, &[])
+    }
+
+    /// Writes the image as PNG, atomically, with `text` as UTF-8 text chunks (iTXt: keyword,
+    /// value), e.g. the prompt and seed of a sample.
+    pub fn save_with_text(&self, path: &Path, text: &[(&str, String)]) -> Result<()> {
         let color = if self.channels == 1 {
             png::ColorType::Grayscale
         } else {
@@ -186,6 +192,10 @@ impl Image {
             let io = |e: png::EncodingError| {
                 ld3_solvers::Error::Invalid(format!("{}: {e}", tmp.display()))
             };
+            for (key, value) in text {
+                enc.add_itxt_chunk(key.to_string(), value.clone())
+                    .map_err(io)?;
+            }
             let mut writer = enc.write_header().map_err(io)?;
             writer.write_image_data(&self.pixels).map_err(io)?;
             writer.finish().map_err(io)?;

@@ -42,7 +42,10 @@ pub struct SampleArgs {
     /// comma-separated (`uncond` = no class).
     #[arg(long, value_delimiter = ',')]
     class_labels: Vec<String>,
-    /// Draw this many noise samples instead of --noise.
+    #[command(flatten)]
+    prompts: PromptArgs,
+    /// Draw this many noise samples instead of --noise [default with --prompts: one per
+    /// prompt].
     #[arg(long)]
     num_samples: Option<usize>,
     /// Seed of the drawn noise (sample b uses seed + b).
@@ -67,6 +70,65 @@ pub struct SampleArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+/// The prompts of a text-to-image model (Stable Diffusion pipelines).
+#[derive(Args, Debug, Default)]
+pub struct PromptArgs {
+    /// The prompt of every sample (text-to-image models).
+    #[arg(long, conflicts_with = "prompts")]
+    pub prompt: Option<String>,
+    /// A file of prompts, one per line (blank lines skipped): one per sample, or one for all.
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// What guidance steers away from [default: the empty prompt].
+    #[arg(long, default_value = "")]
+    pub negative_prompt: String,
+}
+
+impl PromptArgs {
+    /// The prompts given, if any (from --prompt or --prompts FILE).
+    pub fn list(&self) -> Result<Option<Vec<String>>> {
+        match (&self.prompt, &self.prompts) {
+            (Some(p), _) => Ok(Some(vec![p.clone()])),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the prompt file {}", path.display()))?;
+                let list: Vec<String> = text
+                    .lines()
+                    .map(|l| l.trim_end_matches('\r').to_string())
+                    .filter(|l| !l.trim().is_empty())
+                    .collect();
+                if list.is_empty() {
+                    bail!("the prompt file {} holds no prompts", path.display());
+                }
+                Ok(Some(list))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The text conditioning of `total` samples for `model`: `prompts` (one for all or one per
+    /// sample) and the negative prompt, encoded by the model's text encoder.
+    pub fn conditioning(
+        &self,
+        prompts: &[String],
+        model: &dyn Denoiser,
+        total: usize,
+    ) -> Result<(Conditioning, Vec<String>)> {
+        let per_sample = match prompts.len() {
+            1 => vec![prompts[0].clone(); total],
+            n if n == total => prompts.to_vec(),
+            n => bail!("{n} prompts for {total} samples: give one prompt, or one per sample"),
+        };
+        let negative = vec![self.negative_prompt.clone(); total];
+        let cond = Conditioning::Text {
+            embeddings: model.encode_text(&per_sample)?,
+            negative: Some(model.encode_text(&negative)?),
+        };
+        cond.check_for(&model.conditioning(), total)?;
+        Ok((cond, per_sample))
+    }
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
@@ -139,6 +201,20 @@ pub fn run(args: SampleArgs) -> Result<()> {
             model.describe()
         );
     }
+    let text_model = matches!(model.conditioning(), ConditioningKind::Text { .. });
+    let prompts = args.prompts.list()?;
+    match (&prompts, text_model) {
+        (Some(_), false) => bail!(
+            "--prompt and --prompts apply to text-to-image models; {} takes {}",
+            model.describe(),
+            model.conditioning()
+        ),
+        (None, true) => bail!(
+            "{} is a text-to-image model: give --prompt \"TEXT\" or --prompts FILE",
+            model.describe()
+        ),
+        _ => {}
+    }
     let (z, stored_labels) = match (&args.noise, args.num_samples) {
         (Some(path), _) => read_noise(path, &shape)?,
         (None, Some(0)) => bail!("--num-samples must be at least 1"),
@@ -146,6 +222,13 @@ pub fn run(args: SampleArgs) -> Result<()> {
             rng::standard_normal(args.seed, b, &shape, DType::F64, &device)?,
             None,
         ),
+        (None, None) if args.prompts.prompts.is_some() => {
+            let b = prompts.as_ref().map_or(1, Vec::len);
+            (
+                rng::standard_normal(args.seed, b, &shape, DType::F64, &device)?,
+                None,
+            )
+        }
         (None, None) => {
             bail!("give the noise: --noise FILE.safetensors, or --num-samples B [--seed S]")
         }
@@ -154,11 +237,21 @@ pub fn run(args: SampleArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let total = z.dim(0)?;
-    let cond = conditioning(&args.class_labels, stored_labels, model.as_ref(), total)
-        .with_context(|| match (&args.noise, args.class_labels.is_empty()) {
-            (Some(path), true) => format!("the class labels of {}", path.display()),
-            _ => "the class labels".to_string(),
-        })?;
+    let (cond, sample_prompts) = match &prompts {
+        Some(list) => {
+            let (cond, per_sample) = args.prompts.conditioning(list, model.as_ref(), total)?;
+            (cond, Some(per_sample))
+        }
+        None => (
+            conditioning(&args.class_labels, stored_labels, model.as_ref(), total).with_context(
+                || match (&args.noise, args.class_labels.is_empty()) {
+                    (Some(path), true) => format!("the class labels of {}", path.display()),
+                    _ => "the class labels".to_string(),
+                },
+            )?,
+            None,
+        ),
+    };
     let z = z.to_device(&device)?;
     let times = Times::from_f64(&file.t, &file.t_net, &device)?;
     let prior = model.noise_schedule().prior_scale();
@@ -223,18 +316,58 @@ pub fn run(args: SampleArgs) -> Result<()> {
         }
         Ok(candle_core::safetensors::save(&tensors, tmp)?)
     })?;
+    // What made the pictures, in their PNG text chunks.
+    let rule = file
+        .provenance
+        .get("rule")
+        .and_then(|r| r.as_str())
+        .map(str::to_string)
+        .or_else(|| args.schedule_file.as_ref().map(|p| p.display().to_string()))
+        .unwrap_or_else(|| "schedule file".into());
+    let mut common = vec![
+        ("model", args.solver.model_name(&spec)),
+        ("solver", file.solver.to_string()),
+        ("nfe", nfe.to_string()),
+        ("schedule", rule),
+    ];
+    if sample_prompts.is_some() {
+        common.push(("negative_prompt", args.prompts.negative_prompt.clone()));
+    }
     if image_model {
-        images::sample_grid(&samples)?.save(&grid)?;
+        let mut text = common.clone();
+        if let Some(list) = &sample_prompts {
+            if list.iter().all(|p| *p == list[0]) {
+                text.push(("prompt", list[0].clone()));
+            }
+        }
+        if args.noise.is_none() {
+            text.push((
+                "seeds",
+                format!("{}..{}", args.seed, args.seed + total as u64 - 1),
+            ));
+        }
+        images::sample_grid(&samples)?.save_with_text(&grid, &text)?;
         println!("wrote {} (grid of {total} images)", grid.display());
     }
     if let Some(dir) = &args.images {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for (i, img) in images::Image::from_batch(&samples)?.iter().enumerate() {
-            let name = match args.noise {
-                Some(_) => format!("sample-{i:05}.png"),
-                None => format!("seed-{}.png", args.seed.wrapping_add(i as u64)),
+            let mut text = common.clone();
+            let name = match &args.noise {
+                Some(path) => {
+                    text.push(("noise", format!("{} sample {i}", path.display())));
+                    format!("sample-{i:05}.png")
+                }
+                None => {
+                    let seed = args.seed.wrapping_add(i as u64);
+                    text.push(("seed", seed.to_string()));
+                    format!("seed-{seed}.png")
+                }
             };
-            img.save(&dir.join(name))?;
+            if let Some(list) = &sample_prompts {
+                text.push(("prompt", list[i].clone()));
+            }
+            img.save_with_text(&dir.join(name), &text)?;
         }
         println!("wrote {total} PNG files to {}", dir.display());
     }

@@ -71,10 +71,14 @@ pub struct SolverArgs {
     /// build with `--features metal`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Classifier-free guidance scale g ≥ 1 for conditional models (1: none).
+    /// Classifier-free guidance scale g ≥ 1 for conditional models (1: none) [default: 7.5 for
+    /// Stable Diffusion pipelines, else none].
     #[arg(long)]
     pub guidance: Option<f64>,
 }
+
+/// Stable Diffusion's usual guidance scale, the default for text-to-image pipelines.
+pub const SD_GUIDANCE: f64 = 7.5;
 
 /// Options that pick a hand-made step schedule (`sample`, `schedule`, `eval samples`; `train`
 /// compares against all of them).
@@ -162,12 +166,21 @@ impl SolverArgs {
         let spec: ModelSpec = self.model.parse()?;
         let model = ld3_models::load_model_as(&spec, dtype, &device)
             .with_context(|| format!("loading model {spec}"))?;
-        Ok((spec, self.guided(model)?))
+        let guidance = self.guidance_for(&spec);
+        Ok((spec, self.guided(model, guidance)?))
     }
 
-    /// `model` under `--guidance` (unchanged without it, or at 1).
-    fn guided(&self, model: Box<dyn Denoiser>) -> Result<Box<dyn Denoiser>> {
-        match self.guidance {
+    /// `--guidance`, or for a Stable Diffusion pipeline folder its default 7.5.
+    pub fn guidance_for(&self, spec: &ModelSpec) -> Option<f64> {
+        self.guidance.or_else(|| match spec {
+            ModelSpec::Dir(dir) if ld3_models::sd::is_pipeline(dir) => Some(SD_GUIDANCE),
+            _ => None,
+        })
+    }
+
+    /// `model` under guidance `g` (unchanged without it, or at 1).
+    fn guided(&self, model: Box<dyn Denoiser>, g: Option<f64>) -> Result<Box<dyn Denoiser>> {
+        match g {
             Some(g) if g != 1.0 => {
                 if model.conditioning() == ConditioningKind::None {
                     bail!(
@@ -184,7 +197,7 @@ impl SolverArgs {
     /// The model's name in schedule files and run directories: the spec, with the guidance
     /// scale when guided.
     pub fn model_name(&self, spec: &ModelSpec) -> String {
-        match self.guidance {
+        match self.guidance_for(spec) {
             Some(g) if g != 1.0 => format!("{spec} (guidance {g})"),
             _ => spec.to_string(),
         }

@@ -1249,3 +1249,148 @@ fn registry_edm_networks_are_converted_once_and_sample_like_their_snapshot() {
     let radius = file["provenance"]["radius"].as_f64().unwrap();
     assert!((radius - 0.001 * 192.0 / 16.0).abs() < 1e-12, "{radius}");
 }
+
+fn sd_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/sd")
+        .join(name)
+}
+
+/// Text-to-image through the command users type: a tiny pipeline in the hub's layout (SD 1.5's
+/// quirks, and SD 2.1's v-prediction), prompts from a file, guidance 7.5 by default, DDIM over
+/// diffusers' DDIM times from a schedule file, the stored noise: `latents` and the decoded
+/// `samples` equal diffusers' StableDiffusionPipeline (float64, fixtures/gen/sd_pipelines.py).
+#[test]
+fn text_to_image_samples_equal_diffusers_pipeline() {
+    use ld3_solvers::{NoiseSchedule, ScheduleFile};
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["tiny-sd15", "tiny-sd21v"] {
+        let pipe = sd_fixture(name);
+        let r = candle_core::safetensors::load(
+            pipe.join("reference.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let prompts: Vec<String> =
+            serde_json::from_str(&std::fs::read_to_string(pipe.join("prompts.json")).unwrap())
+                .unwrap();
+        // diffusers' DDIM times 751, 501, 251, 1 as t = (k + 1)/N, landing on ᾱ_0 (t = 1/N).
+        let steps: Vec<i64> = r["sample.timesteps"].to_vec1().unwrap();
+        let mut t: Vec<f64> = steps.iter().map(|k| (*k as f64 + 1.0) / 1000.0).collect();
+        t.push(0.001);
+        let model = ld3_models::load_model(&pipe.to_str().unwrap().parse().unwrap()).unwrap();
+        let ddim =
+            ld3_solvers::SolverConfig::new(ld3_solvers::SolverName::Ddim, None, None).unwrap();
+        let schedule = tmp(&dir, &format!("{name}-ddim.json"));
+        ScheduleFile::new(
+            ddim,
+            4,
+            model.noise_schedule() as &dyn NoiseSchedule,
+            t.clone(),
+            t,
+            format!("{} (guidance 7.5)", pipe.display()),
+            serde_json::json!({"rule": "diffusers DDIM, 4 steps"}),
+        )
+        .unwrap()
+        .write(&schedule)
+        .unwrap();
+        let noise = tmp(&dir, &format!("{name}-noise.safetensors"));
+        let z = r["sample.noise"].clone();
+        candle_core::safetensors::save(&std::collections::HashMap::from([("noise", z)]), &noise)
+            .unwrap();
+        let prompt_file = tmp(&dir, &format!("{name}-prompts.txt"));
+        std::fs::write(&prompt_file, format!("{}\n\n{}\n", prompts[0], prompts[1])).unwrap();
+        let out = tmp(&dir, &format!("{name}.safetensors"));
+        let images = tmp(&dir, &format!("{name}-images"));
+        ld3("sample")
+            .path("--model", &pipe)
+            .path("--prompts", &prompt_file)
+            .path("--schedule-file", &schedule)
+            .path("--noise", &noise)
+            .args(&["--dtype", "f64", "--quiet"])
+            .path("--out", &out)
+            .path("--images", &images)
+            .ok();
+        let got = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+        assert_eq!(got["latents"].dims(), &[2, 4, 8, 8]);
+        assert_eq!(got["samples"].dims(), &[2, 3, 16, 16]);
+        // Sample 0 had the empty negative prompt in the reference too (the batch is independent).
+        for (ours, theirs) in [("latents", "sample.latents"), ("samples", "sample.decoded")] {
+            let a = got[ours]
+                .narrow(0, 0, 1)
+                .unwrap()
+                .to_dtype(candle_core::DType::F64)
+                .unwrap();
+            let b = r[theirs].narrow(0, 0, 1).unwrap();
+            let err = ld3_testing::relative_error(&a, &b).unwrap();
+            assert!(err < 1e-4, "{name} {ours}: relative error {err:e}");
+        }
+        // Each picture says what made it.
+        let png = std::fs::read(images.join("sample-00001.png")).unwrap();
+        let text = String::from_utf8_lossy(&png);
+        assert!(
+            text.contains(&prompts[1]) && text.contains("ddim"),
+            "{name}"
+        );
+    }
+    // Bad input: clear errors, nothing written.
+    let pipe = sd_fixture("tiny-sd15");
+    let out = tmp(&dir, "bad.safetensors");
+    let run = |extra: &[&str]| {
+        ld3("sample")
+            .path("--model", &pipe)
+            .args(&["--num-samples", "1", "--quiet"])
+            .args(extra)
+            .path("--out", &out)
+    };
+    run(&[]).fails_with("give --prompt");
+    run(&["--prompt", "x", "--guidance", "0.5"]).fails_with("--guidance must be a number ≥ 1");
+    let o = run(&["--prompt", "x", "--guidance", "abc"]).run();
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+    assert!(stderr(&o).contains("'abc'"), "{}", stderr(&o));
+    let empty = tmp(&dir, "empty.txt");
+    std::fs::write(&empty, "\n  \n").unwrap();
+    ld3("sample")
+        .path("--model", &pipe)
+        .path("--prompts", &empty)
+        .path("--out", &out)
+        .fails_with("holds no prompts");
+    ld3("sample")
+        .gmm("edm-public")
+        .args(&["--prompt", "x", "--num-samples", "1"])
+        .path("--out", &out)
+        .fails_with("apply to text-to-image models");
+    // A pipeline folder missing its merges or a UNet weight.
+    let broken = tmp(&dir, "broken");
+    copy_dir(&pipe, &broken);
+    std::fs::remove_file(broken.join("tokenizer/merges.txt")).unwrap();
+    run_model(&broken, &out).fails_with("merges.txt");
+    copy_dir(&pipe, &broken);
+    let unet = broken.join("unet/diffusion_pytorch_model.safetensors");
+    let mut w = candle_core::safetensors::load(&unet, &candle_core::Device::Cpu).unwrap();
+    w.remove("conv_in.weight");
+    candle_core::safetensors::save(&w, &unet).unwrap();
+    run_model(&broken, &out).fails_with("conv_in.weight");
+    assert!(!out.exists());
+}
+
+fn run_model(model: &Path, out: &Path) -> Ld3 {
+    ld3("sample")
+        .path("--model", model)
+        .args(&["--prompt", "x", "--num-samples", "1", "--quiet"])
+        .path("--out", out)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}

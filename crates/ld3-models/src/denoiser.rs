@@ -54,6 +54,16 @@ pub trait Denoiser: Send + Sync {
     fn parameter_count(&self) -> usize {
         0
     }
+    /// The text embeddings [B, L, D] of `prompts`, for models whose conditioning is text (their
+    /// tokenizer and text encoder); an error for the others.
+    fn encode_text(&self, prompts: &[String]) -> Result<Tensor> {
+        let _ = prompts;
+        Err(ld3_solvers::Error::Invalid(format!(
+            "{} takes no text prompts ({})",
+            self.describe(),
+            self.conditioning()
+        )))
+    }
 }
 
 macro_rules! forward_denoiser {
@@ -71,6 +81,9 @@ macro_rules! forward_denoiser {
             fn decode(&self, x: &Tensor) -> Result<Tensor> { (**self).decode(x) }
             fn decoded_shape(&self) -> Vec<usize> { (**self).decoded_shape() }
             fn parameter_count(&self) -> usize { (**self).parameter_count() }
+            fn encode_text(&self, prompts: &[String]) -> Result<Tensor> {
+                (**self).encode_text(prompts)
+            }
         }
     )*};
 }
@@ -135,6 +148,9 @@ impl<M: Denoiser> Denoiser for Guided<M> {
     }
     fn parameter_count(&self) -> usize {
         self.model.parameter_count()
+    }
+    fn encode_text(&self, prompts: &[String]) -> Result<Tensor> {
+        self.model.encode_text(prompts)
     }
     fn forward(&self, x: &Tensor, t_net: &Tensor, cond: &Conditioning) -> Result<Tensor> {
         if self.scale == 1.0 || cond.is_none() {

@@ -286,4 +286,7 @@ impl Denoiser for StableDiffusion {
     fn decoded_shape(&self) -> Vec<usize> {
         self.decoded_shape.clone()
     }
+    fn encode_text(&self, prompts: &[String]) -> Result<Tensor> {
+        self.encode_prompts(prompts)
+    }
 }

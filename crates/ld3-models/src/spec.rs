@@ -160,6 +160,9 @@ pub fn load_model_as(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<
                 device,
             )?))
         }
+        ModelSpec::Dir(dir) if crate::sd::is_pipeline(dir) => Ok(Box::new(
+            crate::sd::StableDiffusion::from_dir(dir, dtype, device, None)?,
+        )),
         ModelSpec::Dir(dir) => Ok(Box::new(DiffusersUNet::from_dir(dir, dtype, device)?)),
         ModelSpec::Registry(name) => {
             let entry = registry::find(name)
