@@ -45,10 +45,11 @@ pub struct SolverArgs {
     /// networks, fetched the same way: edm-cifar10-32x32-uncond-vp, edm-cifar10-32x32-uncond-ve,
     /// edm-cifar10-32x32-cond-vp, edm-cifar10-32x32-cond-ve, edm-ffhq-64x64-uncond-vp,
     /// edm-ffhq-64x64-uncond-ve, edm-afhqv2-64x64-uncond-vp, edm-afhqv2-64x64-uncond-ve,
-    /// edm-imagenet-64x64-cond-adm), an embedded
+    /// edm-imagenet-64x64-cond-adm; Stable Diffusion pipelines, fetched the same way: sd-v1-4,
+    /// sd-v1-5, sd-v2-1-base, sd-v2-1), an embedded
     /// Gaussian mixture (demo-edm-gmm, demo-sd-gmm, demo-class-gmm), gmm:FILE.json, a folder
     /// in the diffusers layout (config.json, diffusion_pytorch_model.safetensors,
-    /// scheduler_config.json), or an EDM network snapshot FILE.pkl (SongUNet, ADM; read
+    /// scheduler_config.json; or a text-to-image pipeline folder with model_index.json), or an EDM network snapshot FILE.pkl (SongUNet, ADM; read
     /// without running it) or its `ld3 convert` folder. `ld3 list` describes them.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,

@@ -1394,3 +1394,78 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A registry Stable Diffusion name resolves to its hub snapshot (here the tiny SD 1.5-style
+/// pipeline laid out under stable-diffusion-v1-5's name with the fp16 file names the registry
+/// fetches), loads as a text-to-image model and samples from a prompt.
+#[test]
+fn registry_sd_names_load_their_hub_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    let pipe = sd_fixture("tiny-sd15");
+    let names = [
+        ("model_index.json", "model_index.json"),
+        (
+            "scheduler/scheduler_config.json",
+            "scheduler/scheduler_config.json",
+        ),
+        ("tokenizer/vocab.json", "tokenizer/vocab.json"),
+        ("tokenizer/merges.txt", "tokenizer/merges.txt"),
+        (
+            "tokenizer/special_tokens_map.json",
+            "tokenizer/special_tokens_map.json",
+        ),
+        (
+            "tokenizer/tokenizer_config.json",
+            "tokenizer/tokenizer_config.json",
+        ),
+        ("text_encoder/config.json", "text_encoder/config.json"),
+        (
+            "text_encoder/model.fp16.safetensors",
+            "text_encoder/model.safetensors",
+        ),
+        ("unet/config.json", "unet/config.json"),
+        (
+            "unet/diffusion_pytorch_model.fp16.safetensors",
+            "unet/diffusion_pytorch_model.safetensors",
+        ),
+        ("vae/config.json", "vae/config.json"),
+        (
+            "vae/diffusion_pytorch_model.fp16.safetensors",
+            "vae/diffusion_pytorch_model.safetensors",
+        ),
+    ];
+    let root = hf.join("models--stable-diffusion-v1-5--stable-diffusion-v1-5");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    for (to, from) in names {
+        let dest = root.join("snapshots").join(commit).join(to);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(pipe.join(from), dest).unwrap();
+    }
+    std::fs::create_dir_all(root.join("refs")).unwrap();
+    std::fs::write(root.join("refs/main"), commit).unwrap();
+    let out = ld3("list")
+        .env("HF_HUB_CACHE", &hf)
+        .args(&["--check", "sd-v1-5"])
+        .ok();
+    assert!(out.contains("sd-v1-5: ok"), "{out}");
+    let samples = tmp(&dir, "s.safetensors");
+    ld3("sample")
+        .env("HF_HUB_CACHE", &hf)
+        .args(&[
+            "--model",
+            "sd-v1-5",
+            "--prompt",
+            "a lighthouse",
+            "--nfe",
+            "3",
+        ])
+        .args(&["--num-samples", "1", "--quiet"])
+        .path("--out", &samples)
+        .ok();
+    assert_eq!(read_samples(&samples).dims(), &[1, 3, 16, 16]);
+    ld3("list")
+        .env("HF_HUB_CACHE", &dir.path().join("empty"))
+        .args(&["--check", "sd-v2-1"])
+        .fails_with("cargo xtask fetch-weights sd-v2-1");
+}

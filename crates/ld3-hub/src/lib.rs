@@ -120,6 +120,30 @@ const DDPM_FILES: &[HubFile] = &[
     },
 ];
 
+macro_rules! hub_files {
+    ($($path:literal),* $(,)?) => {
+        &[$(HubFile { path: $path, size: None, sha256: None }),*]
+    };
+}
+
+/// A Stable Diffusion pipeline as the hub publishes it, with its fp16 weights (half the
+/// download; computed in the dtype asked for): model_index.json, the scheduler, CLIP's tokenizer
+/// files, and each network's config and weights. The safety checker is not fetched.
+const SD_FP16_FILES: &[HubFile] = hub_files![
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.fp16.safetensors",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.fp16.safetensors",
+];
+
 /// google/ddpm-cifar10-32's `config.json` (its architecture, for benchmarks with random weights).
 pub const DDPM_CIFAR10_32_CONFIG: &str = r#"{"_class_name":"UNet2DModel","act_fn":"silu",
  "attention_head_dim":null,"block_out_channels":[128,256,256,256],"center_input_sample":false,
@@ -192,6 +216,62 @@ pub const REGISTRY: &[RegistryEntry] = &[
         prediction: "epsilon",
         resolution: [3, 32, 32],
         license: "Apache-2.0",
+    },
+    RegistryEntry {
+        name: "sd-v1-4",
+        description: "Stable Diffusion v1.4 text-to-image (CompVis; fp16 files, 2.6 GB)",
+        source: Source::Hub {
+            repo: "CompVis/stable-diffusion-v1-4",
+            revision: "main",
+            files: SD_FP16_FILES,
+        },
+        architecture: "UNet2DConditionModel 860M + CLIP ViT-L/14 text encoder + AutoencoderKL",
+        noise_schedule: "DDPM scaled-linear betas 0.00085..0.012, 1000 steps",
+        prediction: "epsilon",
+        resolution: [4, 64, 64],
+        license: "CreativeML OpenRAIL-M",
+    },
+    RegistryEntry {
+        name: "sd-v1-5",
+        description: "Stable Diffusion v1.5 text-to-image, the paper's latent model (fp16 files, 2.6 GB)",
+        source: Source::Hub {
+            repo: "stable-diffusion-v1-5/stable-diffusion-v1-5",
+            revision: "main",
+            files: SD_FP16_FILES,
+        },
+        architecture: "UNet2DConditionModel 860M + CLIP ViT-L/14 text encoder + AutoencoderKL",
+        noise_schedule: "DDPM scaled-linear betas 0.00085..0.012, 1000 steps",
+        prediction: "epsilon",
+        resolution: [4, 64, 64],
+        license: "CreativeML OpenRAIL-M",
+    },
+    RegistryEntry {
+        name: "sd-v2-1-base",
+        description: "Stable Diffusion v2.1-base text-to-image, 512x512 (fp16 files, 2.6 GB)",
+        source: Source::Hub {
+            repo: "stabilityai/stable-diffusion-2-1-base",
+            revision: "main",
+            files: SD_FP16_FILES,
+        },
+        architecture: "UNet2DConditionModel 865M + OpenCLIP ViT-H/14 text encoder (23 layers) + AutoencoderKL",
+        noise_schedule: "DDPM scaled-linear betas 0.00085..0.012, 1000 steps",
+        prediction: "epsilon",
+        resolution: [4, 64, 64],
+        license: "CreativeML OpenRAIL++-M",
+    },
+    RegistryEntry {
+        name: "sd-v2-1",
+        description: "Stable Diffusion v2.1 text-to-image, 768x768, v-prediction (fp16 files, 2.6 GB)",
+        source: Source::Hub {
+            repo: "stabilityai/stable-diffusion-2-1",
+            revision: "main",
+            files: SD_FP16_FILES,
+        },
+        architecture: "UNet2DConditionModel 865M + OpenCLIP ViT-H/14 text encoder (23 layers) + AutoencoderKL",
+        noise_schedule: "DDPM scaled-linear betas 0.00085..0.012, 1000 steps",
+        prediction: "v_prediction",
+        resolution: [4, 96, 96],
+        license: "CreativeML OpenRAIL++-M",
     },
     edm_entry!(
         "edm-cifar10-32x32-uncond-vp",

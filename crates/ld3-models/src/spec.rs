@@ -207,6 +207,11 @@ pub fn load_model_as(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<
                     let cache = registry::hf_cache_dir(|k| std::env::var(k).ok());
                     let dir = registry::resolve_hub(name, cache.as_deref(), repo, revision, files)
                         .map_err(|e| Error::Invalid(e.to_string()))?;
+                    if crate::sd::is_pipeline(&dir) {
+                        return Ok(Box::new(crate::sd::StableDiffusion::from_dir(
+                            &dir, dtype, device, None,
+                        )?));
+                    }
                     Ok(Box::new(DiffusersUNet::from_dir(&dir, dtype, device)?))
                 }
             }
