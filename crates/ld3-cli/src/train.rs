@@ -189,9 +189,12 @@ pub struct TrainArgs {
     /// (image models) [default: --out followed by .compare.png].
     #[arg(long)]
     compare: Option<PathBuf>,
-    /// Training batch size.
-    #[arg(long, default_value_t = 2)]
-    batch_size: usize,
+    /// Training batch size [default: 2; 1 for text-to-image models, whose decoded images make
+    /// each sample costly].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[command(flatten)]
+    prompts: crate::sample::PromptArgs,
     #[command(flatten)]
     teacher: TeacherArgs,
     /// Seed of the noise and of the shuffling.
@@ -310,6 +313,31 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // One run per output file for the whole run (the run directory has its own lock).
     let _out_lock = ld3_train::Lock::for_output(&args.out)?;
     let (spec, model) = args.solver.load_model()?;
+    // A text-to-image model trains on its prompts: a prompt per teacher pair.
+    let prompt_conditioner = match (
+        args.prompts.list()?,
+        matches!(
+            model.conditioning(),
+            ld3_models::ConditioningKind::Text { .. }
+        ),
+    ) {
+        (Some(list), true) => Some(ld3_train::teacher::PromptConditioner::new(
+            model.as_ref(),
+            list,
+            args.prompts.negative_prompt.clone(),
+        )?),
+        (None, true) => bail!(
+            "{} is a text-to-image model: training needs its prompts (--prompts FILE, one per \
+             line, or --prompt \"TEXT\")",
+            model.describe()
+        ),
+        (Some(_), false) => bail!(
+            "--prompt and --prompts apply to text-to-image models; {} takes {}",
+            model.describe(),
+            model.conditioning()
+        ),
+        (None, false) => None,
+    };
     let solver = args.solver.solver_config(None)?;
     let nfe = args.solver.nfe.unwrap_or(10);
     // Distances and pictures compare decoded samples.
@@ -366,7 +394,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     config.train_samples = args.train_samples;
     config.valid_samples = args.valid_samples;
     config.heldout_samples = args.heldout_samples;
-    config.batch_size = args.batch_size;
+    let text_model = matches!(
+        model.conditioning(),
+        ld3_models::ConditioningKind::Text { .. }
+    );
+    config.batch_size = args.batch_size.unwrap_or(if text_model { 1 } else { 2 });
     config.seed = args.seed;
     config.rounds_theta = args.rounds_theta;
     config.rounds_joint = args.rounds_joint;
@@ -456,6 +488,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         &run_dir,
     )?
     .with_observer(observer);
+    if let Some(c) = prompt_conditioner {
+        trainer = trainer.with_conditioner(Arc::new(c));
+    }
     if let Some(d) = distance {
         trainer = trainer.with_distance(d);
     }

@@ -1469,3 +1469,96 @@ fn registry_sd_names_load_their_hub_snapshot() {
         .args(&["--check", "sd-v2-1"])
         .fails_with("cargo xtask fetch-weights sd-v2-1");
 }
+
+/// LD3 on a latent text-to-image model, end to end from a prompt file: teacher pairs with a
+/// prompt each (their prompts written beside them), losses on decoded images, time-mode steps,
+/// batch 1; the learned schedule beats the best hand-made one on held-out prompts' pairs and
+/// samples; a prompt file with no prompts and a schedule made for another model are refused.
+#[test]
+fn trains_a_text_to_image_schedule_from_a_prompt_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipe = sd_fixture("tiny-sd15");
+    let prompts = tmp(&dir, "prompts.txt");
+    std::fs::write(
+        &prompts,
+        "a red cube on a blue sphere\na lighthouse at dusk\n\na cat on a sofa\n",
+    )
+    .unwrap();
+    let out = tmp(&dir, "sd.json");
+    let stdout = ld3("train")
+        .path("--model", &pipe)
+        .path("--prompts", &prompts)
+        .args(&["--solver", "ipndm", "--order", "2", "--nfe", "4", "--quiet"])
+        .args(&[
+            "--train-samples",
+            "3",
+            "--valid-samples",
+            "3",
+            "--heldout-samples",
+            "3",
+        ])
+        .args(&[
+            "--rounds-theta",
+            "1",
+            "--rounds-joint",
+            "2",
+            "--init",
+            "best-hand-made",
+        ])
+        .args(&["--loss", "l2"])
+        .path("--out", &out)
+        .ok();
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let p = &file["provenance"];
+    assert_eq!(p["time_mode"], "time");
+    assert!(p["conditioning"].as_str().unwrap().starts_with("3 prompts"));
+    assert!(file["model"].as_str().unwrap().ends_with("(guidance 7.5)"));
+    let heldout = p["heldout"].as_array().unwrap();
+    let mean = |name: &str| {
+        heldout
+            .iter()
+            .find(|h| h["schedule"] == name)
+            .map(|h| h["mean"].as_f64().unwrap())
+    };
+    let best_hand_made = p["initial_schedule"].as_str().unwrap();
+    assert!(
+        mean("ld3").unwrap() <= mean(best_hand_made).unwrap(),
+        "{stdout}"
+    );
+    let pair_prompts: Vec<String> = serde_json::from_str(
+        &std::fs::read_to_string(tmp(&dir, "sd.json.run/teacher.prompts.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(pair_prompts.len(), 6);
+    assert_eq!(pair_prompts[1], "a lighthouse at dusk");
+    // The schedule samples this model.
+    let samples = tmp(&dir, "s.safetensors");
+    ld3("sample")
+        .path("--model", &pipe)
+        .args(&["--prompt", "a cat", "--num-samples", "1", "--quiet"])
+        .path("--schedule-file", &out)
+        .path("--out", &samples)
+        .ok();
+    assert_eq!(read_samples(&samples).dims(), &[1, 3, 16, 16]);
+    // Not for another model, nor without prompts.
+    let other = sd_fixture("tiny-sd21v");
+    ld3("sample")
+        .path("--model", &other)
+        .args(&["--prompt", "a cat", "--num-samples", "1"])
+        .path("--schedule-file", &out)
+        .path("--out", &tmp(&dir, "o.safetensors"))
+        .fails_with("tiny-sd15");
+    let empty = tmp(&dir, "empty.txt");
+    std::fs::write(&empty, "\n").unwrap();
+    ld3("train")
+        .path("--model", &pipe)
+        .path("--prompts", &empty)
+        .path("--out", &tmp(&dir, "e.json"))
+        .fails_with("holds no prompts");
+    ld3("train")
+        .path("--model", &pipe)
+        .path("--out", &tmp(&dir, "e.json"))
+        .fails_with("needs its prompts");
+    assert!(!tmp(&dir, "o.safetensors").exists() && !tmp(&dir, "e.json").exists());
+}

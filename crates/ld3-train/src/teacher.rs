@@ -97,6 +97,12 @@ pub trait Conditioner: Send + Sync {
     fn describe(&self) -> String;
     /// The conditioning of `count` pairs drawn with `seed` (pair b uses `seed + b`).
     fn draw(&self, seed: u64, count: usize) -> Result<Conditioning>;
+    /// Each pair's conditioning in words (its prompt), stored beside the pairs
+    /// (`STEM.prompts.json`) for people to read; `None` when there is nothing to say.
+    fn pair_labels(&self, seed: u64, count: usize) -> Option<Vec<String>> {
+        let _ = (seed, count);
+        None
+    }
 }
 
 /// Class labels uniform over `classes`, pair b's label from seed + b.
@@ -120,6 +126,82 @@ impl Conditioner for UniformClasses {
             })
             .collect();
         Conditioning::classes(&labels, &self.device)
+    }
+}
+
+/// Text prompts for a text-to-image model: pair b gets prompt (seed + b) mod P of the list, and
+/// every pair the one negative prompt guidance steers away from. The embeddings are computed
+/// once, when it is made (the model's [`Denoiser::encode_text`]), and stored with the pairs.
+pub struct PromptConditioner {
+    prompts: Vec<String>,
+    negative: String,
+    embeddings: Tensor,
+    negative_embedding: Tensor,
+}
+
+impl PromptConditioner {
+    /// The prompts' embeddings under `model`'s text encoder.
+    pub fn new(model: &dyn Denoiser, prompts: Vec<String>, negative: String) -> Result<Self> {
+        if prompts.is_empty() {
+            return Err(Error::Invalid(
+                "training a text-to-image model needs prompts".into(),
+            ));
+        }
+        let embeddings = model.encode_text(&prompts)?;
+        let negative_embedding = model.encode_text(std::slice::from_ref(&negative))?;
+        Ok(Self {
+            prompts,
+            negative,
+            embeddings,
+            negative_embedding,
+        })
+    }
+
+    /// The prompt of pair b drawn with `seed`.
+    pub fn prompt_for(&self, seed: u64, b: usize) -> &str {
+        &self.prompts[self.index(seed, b)]
+    }
+
+    fn index(&self, seed: u64, b: usize) -> usize {
+        (seed.wrapping_add(b as u64) % self.prompts.len() as u64) as usize
+    }
+}
+
+impl Conditioner for PromptConditioner {
+    fn describe(&self) -> String {
+        // FNV-1a over the prompts: a stable fingerprint of the list, stored with the pairs.
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for b in self.prompts.join("\n").bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        format!(
+            "{} prompts (list fingerprint {h:016x}; pair b: prompt (seed + b) mod {}), negative \
+             prompt {:?}",
+            self.prompts.len(),
+            self.prompts.len(),
+            self.negative
+        )
+    }
+    fn pair_labels(&self, seed: u64, count: usize) -> Option<Vec<String>> {
+        Some(
+            (0..count)
+                .map(|b| self.prompt_for(seed, b).to_string())
+                .collect(),
+        )
+    }
+    fn draw(&self, seed: u64, count: usize) -> Result<Conditioning> {
+        let idx: Vec<u32> = (0..count).map(|b| self.index(seed, b) as u32).collect();
+        let idx = Tensor::new(idx.as_slice(), self.embeddings.device())?;
+        let embeddings = self.embeddings.index_select(&idx, 0)?;
+        let (_, l, d) = self.negative_embedding.dims3()?;
+        let negative = self
+            .negative_embedding
+            .broadcast_as((count, l, d))?
+            .contiguous()?;
+        Ok(Conditioning::Text {
+            embeddings,
+            negative: Some(negative),
+        })
     }
 }
 
@@ -247,6 +329,15 @@ impl TeacherPairs {
         }
         let pairs = Self::generate(model, meta, conditioner, dtype, progress)?;
         pairs.save(meta, stem)?;
+        if let Some(labels) = conditioner.and_then(|c| c.pair_labels(meta.seed, meta.count)) {
+            let text = serde_json::to_string_pretty(&labels).expect("strings serialise");
+            write_atomic(&stem.with_extension("prompts.json"), |tmp| {
+                std::fs::write(tmp, text).map_err(|source| Error::Io {
+                    path: tmp.display().to_string(),
+                    cause: source,
+                })
+            })?;
+        }
         Ok(pairs)
     }
 
