@@ -13,10 +13,10 @@ use ld3_metrics::fid::{frechet_distance, kid};
 use ld3_metrics::fid_sets::{open_set, FeatureSet, FidExtractor};
 use ld3_metrics::inception::{default_weights, FidMode};
 use ld3_metrics::LpipsNet;
-use ld3_models::{registry, Conditioning};
+use ld3_models::{registry, Conditioning, ConditioningKind};
 use ld3_solvers::schedule_file::write_atomic;
 use ld3_solvers::{rng, ScheduleFile, Times};
-use ld3_train::teacher::solve_in_batches;
+use ld3_train::teacher::{solve_in_batches, Conditioner};
 use ld3_train::Distance;
 
 use crate::images;
@@ -244,6 +244,8 @@ struct SamplesArgs {
     /// Also score the hand-made --schedule beside the files.
     #[arg(long)]
     with_hand_made: bool,
+    #[command(flatten)]
+    prompts: crate::sample::PromptArgs,
     /// Samples per schedule.
     #[arg(long, default_value_t = 100)]
     num_samples: usize,
@@ -340,10 +342,29 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
         DType::F32,
         model.device(),
     )?;
-    // Each noise's conditioning (class models: labels drawn from the same seed).
-    let cond = match ld3_train::teacher::default_conditioner(model.as_ref())? {
-        Some(c) => c.draw(args.seed, args.num_samples)?,
-        None => Conditioning::None,
+    // Each noise's conditioning (class models: labels drawn from the same seed; text models:
+    // prompt (seed + b) mod P of --prompts, as training draws them).
+    let text_model = matches!(model.conditioning(), ConditioningKind::Text { .. });
+    let cond = match (args.prompts.list()?, text_model) {
+        (Some(list), true) => ld3_train::teacher::PromptConditioner::new(
+            model.as_ref(),
+            list,
+            args.prompts.negative_prompt.clone(),
+        )?
+        .draw(args.seed, args.num_samples)?,
+        (None, true) => bail!(
+            "{} is a text-to-image model: scoring it needs prompts (--prompts FILE or --prompt)",
+            model.describe()
+        ),
+        (Some(_), false) => bail!(
+            "--prompt and --prompts apply to text-to-image models; {} takes {}",
+            model.describe(),
+            model.conditioning()
+        ),
+        (None, false) => match ld3_train::teacher::default_conditioner(model.as_ref())? {
+            Some(c) => c.draw(args.seed, args.num_samples)?,
+            None => Conditioning::None,
+        },
     };
     let teacher = if args.no_teacher {
         None

@@ -1541,6 +1541,29 @@ fn trains_a_text_to_image_schedule_from_a_prompt_file() {
         .path("--out", &samples)
         .ok();
     assert_eq!(read_samples(&samples).dims(), &[1, 3, 16, 16]);
+    // Scored on prompts (drawn as training draws them) beside the hand-made schedule.
+    let scores = ld3("eval")
+        .args(&[
+            "samples",
+            "--num-samples",
+            "2",
+            "--with-hand-made",
+            "--nfe",
+            "4",
+        ])
+        .args(&["--solver", "ipndm", "--order", "2"])
+        .path("--model", &pipe)
+        .path("--prompts", &prompts)
+        .path("--schedule-file", &out)
+        .ok();
+    assert!(
+        scores.contains("sd.json") && scores.contains("logsnr"),
+        "{scores}"
+    );
+    ld3("eval")
+        .args(&["samples", "--num-samples", "2"])
+        .path("--model", &pipe)
+        .fails_with("needs prompts");
     // Not for another model, nor without prompts.
     let other = sd_fixture("tiny-sd21v");
     ld3("sample")
