@@ -219,7 +219,7 @@ pub const REGISTRY: &[RegistryEntry] = &[
     },
     RegistryEntry {
         name: "sd-v1-4",
-        description: "Stable Diffusion v1.4 text-to-image (CompVis; fp16 files, 2.6 GB)",
+        description: "Stable Diffusion v1.4 text-to-image (CompVis; fp16 files, 2.1 GB)",
         source: Source::Hub {
             repo: "CompVis/stable-diffusion-v1-4",
             revision: "main",
@@ -233,7 +233,7 @@ pub const REGISTRY: &[RegistryEntry] = &[
     },
     RegistryEntry {
         name: "sd-v1-5",
-        description: "Stable Diffusion v1.5 text-to-image, the paper's latent model (fp16 files, 2.6 GB)",
+        description: "Stable Diffusion v1.5 text-to-image, the paper's latent model (fp16 files, 2.1 GB)",
         source: Source::Hub {
             repo: "stable-diffusion-v1-5/stable-diffusion-v1-5",
             revision: "main",

@@ -277,3 +277,29 @@ fn the_guided_decoded_solve_is_differentiable_in_times_and_latent() {
     let (err, at) = report.worst();
     assert!(err < 1e-5, "latent: relative error {err:e} at {at:?}");
 }
+
+/// Plain sampling takes candle's fused softmax and LayerNorm (no backward); anything that may
+/// be differentiated takes the composite ops. Both give the same UNet output (f32).
+#[test]
+fn fused_sampling_kernels_equal_the_differentiable_ones() {
+    use ld3_models::unet_cond::UNet2DConditionModel;
+    for name in ["tiny-sd15", "tiny-sd21v"] {
+        let r = reference(name);
+        let unet =
+            UNet2DConditionModel::from_dir(&pipeline(name).join("unet"), DType::F32, &Device::Cpu)
+                .unwrap();
+        let x = r["unet.latents"].to_dtype(DType::F32).unwrap();
+        let context = r["unet.context"].to_dtype(DType::F32).unwrap();
+        let t = Tensor::new(500f32, &Device::Cpu).unwrap();
+        let fused = unet.forward(&x, &t, &context).unwrap();
+        let var = candle_core::Var::from_tensor(&x).unwrap();
+        let composite = unet.forward(var.as_tensor(), &t, &context).unwrap();
+        let err = relative_error(
+            &fused.to_dtype(DType::F64).unwrap(),
+            &composite.to_dtype(DType::F64).unwrap(),
+        );
+        assert!(err < 1e-5, "{name}: relative error {err:e}");
+        // And the fused path is not the one taken under a gradient: it has no backward.
+        assert!(composite.track_op() && !fused.track_op());
+    }
+}

@@ -4,15 +4,16 @@
 //! or any `--model` value (an EDM snapshot, say): `cargo run --release -p ld3-train --example
 //! grad_memory -- NFE full|recompute [gmm|ld3-mnist-32|ddpm-cifar10-32|MODEL] [SOLVER[-ORDER]]`.
 //! The solver defaults to UniPC-3 (bh2); `ddim`, `ipndm-3` and the like name others. Steps are
-//! laid out in time, from the logSNR-uniform schedule.
+//! laid out in time, from the logSNR-uniform schedule. A text-to-image pipeline runs at batch 1
+//! with one prompt and guidance 7.5, its loss on the decoded image.
 //! Run one configuration per process: the peak (VmHWM) is per process. Results: docs/BENCHMARKS.md.
 
 use candle_core::{DType, Device, Tensor};
 use ld3_models::diffusers::DiffusersFiles;
 use ld3_models::registry::{DDPM_CIFAR10_32_CONFIG, DDPM_SCHEDULER_CONFIG};
 use ld3_models::{
-    load_model, Conditioning, Denoiser, DiffusersUNet, GaussianMixture, GmmComponent, UNet2DConfig,
-    UNet2DModel,
+    load_model, Conditioning, ConditioningKind, Denoiser, DiffusersUNet, GaussianMixture,
+    GmmComponent, Guided, UNet2DConfig, UNet2DModel,
 };
 use ld3_solvers::noise::{BetaSchedule, VpDiscrete};
 use ld3_solvers::steps::{LogSnrUniform, StepSchedule};
@@ -91,18 +92,41 @@ fn main() {
     )
     .unwrap();
     let xi = Tensor::zeros(steps + 1, DType::F64, &Device::Cpu).unwrap();
-    let z = rng::standard_normal(0, 2, &shape, DType::F32, &Device::Cpu).unwrap();
-    let target = rng::standard_normal(1, 2, &shape, DType::F32, &Device::Cpu).unwrap();
+    // Text-to-image models: batch 1 (LD3's setting for them), one prompt, guidance 7.5, the loss
+    // on the decoded image.
+    let text = matches!(model.conditioning(), ConditioningKind::Text { .. });
+    let (batch, cond) = match text {
+        true => {
+            let prompt = ["a photograph of an astronaut riding a horse".to_string()];
+            let cond = Conditioning::Text {
+                embeddings: model.encode_text(&prompt).unwrap(),
+                negative: Some(model.encode_text(&[String::new()]).unwrap()),
+            };
+            (1, cond)
+        }
+        false => (2, Conditioning::None),
+    };
+    let guided;
+    let model: &dyn Denoiser = match text {
+        true => {
+            guided = Guided::new(model.as_ref(), 7.5).unwrap();
+            &guided
+        }
+        false => model.as_ref(),
+    };
+    let z = rng::standard_normal(0, batch, &shape, DType::F32, &Device::Cpu).unwrap();
+    let target =
+        rng::standard_normal(1, batch, &model.decoded_shape(), DType::F32, &Device::Cpu).unwrap();
     let problem = Problem {
         solver: solver.as_ref(),
-        model: model.as_ref(),
+        model,
         discretization: &disc,
         distance: &L2,
     };
     let before = peak_rss_mib();
     let start = std::time::Instant::now();
     let out = problem
-        .loss_and_grads(&theta, &xi, &z, &Conditioning::None, &target, mode)
+        .loss_and_grads(&theta, &xi, &z, &cond, &target, mode)
         .unwrap();
     let secs = start.elapsed().as_secs_f64();
     let norm: f64 = out

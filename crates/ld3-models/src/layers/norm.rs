@@ -1,4 +1,5 @@
-//! Layer normalisation from differentiable ops (candle's fused `layer_norm` has no backward).
+//! Layer normalisation from differentiable ops (candle's fused `layer_norm` has no backward; it
+//! is used only where no gradient can be asked for).
 
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -21,9 +22,19 @@ impl LayerNorm {
         })
     }
 
-    /// Normalises `x` [..., dim].
+    /// Normalises `x` [..., dim]: candle's fused kernel (f32, f16, bf16) when nothing upstream
+    /// needs a gradient, else the differentiable composite.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
+        let tracked = x.track_op() || self.weight.track_op() || self.bias.track_op();
+        if !tracked && dtype != DType::F64 {
+            return candle_nn::ops::layer_norm(
+                &x.contiguous()?,
+                &self.weight,
+                &self.bias,
+                self.eps as f32,
+            );
+        }
         let wide = match dtype {
             DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
             _ => x.clone(),
