@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value as J;
 
 use crate::layers::{timestep_embedding, Norms, TimestepMlp, TransformerShape};
-use crate::unet2d::{DownBlock, Level, LevelAttention, MidBlock, UpBlock};
+use crate::unet2d::{run_levels, DownBlock, Level, LevelAttention, MidBlock, UpBlock};
 
 /// A number, or one per level (diffusers accepts both for several fields).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -529,22 +529,14 @@ impl UNet2DConditionModel {
         } else {
             x.clone()
         };
-        let mut h = self.conv_in.forward(&x)?;
-        let mut skips = vec![h.clone()];
-        for block in &self.down_blocks {
-            let (out, states) = block.forward(&h, Some(&temb), Some(&context))?;
-            h = out;
-            skips.extend(states);
-        }
-        if let Some(mid) = &self.mid_block {
-            h = mid.forward(&h, Some(&temb), Some(&context))?;
-        }
-        for block in &self.up_blocks {
-            let k = block.num_skips();
-            let rest = skips.len() - k;
-            h = block.forward(&h, &skips[rest..], Some(&temb), Some(&context))?;
-            skips.truncate(rest);
-        }
+        let h = run_levels(
+            self.conv_in.forward(&x)?,
+            &temb,
+            Some(&context),
+            &self.down_blocks,
+            self.mid_block.as_ref(),
+            &self.up_blocks,
+        )?;
         let h = self.conv_norm_out.forward(&h)?.silu()?;
         self.conv_out.forward(&h)
     }

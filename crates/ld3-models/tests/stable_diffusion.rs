@@ -107,6 +107,8 @@ fn broken_tokenizer_folders_and_foreign_ids_are_clear_errors() {
     assert!(e.contains("outside the text encoder's vocabulary"), "{e}");
 }
 
+/// The UNet at t = 999, 500, 1: within 5e-6 of diffusers (whose time sinusoids are float32 even
+/// in a float64 model), and within 1e-10 of diffusers with float64 sinusoids.
 #[test]
 fn unet_outputs_equal_diffusers_in_float64() {
     use ld3_models::unet_cond::UNet2DConditionModel;
@@ -121,36 +123,14 @@ fn unet_outputs_equal_diffusers_in_float64() {
             let got = unet
                 .forward(&r["unet.latents"], &t, &r["unet.context"])
                 .unwrap();
-            let err = relative_error(&got, &r[&format!("unet.out.{j}")]);
-            assert!(
-                err < 1e-4,
-                "{name} at t = {}: relative error {err:e}",
-                ts[j]
-            );
-        }
-    }
-}
-
-#[test]
-fn unet_equals_diffusers_with_float64_time_sinusoids_exactly() {
-    use ld3_models::unet_cond::UNet2DConditionModel;
-    for name in ["tiny-sd15", "tiny-sd21v"] {
-        let r = reference(name);
-        let unet =
-            UNet2DConditionModel::from_dir(&pipeline(name).join("unet"), DType::F64, &Device::Cpu)
-                .unwrap();
-        let ts: Vec<f64> = r["unet.t"].to_vec1().unwrap();
-        for (j, t) in ts.iter().enumerate() {
-            let t = Tensor::new(*t, &Device::Cpu).unwrap();
-            let got = unet
-                .forward(&r["unet.latents"], &t, &r["unet.context"])
-                .unwrap();
-            let err = relative_error(&got, &r[&format!("unet.out_f64time.{j}")]);
-            assert!(
-                err < 1e-10,
-                "{name} at t = {}: relative error {err:e}",
-                ts[j]
-            );
+            for (key, tol) in [("unet.out", 1e-4), ("unet.out_f64time", 1e-10)] {
+                let err = relative_error(&got, &r[&format!("{key}.{j}")]);
+                assert!(
+                    err < tol,
+                    "{name} {key} at t = {}: relative error {err:e}",
+                    ts[j]
+                );
+            }
         }
     }
 }

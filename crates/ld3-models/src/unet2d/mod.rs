@@ -192,23 +192,43 @@ impl UNet2DModel {
         } else {
             x.clone()
         };
-        let mut h = self.conv_in.forward(&x)?;
-        let mut skips = vec![h.clone()];
-        for block in &self.down_blocks {
-            let (out, states) = block.forward(&h, Some(&temb), None)?;
-            h = out;
-            skips.extend(states);
-        }
-        if let Some(mid) = &self.mid_block {
-            h = mid.forward(&h, Some(&temb), None)?;
-        }
-        for block in &self.up_blocks {
-            let k = block.num_skips();
-            let rest = skips.len() - k;
-            h = block.forward(&h, &skips[rest..], Some(&temb), None)?;
-            skips.truncate(rest);
-        }
+        let h = run_levels(
+            self.conv_in.forward(&x)?,
+            &temb,
+            None,
+            &self.down_blocks,
+            self.mid_block.as_ref(),
+            &self.up_blocks,
+        )?;
         let h = self.conv_norm_out.forward(&h)?.silu()?;
         self.conv_out.forward(&h)
     }
+}
+
+/// The levels of a UNet on the output `h` of its input convolution: the down blocks (every state
+/// kept for the skips), the mid block, then the up blocks, each taking its skips from the back;
+/// `context` for cross-attention.
+pub(crate) fn run_levels(
+    mut h: Tensor,
+    temb: &Tensor,
+    context: Option<&Tensor>,
+    down: &[DownBlock],
+    mid: Option<&MidBlock>,
+    up: &[UpBlock],
+) -> Result<Tensor> {
+    let mut skips = vec![h.clone()];
+    for block in down {
+        let (out, states) = block.forward(&h, Some(temb), context)?;
+        h = out;
+        skips.extend(states);
+    }
+    if let Some(mid) = mid {
+        h = mid.forward(&h, Some(temb), context)?;
+    }
+    for block in up {
+        let rest = skips.len() - block.num_skips();
+        h = block.forward(&h, &skips[rest..], Some(temb), context)?;
+        skips.truncate(rest);
+    }
+    Ok(h)
 }
