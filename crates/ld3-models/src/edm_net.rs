@@ -13,8 +13,9 @@ use serde_json::Value as J;
 use crate::conditioning::{Conditioning, ConditioningKind};
 use crate::denoiser::{Denoiser, Parameterization};
 use crate::edm_pkl::PickledNetwork;
+use crate::layers::Linear;
 use crate::layers::{fir_down2, fir_down2_padded, fir_up2};
-use candle_nn::{GroupNorm, Linear, Module};
+use candle_nn::{GroupNorm, Module};
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::Invalid(msg.into())

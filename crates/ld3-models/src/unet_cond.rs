@@ -5,7 +5,9 @@
 //! unchanged.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::{GroupNorm, VarBuilder};
+
+use crate::layers::Conv2d;
 use serde::Deserialize;
 use serde_json::Value as J;
 

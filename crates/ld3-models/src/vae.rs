@@ -7,7 +7,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::{GroupNorm, VarBuilder};
+
+use crate::layers::Conv2d;
 use serde::Deserialize;
 
 use crate::layers::{conv, upsample_nearest_2x, Norms, ResnetBlock};

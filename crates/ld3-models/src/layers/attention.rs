@@ -2,7 +2,9 @@
 //! where no gradient can be asked for.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor, D};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, VarBuilder};
+
+use super::{linear, Linear};
 
 use super::conv::divided;
 use super::resnet::Norms;
@@ -35,7 +37,7 @@ impl SelfAttention {
         } else {
             ["to_q", "to_k", "to_v", "to_out.0"]
         };
-        let lin = |n: &str| candle_nn::linear(channels, channels, vb.pp(n));
+        let lin = |n: &str| linear(channels, channels, vb.pp(n));
         Ok(Self {
             group_norm: match norms {
                 Some(n) => Some(candle_nn::group_norm(

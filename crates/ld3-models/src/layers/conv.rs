@@ -1,7 +1,9 @@
 //! Convolutions and resampling with a correct backward in candle.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use super::Conv2d;
 
 /// 3×3 (or k×k) convolution with bias.
 pub fn conv(
@@ -17,7 +19,7 @@ pub fn conv(
         stride,
         ..Default::default()
     };
-    candle_nn::conv2d(c_in, c_out, k, cfg, vb)
+    candle_nn::conv2d(c_in, c_out, k, cfg, vb).map(Conv2d)
 }
 
 /// Nearest-neighbour ×2 upsampling as a broadcast (its backward adds, unlike

@@ -1,7 +1,9 @@
 //! Time embeddings: sinusoids of a (continuous, differentiable) time input and their MLP.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use super::{linear, Linear};
 
 /// diffusers' `get_timestep_embedding`: sinusoids of `timesteps` [B] at `dim` frequencies
 /// exp(−ln(10⁴)·i/(dim/2 − shift)), halves ordered (cos, sin) when `flip_sin_to_cos`.
@@ -42,8 +44,8 @@ impl TimestepMlp {
     /// Keys `linear_1`, `linear_2`.
     pub fn new(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            linear_1: candle_nn::linear(c_in, c_out, vb.pp("linear_1"))?,
-            linear_2: candle_nn::linear(c_out, c_out, vb.pp("linear_2"))?,
+            linear_1: linear(c_in, c_out, vb.pp("linear_1"))?,
+            linear_2: linear(c_out, c_out, vb.pp("linear_2"))?,
         })
     }
 

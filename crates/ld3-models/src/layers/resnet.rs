@@ -1,7 +1,9 @@
 //! The ResNet block with a time embedding, shared by every UNet family.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, VarBuilder};
+
+use super::{linear, Conv2d, Linear};
 
 use super::conv::{conv, divided};
 
@@ -45,7 +47,7 @@ impl ResnetBlock {
             conv1: conv(c_in, c_out, 3, 1, 1, vb.pp("conv1"))?,
             time_emb_proj: match temb {
                 0 => None,
-                _ => Some(candle_nn::linear(temb, proj_out, vb.pp("time_emb_proj"))?),
+                _ => Some(linear(temb, proj_out, vb.pp("time_emb_proj"))?),
             },
             norm2: candle_nn::group_norm(norms.groups, c_out, norms.eps, vb.pp("norm2"))?,
             conv2: conv(c_out, c_out, 3, 1, 1, vb.pp("conv2"))?,

@@ -4,7 +4,9 @@
 //! and the context (shared LayerNorm and attention: no fused kernels).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, VarBuilder};
+
+use super::{linear, linear_no_bias, Conv2d, Linear};
 
 use super::{conv, multi_head_attention, LayerNorm};
 
@@ -29,10 +31,10 @@ impl Attention {
     ) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
-            to_q: candle_nn::linear_no_bias(dim, inner, vb.pp("to_q"))?,
-            to_k: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
-            to_v: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(inner, dim, vb.pp("to_out.0"))?,
+            to_q: linear_no_bias(dim, inner, vb.pp("to_q"))?,
+            to_k: linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
+            to_v: linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
+            to_out: linear(inner, dim, vb.pp("to_out.0"))?,
             heads,
         })
     }
@@ -62,8 +64,8 @@ impl FeedForward {
     fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
         let inner = 4 * dim;
         Ok(Self {
-            proj: candle_nn::linear(dim, 2 * inner, vb.pp("net.0.proj"))?,
-            out: candle_nn::linear(inner, dim, vb.pp("net.2"))?,
+            proj: linear(dim, 2 * inner, vb.pp("net.0.proj"))?,
+            out: linear(inner, dim, vb.pp("net.2"))?,
         })
     }
 
@@ -172,7 +174,7 @@ impl SpatialTransformer {
         let (c, inner) = (shape.channels, shape.heads * shape.head_dim);
         let projection = |i: usize, o: usize, vb: VarBuilder| -> Result<Projection> {
             Ok(if shape.linear_projection {
-                Projection::Linear(candle_nn::linear(i, o, vb)?)
+                Projection::Linear(linear(i, o, vb)?)
             } else {
                 Projection::Conv(conv(i, o, 1, 1, 0, vb)?)
             })

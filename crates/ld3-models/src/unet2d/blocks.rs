@@ -3,7 +3,9 @@
 //! `UNet2DConditionModel`'s (with cross-attention transformers).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::layers::Conv2d;
 
 use crate::layers::{
     conv, upsample_nearest_2x, Norms, ResnetBlock, SelfAttention, SpatialTransformer,

@@ -7,7 +7,9 @@ mod config;
 pub use config::{SampleSize, UNet2DConfig};
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::{GroupNorm, VarBuilder};
+
+use crate::layers::Conv2d;
 
 use crate::layers::{timestep_embedding, Norms, TimestepMlp};
 pub(crate) use blocks::{DownBlock, Level, LevelAttention, MidBlock, UpBlock};
