@@ -89,7 +89,7 @@ impl Conv {
         if let (true, true, Some(w)) = (self.fused, self.down, &self.w) {
             let f = filter()?;
             let f_pad = (f.dim(3)? - 1) / 2;
-            x = x.conv2d(w, w_pad + f_pad, 1, 1, 1)?;
+            x = crate::layers::conv2d(&x, w, w_pad + f_pad, 1, 1)?;
             // The depthwise filter at stride 2 without padding (its padding went to the conv).
             x = fir_down2_padded(&x, f, 0)?;
         } else {
@@ -100,7 +100,7 @@ impl Conv {
                 x = fir_down2(&x, filter()?)?;
             }
             if let Some(w) = &self.w {
-                x = x.conv2d(w, w_pad, 1, 1, 1)?;
+                x = crate::layers::conv2d(&x, w, w_pad, 1, 1)?;
             }
         }
         Ok(match &self.b {

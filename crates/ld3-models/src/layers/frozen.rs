@@ -51,46 +51,50 @@ pub struct Conv2d(pub candle_nn::Conv2d);
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.0.weight();
         let cfg = *self.0.config();
-        if !input_only(x, w) || cfg.groups != 1 {
+        if cfg.groups != 1 {
             return self.0.forward(x);
         }
-        let out = x
-            .detach()
-            .conv2d(w, cfg.padding, cfg.stride, cfg.dilation, 1)?;
-        let kernel = w.clone();
-        let grad_x = move |arg: &Tensor, grad: &Tensor| {
-            // The transposed convolution's output padding restores the rows and columns a
-            // strided forward left over; it is one number for both sides, so take the larger
-            // and cut the other side back (it only extends the bottom and right).
-            let (k_h, k_w) = (kernel.dim(2)?, kernel.dim(3)?);
-            let base = |g: usize, k: usize| {
-                (g - 1) * cfg.stride + cfg.dilation * (k - 1) + 1 - 2 * cfg.padding
-            };
-            let (h, w) = (arg.dim(2)?, arg.dim(3)?);
-            let pad_h = h - base(grad.dim(2)?, k_h);
-            let pad_w = w - base(grad.dim(3)?, k_w);
-            grad.conv_transpose2d(
-                &kernel,
-                cfg.padding,
-                pad_h.max(pad_w),
-                cfg.stride,
-                cfg.dilation,
-            )?
-            .narrow(2, 0, h)?
-            .narrow(3, 0, w)
-        };
-        let y = x.apply_op1(Attach {
-            out,
-            grad_x,
-            name: "conv2d-input-gradient",
-        })?;
+        let y = conv2d(x, self.0.weight(), cfg.padding, cfg.stride, cfg.dilation)?;
         match self.0.bias() {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         }
     }
+}
+
+/// `x.conv2d(w, padding, stride, dilation, 1)` with the input-only backward when `x` is tracked
+/// on the CPU and `w` is not.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    if !input_only(x, w) {
+        return x.conv2d(w, padding, stride, dilation, 1);
+    }
+    let out = x.detach().conv2d(w, padding, stride, dilation, 1)?;
+    let kernel = w.clone();
+    let grad_x = move |arg: &Tensor, grad: &Tensor| {
+        // The transposed convolution's output padding restores the rows and columns a strided
+        // forward left over; it is one number for both sides, so take the larger and cut the
+        // other side back (it only extends the bottom and right).
+        let (k_h, k_w) = (kernel.dim(2)?, kernel.dim(3)?);
+        let base = |g: usize, k: usize| (g - 1) * stride + dilation * (k - 1) + 1 - 2 * padding;
+        let (h, w) = (arg.dim(2)?, arg.dim(3)?);
+        let pad_h = h - base(grad.dim(2)?, k_h);
+        let pad_w = w - base(grad.dim(3)?, k_w);
+        grad.conv_transpose2d(&kernel, padding, pad_h.max(pad_w), stride, dilation)?
+            .narrow(2, 0, h)?
+            .narrow(3, 0, w)
+    };
+    x.apply_op1(Attach {
+        out,
+        grad_x,
+        name: "conv2d-input-gradient",
+    })
 }
 
 /// candle's `Linear` with the input-only backward.

@@ -17,7 +17,7 @@ pub use activation::Activation;
 pub use attention::{multi_head_attention, SelfAttention};
 pub use conv::{conv, upsample_nearest_2x};
 pub use embeddings::{timestep_embedding, TimestepMlp};
-pub use frozen::{linear, linear_no_bias, Conv2d, Linear};
+pub use frozen::{conv2d, linear, linear_no_bias, Conv2d, Linear};
 pub use norm::LayerNorm;
 pub(crate) use resample::fir_down2_padded;
 pub use resample::{fir_down2, fir_filter, fir_up2};
