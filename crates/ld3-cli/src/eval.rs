@@ -13,7 +13,7 @@ use ld3_metrics::fid::{frechet_distance, kid};
 use ld3_metrics::fid_sets::{open_set, FeatureSet, FidExtractor};
 use ld3_metrics::inception::{default_weights, FidMode};
 use ld3_metrics::LpipsNet;
-use ld3_models::{registry, Conditioning, ConditioningKind};
+use ld3_models::{registry, Conditioning};
 use ld3_solvers::schedule_file::write_atomic;
 use ld3_solvers::{rng, ScheduleFile, Times};
 use ld3_train::teacher::{solve_in_batches, Conditioner};
@@ -344,24 +344,17 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
     )?;
     // Each noise's conditioning (class models: labels drawn from the same seed; text models:
     // prompt (seed + b) mod P of --prompts, as training draws them).
-    let text_model = matches!(model.conditioning(), ConditioningKind::Text { .. });
-    let cond = match (args.prompts.list()?, text_model) {
-        (Some(list), true) => ld3_train::teacher::PromptConditioner::new(
+    let cond = match args
+        .prompts
+        .for_model(model.as_ref(), "scoring it needs prompts")?
+    {
+        Some(list) => ld3_train::teacher::PromptConditioner::new(
             model.as_ref(),
             list,
             args.prompts.negative_prompt.clone(),
         )?
         .draw(args.seed, args.num_samples)?,
-        (None, true) => bail!(
-            "{} is a text-to-image model: scoring it needs prompts (--prompts FILE or --prompt)",
-            model.describe()
-        ),
-        (Some(_), false) => bail!(
-            "--prompt and --prompts apply to text-to-image models; {} takes {}",
-            model.describe(),
-            model.conditioning()
-        ),
-        (None, false) => match ld3_train::teacher::default_conditioner(model.as_ref())? {
+        None => match ld3_train::teacher::default_conditioner(model.as_ref())? {
             Some(c) => c.draw(args.seed, args.num_samples)?,
             None => Conditioning::None,
         },

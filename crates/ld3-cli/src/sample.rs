@@ -108,8 +108,35 @@ impl PromptArgs {
         }
     }
 
+    /// The prompts for `model`: the list for a text-to-image model (an error without one,
+    /// saying `what` needs them), `None` for other models (an error if prompts or a negative
+    /// prompt were given).
+    pub fn for_model(&self, model: &dyn Denoiser, what: &str) -> Result<Option<Vec<String>>> {
+        let text_model = matches!(model.conditioning(), ConditioningKind::Text { .. });
+        match (self.list()?, text_model) {
+            (Some(list), true) => Ok(Some(list)),
+            (None, true) => bail!(
+                "{} is a text-to-image model: {what}: give --prompt \"TEXT\" or --prompts FILE \
+                 (one prompt per line)",
+                model.describe()
+            ),
+            (Some(_), false) => bail!(
+                "--prompt and --prompts apply to text-to-image models; {} takes {}",
+                model.describe(),
+                model.conditioning()
+            ),
+            (None, false) if !self.negative_prompt.is_empty() => bail!(
+                "--negative-prompt applies to text-to-image models; {} takes {}",
+                model.describe(),
+                model.conditioning()
+            ),
+            (None, false) => Ok(None),
+        }
+    }
+
     /// The text conditioning of `total` samples for `model`: `prompts` (one for all or one per
-    /// sample) and the negative prompt, encoded by the model's text encoder.
+    /// sample) and the negative prompt, encoded by the model's text encoder (each distinct
+    /// prompt once).
     pub fn conditioning(
         &self,
         prompts: &[String],
@@ -121,10 +148,19 @@ impl PromptArgs {
             n if n == total => prompts.to_vec(),
             n => bail!("{n} prompts for {total} samples: give one prompt, or one per sample"),
         };
-        let negative = vec![self.negative_prompt.clone(); total];
+        let negative = model.encode_text(std::slice::from_ref(&self.negative_prompt))?;
+        let (_, l, d) = negative.dims3()?;
+        let embeddings = if prompts.len() == 1 {
+            model
+                .encode_text(prompts)?
+                .broadcast_as((total, l, d))?
+                .contiguous()?
+        } else {
+            model.encode_text(&per_sample)?
+        };
         let cond = Conditioning::Text {
-            embeddings: model.encode_text(&per_sample)?,
-            negative: Some(model.encode_text(&negative)?),
+            embeddings,
+            negative: Some(negative.broadcast_as((total, l, d))?.contiguous()?),
         };
         cond.check_for(&model.conditioning(), total)?;
         Ok((cond, per_sample))
@@ -201,20 +237,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
             model.describe()
         );
     }
-    let text_model = matches!(model.conditioning(), ConditioningKind::Text { .. });
-    let prompts = args.prompts.list()?;
-    match (&prompts, text_model) {
-        (Some(_), false) => bail!(
-            "--prompt and --prompts apply to text-to-image models; {} takes {}",
-            model.describe(),
-            model.conditioning()
-        ),
-        (None, true) => bail!(
-            "{} is a text-to-image model: give --prompt \"TEXT\" or --prompts FILE",
-            model.describe()
-        ),
-        _ => {}
-    }
+    let prompts = args
+        .prompts
+        .for_model(model.as_ref(), "sampling needs prompts")?;
     let (z, stored_labels) = match (&args.noise, args.num_samples) {
         (Some(path), _) => read_noise(path, &shape)?,
         (None, Some(0)) => bail!("--num-samples must be at least 1"),

@@ -314,29 +314,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let _out_lock = ld3_train::Lock::for_output(&args.out)?;
     let (spec, model) = args.solver.load_model()?;
     // A text-to-image model trains on its prompts: a prompt per teacher pair.
-    let prompt_conditioner = match (
-        args.prompts.list()?,
-        matches!(
-            model.conditioning(),
-            ld3_models::ConditioningKind::Text { .. }
-        ),
-    ) {
-        (Some(list), true) => Some(ld3_train::teacher::PromptConditioner::new(
+    let prompt_conditioner = match args
+        .prompts
+        .for_model(model.as_ref(), "training needs its prompts")?
+    {
+        Some(list) => Some(ld3_train::teacher::PromptConditioner::new(
             model.as_ref(),
             list,
             args.prompts.negative_prompt.clone(),
         )?),
-        (None, true) => bail!(
-            "{} is a text-to-image model: training needs its prompts (--prompts FILE, one per \
-             line, or --prompt \"TEXT\")",
-            model.describe()
-        ),
-        (Some(_), false) => bail!(
-            "--prompt and --prompts apply to text-to-image models; {} takes {}",
-            model.describe(),
-            model.conditioning()
-        ),
-        (None, false) => None,
+        None => None,
     };
     let solver = args.solver.solver_config(None)?;
     let nfe = args.solver.nfe.unwrap_or(10);
@@ -394,11 +381,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     config.train_samples = args.train_samples;
     config.valid_samples = args.valid_samples;
     config.heldout_samples = args.heldout_samples;
-    let text_model = matches!(
-        model.conditioning(),
-        ld3_models::ConditioningKind::Text { .. }
-    );
-    config.batch_size = args.batch_size.unwrap_or(if text_model { 1 } else { 2 });
+    config.batch_size = args
+        .batch_size
+        .unwrap_or(if prompt_conditioner.is_some() { 1 } else { 2 });
     config.seed = args.seed;
     config.rounds_theta = args.rounds_theta;
     config.rounds_joint = args.rounds_joint;

@@ -1360,6 +1360,11 @@ fn text_to_image_samples_equal_diffusers_pipeline() {
         .args(&["--prompt", "x", "--num-samples", "1"])
         .path("--out", &out)
         .fails_with("apply to text-to-image models");
+    ld3("sample")
+        .gmm("edm-public")
+        .args(&["--negative-prompt", "x", "--num-samples", "1"])
+        .path("--out", &out)
+        .fails_with("--negative-prompt applies to text-to-image models");
     // A pipeline folder missing its merges or a UNet weight.
     let broken = tmp(&dir, "broken");
     copy_dir(&pipe, &broken);

@@ -8,7 +8,7 @@
 //! memory twice.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor};
@@ -106,7 +106,7 @@ fn torchscript_tensors(path: &Path) -> candle_core::Result<Vec<(String, Tensor)>
     }
     let mut infos = Vec::new();
     for pkl in pickles {
-        let dir = std::path::PathBuf::from(pkl.trim_end_matches(".pkl"));
+        let dir = PathBuf::from(pkl.trim_end_matches(".pkl"));
         let mut stack = Stack::empty();
         stack.read_loop(&mut std::io::BufReader::new(zip.by_name(&pkl)?))?;
         walk(stack.finalize()?, "", &dir, &mut infos)?;
@@ -129,6 +129,27 @@ fn torchscript_tensors(path: &Path) -> candle_core::Result<Vec<(String, Tensor)>
 
 fn model_error(msg: String) -> Error {
     Error::Model(msg.into())
+}
+
+/// The weights file of a hub model folder: `STEM.safetensors`, else its fp16 variant
+/// `STEM.fp16.safetensors` (what the hub's fp16 variants are called), else `bin`.
+pub fn weights_file(dir: &Path, stem: &str, bin: &str) -> Result<PathBuf> {
+    let candidates = [
+        format!("{stem}.safetensors"),
+        format!("{stem}.fp16.safetensors"),
+        bin.to_string(),
+    ];
+    candidates
+        .iter()
+        .map(|c| dir.join(c))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: no weights ({} expected)",
+                dir.display(),
+                candidates.join(", or ")
+            ))
+        })
 }
 
 impl Checkpoint {

@@ -455,7 +455,7 @@ impl UNet2DConditionModel {
             })?;
         let config = UNet2DConditionConfig::from_json(&text)
             .map_err(|e| ld3_solvers::Error::Invalid(format!("{}: {e}", config_path.display())))?;
-        let file = crate::clip::weights_file(
+        let file = crate::checkpoint::weights_file(
             dir,
             "diffusion_pytorch_model",
             "diffusion_pytorch_model.bin",

@@ -141,7 +141,7 @@ impl AutoencoderKl {
         let invalid =
             |m: String| ld3_solvers::Error::Invalid(format!("{}: {m}", config_path.display()));
         config.validate().map_err(invalid)?;
-        let file = crate::clip::weights_file(
+        let file = crate::checkpoint::weights_file(
             dir,
             "diffusion_pytorch_model",
             "diffusion_pytorch_model.bin",

@@ -4,6 +4,5 @@
 mod text_model;
 mod tokenizer;
 
-pub(crate) use text_model::weights_file;
 pub use text_model::{ClipTextConfig, ClipTextModel};
 pub use tokenizer::{ClipTokenizer, Tokens};

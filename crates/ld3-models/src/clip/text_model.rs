@@ -4,7 +4,7 @@
 //! to (SD 1.x: 12 layers, quick_gelu; SD 2.x: OpenCLIP's 23 layers, gelu). Built from the shared
 //! layers, under transformers' weight names.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
@@ -71,27 +71,6 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::Invalid(msg.into())
 }
 
-/// The weights file of a transformers model folder: `model.safetensors`, else its fp16 variant,
-/// else `pytorch_model.bin`.
-pub(crate) fn weights_file(dir: &Path, stem: &str, bin: &str) -> Result<PathBuf> {
-    let candidates = [
-        format!("{stem}.safetensors"),
-        format!("{stem}.fp16.safetensors"),
-        bin.to_string(),
-    ];
-    candidates
-        .iter()
-        .map(|c| dir.join(c))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            invalid(format!(
-                "{}: no weights ({} expected)",
-                dir.display(),
-                candidates.join(", or ")
-            ))
-        })
-}
-
 impl ClipTextModel {
     /// The encoder of a pipeline's `text_encoder/` folder (config.json and the weights), in
     /// `dtype` on `device`.
@@ -105,7 +84,11 @@ impl ClipTextModel {
             what: format!("{} is not a CLIP text config", config_path.display()),
             cause,
         })?;
-        let weights = Checkpoint::from_file(&weights_file(dir, "model", "pytorch_model.bin")?)?;
+        let weights = Checkpoint::from_file(&crate::checkpoint::weights_file(
+            dir,
+            "model",
+            "pytorch_model.bin",
+        )?)?;
         let model = Self::new(config, weights.var_builder(dtype, device))?;
         // Older checkpoints also store the int64 position ids (0..77), a constant.
         weights.check_all_used_except("CLIP's text encoder", |k| k.ends_with("position_ids"))?;

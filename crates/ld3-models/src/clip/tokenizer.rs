@@ -87,7 +87,7 @@ impl ClipTokenizer {
                     json.display()
                 ))
             })?;
-            return Self::finish(inner, dir);
+            return Self::finish(inner, Specials::read(dir)?, dir);
         }
         Self::from_vocab_and_merges(dir)
     }
@@ -144,11 +144,10 @@ impl ClipTokenizer {
             Ok(t)
         };
         let inner = built().map_err(|e| invalid(format!("building CLIP's tokenizer: {e}")))?;
-        Self::finish(inner, dir)
+        Self::finish(inner, specials, dir)
     }
 
-    fn finish(mut inner: Tokenizer, dir: &Path) -> Result<Self> {
-        let specials = Specials::read(dir)?;
+    fn finish(mut inner: Tokenizer, specials: Specials, dir: &Path) -> Result<Self> {
         // The special tokens are matched whole, before BPE (as transformers adds them).
         let tokens: Vec<AddedToken> = [&specials.bos, &specials.eos, &specials.unk, &specials.pad]
             .iter()
