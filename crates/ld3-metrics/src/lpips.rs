@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+use ld3_models::layers::Conv2d;
 use ld3_models::Checkpoint;
 use ld3_solvers::{Error, Result};
 
@@ -157,7 +158,7 @@ impl Lpips {
                         cfg,
                         backbone.pp(format!("features.{i}")),
                     )?;
-                    Op::Conv(conv, tap)
+                    Op::Conv(Conv2d(conv), tap)
                 }
                 Layer::Pool(k, s) => Op::Pool(k, s),
             });

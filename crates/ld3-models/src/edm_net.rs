@@ -13,9 +13,9 @@ use serde_json::Value as J;
 use crate::conditioning::{Conditioning, ConditioningKind};
 use crate::denoiser::{Denoiser, Parameterization};
 use crate::edm_pkl::PickledNetwork;
-use crate::layers::Linear;
 use crate::layers::{fir_down2, fir_down2_padded, fir_up2};
-use candle_nn::{GroupNorm, Module};
+use crate::layers::{GroupNorm, Linear};
+use candle_nn::Module;
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::Invalid(msg.into())
@@ -110,7 +110,7 @@ impl Conv {
     }
 }
 
-/// EDM's `GroupNorm` (candle's, with EDM's min(32, C/4) groups).
+/// EDM's `GroupNorm` (the shared fused one, with EDM's min(32, C/4) groups).
 fn group_norm(w: &Weights, name: &str, eps: f64) -> Result<GroupNorm> {
     let weight = w.get(&format!("{name}.weight"))?;
     let c = weight.dim(0)?;

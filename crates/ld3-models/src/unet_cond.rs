@@ -5,9 +5,9 @@
 //! unchanged.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
-use crate::layers::Conv2d;
+use crate::layers::{group_norm, Conv2d, GroupNorm};
 use serde::Deserialize;
 use serde_json::Value as J;
 
@@ -416,8 +416,7 @@ impl UNet2DConditionModel {
                 vb.pp(format!("up_blocks.{i}")),
             )?);
         }
-        let conv_norm_out =
-            candle_nn::group_norm(norms.groups, widths[0], norms.eps, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = group_norm(norms.groups, widths[0], norms.eps, vb.pp("conv_norm_out"))?;
         let conv_out = crate::layers::conv(
             widths[0],
             c.out_channels,

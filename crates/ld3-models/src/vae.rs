@@ -7,9 +7,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
-use crate::layers::Conv2d;
+use crate::layers::{group_norm, Conv2d, GroupNorm};
 use serde::Deserialize;
 
 use crate::layers::{conv, upsample_nearest_2x, Norms, ResnetBlock};
@@ -229,12 +229,7 @@ impl AutoencoderKl {
             enc_conv_in: conv(c.in_channels, w[0], 3, 1, 1, enc.pp("conv_in"))?,
             enc_down,
             enc_mid: mid(enc.pp("mid_block"))?,
-            enc_norm_out: candle_nn::group_norm(
-                norms.groups,
-                w[n - 1],
-                EPS,
-                enc.pp("conv_norm_out"),
-            )?,
+            enc_norm_out: group_norm(norms.groups, w[n - 1], EPS, enc.pp("conv_norm_out"))?,
             enc_conv_out: conv(w[n - 1], 2 * lat, 3, 1, 1, enc.pp("conv_out"))?,
             quant_conv: match c.use_quant_conv {
                 true => Some(conv(2 * lat, 2 * lat, 1, 1, 0, vb.pp("quant_conv"))?),
@@ -247,7 +242,7 @@ impl AutoencoderKl {
             dec_conv_in: conv(lat, w[n - 1], 3, 1, 1, dec.pp("conv_in"))?,
             dec_mid: mid(dec.pp("mid_block"))?,
             dec_up,
-            dec_norm_out: candle_nn::group_norm(norms.groups, w[0], EPS, dec.pp("conv_norm_out"))?,
+            dec_norm_out: group_norm(norms.groups, w[0], EPS, dec.pp("conv_norm_out"))?,
             dec_conv_out: conv(w[0], c.out_channels, 3, 1, 1, dec.pp("conv_out"))?,
             config,
         })

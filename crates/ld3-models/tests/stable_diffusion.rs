@@ -248,8 +248,10 @@ fn the_guided_decoded_solve_is_differentiable_in_times_and_latent() {
     .unwrap();
     let (err, at) = report.worst();
     assert!(err < 1e-5, "times: relative error {err:e} at {at:?}");
+    // The loss's rounding noise is a few 1e-11 (sums over the decoded image): at a step of 1e-5
+    // it is 3e-6 of a derivative, at 1e-4 a tenth of that; the truncation error is 1e-6 at 1e-3.
     let report = GradCheck {
-        eps: 1e-5,
+        eps: 1e-4,
         max_coords: 24,
     }
     .run(std::slice::from_ref(&x_t), |v| loss(&t, &t_net, &v[0]))

@@ -1,10 +1,15 @@
 //! Attention from differentiable ops (matmul + `softmax`), with candle's fused softmax only
 //! where no gradient can be asked for.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor, D};
-use candle_nn::{GroupNorm, VarBuilder};
+use std::sync::Mutex;
 
-use super::{linear, Linear};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, D,
+};
+use candle_nn::VarBuilder;
+
+use super::frozen::take_output;
+use super::{group_norm, linear, GroupNorm, Linear};
 
 use super::conv::divided;
 use super::resnet::Norms;
@@ -40,12 +45,7 @@ impl SelfAttention {
         let lin = |n: &str| linear(channels, channels, vb.pp(n));
         Ok(Self {
             group_norm: match norms {
-                Some(n) => Some(candle_nn::group_norm(
-                    n.groups,
-                    channels,
-                    n.eps,
-                    vb.pp("group_norm"),
-                )?),
+                Some(n) => Some(group_norm(n.groups, channels, n.eps, vb.pp("group_norm"))?),
                 None => None,
             },
             to_q: lin(names[0])?,
@@ -86,9 +86,9 @@ impl SelfAttention {
 
 /// Multi-head scaled dot-product attention: queries `q` [B, Lq, C], keys `k` and values `v`
 /// [B, Lk, C], `heads` heads of C/heads channels, softmax(QKᵀ/√d)V per head, heads joined back
-/// to [B, Lq, C]. `causal` masks every key after its query (CLIP's text encoder). The softmax is
-/// the differentiable composite whenever a gradient may be asked for (the fused
-/// `softmax_last_dim` has no backward), the fused kernel otherwise.
+/// to [B, Lq, C]. `causal` masks every key after its query (CLIP's text encoder, never
+/// differentiated). Without a mask the scores are taken a chunk of query rows at a time, and under a
+/// gradient the attention is one op that recomputes them in its backward (see [`attention`]).
 pub fn multi_head_attention(
     q: &Tensor,
     k: &Tensor,
@@ -103,26 +103,148 @@ pub fn multi_head_attention(
         t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()
     };
     // The scale on the queries (small), not on the scores (Lq × Lk per head).
-    let (q, k, v) = (split(q, lq)?, split(k, lk)?, split(v, lk)?);
-    let mut scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
-    if causal {
+    let (q, k, v) = (
+        (split(q, lq)? * (1.0 / (d as f64).sqrt()))?,
+        split(k, lk)?,
+        split(v, lk)?,
+    );
+    let out = if causal {
+        let mut scores = q.matmul(&k.t()?.contiguous()?)?;
         let mask: Vec<f32> = (0..lq)
             .flat_map(|i| (0..lk).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
             .collect();
         let mask = Tensor::from_vec(mask, (lq, lk), q.device())?.to_dtype(scores.dtype())?;
         scores = scores.broadcast_add(&mask)?;
+        softmax(&scores)?.matmul(&v)?
+    } else {
+        attention(
+            &q.reshape((b * heads, lq, d))?,
+            &k.reshape((b * heads, lk, d))?,
+            &v.reshape((b * heads, lk, d))?,
+            CHUNK_SCORES,
+        )?
+        .reshape((b, heads, lq, d))?
+    };
+    out.transpose(1, 2)?.reshape((b, lq, c))
+}
+
+/// Elements of one chunk's scores: query rows are taken this many scores at a time.
+const CHUNK_SCORES: usize = 1 << 24;
+
+/// softmax(q kᵀ) v for `q` [N, Lq, d] (already scaled), `k` and `v` [N, Lk, d], over chunks of
+/// query rows of at most `budget` scores. Under a gradient on the CPU it is one op that
+/// keeps q, k and v only and recomputes each chunk's probabilities in its backward, as flash
+/// attention does: the composite keeps the scores and the probabilities, N·Lq·Lk each (a
+/// gigabyte per layer over a 64×64 latent). Elsewhere under a gradient, the composite.
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) -> Result<Tensor> {
+    let tracked = q.track_op() || k.track_op() || v.track_op();
+    if !tracked && super::own_ops() {
+        return chunked_attention(q, k, v, budget);
     }
-    let probs = softmax(&scores)?;
-    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, lq, c))
+    let cpu = q.device().is_cpu() && matches!(q.dtype(), DType::F32 | DType::F64);
+    if !(cpu && tracked && super::own_ops()) {
+        return softmax(&q.matmul(&k.t()?.contiguous()?)?)?.matmul(v);
+    }
+    let out = chunked_attention(&q.detach(), &k.detach(), &v.detach(), budget)?;
+    q.apply_op3(
+        k,
+        v,
+        AttentionOp {
+            out: Mutex::new(Some(out)),
+            budget,
+        },
+    )
+}
+
+/// The starts and lengths of chunks of `lq` query rows against `lk` keys in `n` batches, each
+/// with at most `budget` scores (at least one row).
+fn row_chunks(
+    n: usize,
+    lq: usize,
+    lk: usize,
+    budget: usize,
+) -> impl Iterator<Item = (usize, usize)> {
+    let rows = (budget / (n * lk).max(1)).clamp(1, lq.max(1));
+    (0..lq).step_by(rows).map(move |r| (r, rows.min(lq - r)))
+}
+
+/// The attention's value without a graph, chunk by chunk (fused softmax).
+fn chunked_attention(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) -> Result<Tensor> {
+    let (n, lq, _) = q.dims3()?;
+    let kt = k.t()?.contiguous()?;
+    let outs = row_chunks(n, lq, k.dim(1)?, budget)
+        .map(|(r, m)| {
+            let p = candle_nn::ops::softmax_last_dim(&q.narrow(1, r, m)?.matmul(&kt)?)?;
+            p.matmul(v)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&outs, 1)
+}
+
+/// Attention whose backward recomputes the probabilities P of each chunk of query rows:
+/// ∂V = Σ Pᵀ∂O, ∂S = P ⊙ (∂O Vᵀ − rowsum(P ⊙ ∂O Vᵀ)), ∂Q = ∂S K, ∂K = Σ ∂Sᵀ Q.
+struct AttentionOp {
+    out: Mutex<Option<Tensor>>,
+    budget: usize,
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "attention-recomputed"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        take_output(&self.out, self.name())
+    }
+    #[allow(clippy::type_complexity)]
+    fn bwd(
+        &self,
+        q_arg: &Tensor,
+        k_arg: &Tensor,
+        v_arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v) = (q_arg.detach(), k_arg.detach(), v_arg.detach());
+        let grad = grad.detach().contiguous()?;
+        let (n, lq, _) = q.dims3()?;
+        let (kt, vt) = (k.t()?.contiguous()?, v.t()?.contiguous()?);
+        let (mut dq, mut dk, mut dv) = (Vec::new(), k.zeros_like()?, v.zeros_like()?);
+        for (r, m) in row_chunks(n, lq, k.dim(1)?, self.budget) {
+            let q_c = q.narrow(1, r, m)?;
+            let p = candle_nn::ops::softmax_last_dim(&q_c.matmul(&kt)?)?;
+            let g = grad.narrow(1, r, m)?;
+            dv = (dv + p.t()?.contiguous()?.matmul(&g)?)?;
+            let dp = g.matmul(&vt)?;
+            let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
+            let ds = (p * dp.broadcast_sub(&dot)?)?;
+            dq.push(ds.matmul(&k)?);
+            dk = (dk + ds.t()?.contiguous()?.matmul(&q_c)?)?;
+        }
+        let dq = Tensor::cat(&dq, 1)?;
+        let keep = |t: &Tensor, g: Tensor| t.track_op().then_some(g);
+        Ok((keep(q_arg, dq), keep(k_arg, dk), keep(v_arg, dv)))
+    }
 }
 
 /// Softmax over the last dimension: candle's fused kernel when nothing upstream needs a
 /// gradient (plain sampling; it has no backward); under a gradient, on the CPU, [`Softmax`],
-/// which keeps only its output for the backward; elsewhere the differentiable composite.
+/// which keeps only its output for the backward; elsewhere (or without the own ops) the
+/// differentiable composite.
 pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
         candle_nn::ops::softmax_last_dim(x)
-    } else if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+    } else if super::own_ops()
+        && x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+    {
         x.contiguous()?.apply_op1(Softmax)
     } else {
         candle_nn::ops::softmax(x, D::Minus1)
@@ -182,6 +304,73 @@ impl CustomOp1 for Softmax {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    fn max_abs(t: Tensor) -> f64 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The chunked attention and its recomputing backward equal the composite
+    /// softmax(QKᵀ)V and its gradients in q, k and v, in f64 and f32, with one chunk and with
+    /// chunks that do not divide the rows; a constant k and v (cross-attention on text) get no
+    /// gradient.
+    #[test]
+    fn recomputed_attention_equals_the_composite() {
+        let dev = Device::Cpu;
+        for dtype in [DType::F64, DType::F32] {
+            let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+            let r = |shape: (usize, usize, usize)| {
+                Tensor::randn(0f64, 1.0, shape, &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let (q, k, v) = (r((3, 11, 4)), r((3, 7, 4)), r((3, 7, 4)));
+            let w = r((3, 11, 4));
+            for budget in [1 << 20, 3 * 7 * 3, 1] {
+                for kv_tracked in [true, false] {
+                    let vars: Vec<Var> = [&q, &k, &v]
+                        .iter()
+                        .map(|t| Var::from_tensor(t).unwrap())
+                        .collect();
+                    let (kk, vv) = if kv_tracked {
+                        (vars[1].as_tensor().clone(), vars[2].as_tensor().clone())
+                    } else {
+                        (k.clone(), v.clone())
+                    };
+                    let ours = attention(vars[0].as_tensor(), &kk, &vv, budget).unwrap();
+                    let scores = vars[0].matmul(&kk.t().unwrap()).unwrap();
+                    let theirs = candle_nn::ops::softmax(&scores, D::Minus1)
+                        .unwrap()
+                        .matmul(&vv)
+                        .unwrap();
+                    assert!(max_abs((&ours - &theirs).unwrap()) < tol);
+                    let plain = attention(&q, &k, &v, budget).unwrap();
+                    assert!(max_abs((&plain - &theirs).unwrap()) < tol);
+                    let ga = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                    let gb = (theirs * &w)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .backward()
+                        .unwrap();
+                    for (i, var) in vars.iter().enumerate() {
+                        match (ga.get(var), gb.get(var)) {
+                            (Some(a), Some(b)) => assert!(max_abs((a - b).unwrap()) < tol * 10.0),
+                            (None, None) => assert!(i > 0 && !kv_tracked),
+                            _ => panic!("gradient of input {i} present on one side only"),
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// The softmax op with a backward: its values equal candle's, its gradient equals the
     /// composite's (so finite differences), in f64 and f32.

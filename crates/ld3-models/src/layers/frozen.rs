@@ -6,21 +6,59 @@
 //! backward is the transposed convolution (∂x = conv_transpose(∂y, W)) or ∂x = ∂y·W. Elsewhere
 //! (nothing tracked, or another device) they are candle's modules unchanged.
 
+use std::sync::Mutex;
+
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Storage, Tensor};
 
 /// Whether `x` takes the input-only path.
 fn input_only(x: &Tensor, weight: &Tensor) -> bool {
-    x.track_op()
+    super::own_ops()
+        && x.track_op()
         && !weight.track_op()
         && x.device().is_cpu()
         && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
 /// `out` (computed without a graph) as the value of an op on `x` whose backward is `grad_x`.
+/// The op lets go of `out` once it has copied it, so the graph holds the output once.
 struct Attach<F> {
-    out: Tensor,
+    out: Mutex<Option<Tensor>>,
     grad_x: F,
     name: &'static str,
+}
+
+impl<F> Attach<F> {
+    fn new(out: Tensor, grad_x: F, name: &'static str) -> Self {
+        Self {
+            out: Mutex::new(Some(out)),
+            grad_x,
+            name,
+        }
+    }
+}
+
+/// Takes the precomputed output out of `slot` as the op's own storage (candle's custom ops must
+/// return storage they own: one copy).
+pub(crate) fn take_output(
+    slot: &Mutex<Option<Tensor>>,
+    name: &'static str,
+) -> Result<(CpuStorage, Shape)> {
+    let out = slot
+        .lock()
+        .map_err(|_| candle_core::Error::Msg(format!("{name}: a poisoned lock")))?
+        .take()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{name}: the output was taken twice")))?
+        .contiguous()?;
+    let (storage, layout) = out.storage_and_layout();
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("a non-contiguous output".into()))?;
+    let data = match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => CpuStorage::F32(v[start..end].to_vec()),
+        Storage::Cpu(CpuStorage::F64(v)) => CpuStorage::F64(v[start..end].to_vec()),
+        _ => candle_core::bail!("{name}: only f32 and f64 on the CPU"),
+    };
+    Ok((data, layout.shape().clone()))
 }
 
 impl<F: Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync> CustomOp1 for Attach<F> {
@@ -28,17 +66,7 @@ impl<F: Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync> CustomOp1 for Atta
         self.name
     }
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = self.out.contiguous()?;
-        let (storage, layout) = out.storage_and_layout();
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("a non-contiguous output".into()))?;
-        let data = match &*storage {
-            Storage::Cpu(CpuStorage::F32(v)) => CpuStorage::F32(v[start..end].to_vec()),
-            Storage::Cpu(CpuStorage::F64(v)) => CpuStorage::F64(v[start..end].to_vec()),
-            _ => candle_core::bail!("{}: only f32 and f64 on the CPU", self.name),
-        };
-        Ok((data, layout.shape().clone()))
+        take_output(&self.out, self.name)
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         (self.grad_x)(arg, grad).map(Some)
@@ -90,11 +118,7 @@ pub fn conv2d(
             .narrow(2, 0, h)?
             .narrow(3, 0, w)
     };
-    x.apply_op1(Attach {
-        out,
-        grad_x,
-        name: "conv2d-input-gradient",
-    })
+    x.apply_op1(Attach::new(out, grad_x, "conv2d-input-gradient"))
 }
 
 /// candle's `Linear` with the input-only backward.
@@ -124,11 +148,7 @@ impl Module for Linear {
             2 => grad.matmul(&weight),
             _ => grad.broadcast_matmul(&weight),
         };
-        x.apply_op1(Attach {
-            out,
-            grad_x,
-            name: "linear-input-gradient",
-        })
+        x.apply_op1(Attach::new(out, grad_x, "linear-input-gradient"))
     }
 }
 

@@ -18,8 +18,35 @@ pub use attention::{multi_head_attention, SelfAttention};
 pub use conv::{conv, upsample_nearest_2x};
 pub use embeddings::{timestep_embedding, TimestepMlp};
 pub use frozen::{conv2d, linear, linear_no_bias, Conv2d, Linear};
-pub use norm::LayerNorm;
+pub use norm::{group_norm, GroupNorm, LayerNorm};
 pub(crate) use resample::fir_down2_padded;
 pub use resample::{fir_down2, fir_filter, fir_up2};
 pub use resnet::{Norms, ResnetBlock};
 pub use transformer::{Attention, SpatialTransformer, TransformerShape};
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// 0: not yet read from the environment; 1: own ops; 2: candle's generic ones.
+static OWN_OPS: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the layers take this crate's own CPU ops where they apply — the fused GroupNorm, the
+/// chunked attention that recomputes its probabilities in the backward, the frozen-weight
+/// convolution and linear maps, the softmax with a backward. On by default; off when the
+/// environment sets `LD3_GENERIC_OPS=1` or after [`set_own_ops`]`(false)`: every layer is then
+/// candle's generic composite, the reference the own ops are tested against.
+pub fn own_ops() -> bool {
+    match OWN_OPS.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let generic = std::env::var("LD3_GENERIC_OPS").is_ok_and(|v| v == "1");
+            OWN_OPS.store(if generic { 2 } else { 1 }, Ordering::Relaxed);
+            !generic
+        }
+    }
+}
+
+/// Turns the own ops on or off for the whole process (see [`own_ops`]).
+pub fn set_own_ops(on: bool) {
+    OWN_OPS.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}

@@ -1,8 +1,12 @@
-//! Layer normalisation from differentiable ops (candle's fused `layer_norm` has no backward; it
-//! is used only where no gradient can be asked for).
+//! Normalisations. LayerNorm from differentiable ops (candle's fused `layer_norm` has no
+//! backward; it is used only where no gradient can be asked for); GroupNorm as one fused op with
+//! an input-only backward.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Storage, Tensor, WithDType, D,
+};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 /// LayerNorm over the last dimension: (x − mean)/√(var + ε)·γ + β, computed in f32 or wider.
 #[derive(Clone, Debug)]
@@ -46,5 +50,322 @@ impl LayerNorm {
             .to_dtype(dtype)?
             .broadcast_mul(&self.weight)?
             .broadcast_add(&self.bias)
+    }
+}
+
+/// GroupNorm over [B, C, ...]: the channels split into `groups` groups, each (batch, group)
+/// normalised to zero mean and unit variance, then scaled and shifted per channel. On the CPU in
+/// f32 or f64 it is one fused op (statistics accumulated in f64) whose backward, when the input is
+/// tracked, yields the input's gradient only and keeps nothing but the input — candle's
+/// composite keeps four tensors of the activation's size per norm, and a gradient for the
+/// constant weight and bias. Elsewhere (other dtypes or devices, or a tracked weight) it is
+/// candle's `GroupNorm` unchanged.
+#[derive(Clone, Debug)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+    composite: candle_nn::GroupNorm,
+}
+
+impl GroupNorm {
+    /// `weight` and `bias` [channels]; `groups` must divide `channels`.
+    pub fn new(
+        weight: Tensor,
+        bias: Tensor,
+        channels: usize,
+        groups: usize,
+        eps: f64,
+    ) -> Result<Self> {
+        let composite =
+            candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, groups, eps)?;
+        Ok(Self {
+            weight,
+            bias,
+            groups,
+            eps,
+            composite,
+        })
+    }
+
+    /// candle's composite GroupNorm over the same weights (the reference the op is tested
+    /// against).
+    pub fn composite(&self) -> &candle_nn::GroupNorm {
+        &self.composite
+    }
+}
+
+/// `NAME.weight` and `NAME.bias` [channels] from `vb`.
+pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+    let weight = vb.get(channels, "weight")?;
+    let bias = vb.get(channels, "bias")?;
+    GroupNorm::new(weight, bias, channels, groups, eps)
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let fused = super::own_ops()
+            && x.device().is_cpu()
+            && matches!(x.dtype(), DType::F32 | DType::F64)
+            && x.rank() >= 3
+            && !self.weight.track_op()
+            && !self.bias.track_op();
+        if !fused {
+            return self.composite.forward(x);
+        }
+        let c = x.dim(1)?;
+        if c != self.weight.dim(0)? {
+            candle_core::bail!("GroupNorm over {} channels got {c}", self.weight.dim(0)?);
+        }
+        let op = GroupNormOp {
+            weight: to_f64_vec(&self.weight)?,
+            bias: to_f64_vec(&self.bias)?,
+            groups: self.groups,
+            eps: self.eps,
+        };
+        let x = x.contiguous()?;
+        if x.track_op() {
+            x.apply_op1(op)
+        } else {
+            x.apply_op1_no_bwd(&op)
+        }
+    }
+}
+
+fn to_f64_vec(t: &Tensor) -> Result<Vec<f64>> {
+    t.to_dtype(DType::F64)?.to_vec1()
+}
+
+/// The fused GroupNorm; weight and bias are constants.
+struct GroupNormOp {
+    weight: Vec<f64>,
+    bias: Vec<f64>,
+    groups: usize,
+    eps: f64,
+}
+
+/// Mean and 1/√(var + ε) of one group.
+fn group_stats<T: WithDType>(x: &[T], eps: f64) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|v| {
+            let d = v.to_f64() - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl GroupNormOp {
+    /// Elements per channel and per (batch, group) of a contiguous `dims`.
+    fn sizes(&self, dims: &[usize]) -> (usize, usize) {
+        let per_channel = dims[2..].iter().product::<usize>();
+        (per_channel, dims[1] / self.groups * per_channel)
+    }
+
+    fn forward<T: WithDType>(&self, x: &[T], dims: &[usize]) -> Vec<T> {
+        let (s, len) = self.sizes(dims);
+        let cg = dims[1] / self.groups;
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(len)
+            .zip(x.par_chunks(len))
+            .enumerate()
+            .for_each(|(i, (y, x))| {
+                let (mean, rstd) = group_stats(x, self.eps);
+                let first = (i % self.groups) * cg;
+                for (j, (yc, xc)) in y.chunks_mut(s).zip(x.chunks(s)).enumerate() {
+                    let a = rstd * self.weight[first + j];
+                    let b = self.bias[first + j] - mean * a;
+                    for (yi, xi) in yc.iter_mut().zip(xc) {
+                        *yi = T::from_f64(xi.to_f64() * a + b);
+                    }
+                }
+            });
+        y
+    }
+
+    /// ∂x = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) per group, with ĝ = ∂y·γ and x̂ the normalised x.
+    fn backward<T: WithDType>(&self, x: &[T], dy: &[T], dims: &[usize]) -> Vec<T> {
+        let (s, len) = self.sizes(dims);
+        let cg = dims[1] / self.groups;
+        let mut dx = vec![T::zero(); x.len()];
+        dx.par_chunks_mut(len)
+            .zip(x.par_chunks(len).zip(dy.par_chunks(len)))
+            .enumerate()
+            .for_each(|(i, (dx, (x, dy)))| {
+                let (mean, rstd) = group_stats(x, self.eps);
+                let first = (i % self.groups) * cg;
+                let (mut sum_g, mut sum_gx) = (0.0, 0.0);
+                for (j, (xc, dyc)) in x.chunks(s).zip(dy.chunks(s)).enumerate() {
+                    let w = self.weight[first + j];
+                    for (xi, gi) in xc.iter().zip(dyc) {
+                        let g = gi.to_f64() * w;
+                        sum_g += g;
+                        sum_gx += g * (xi.to_f64() - mean) * rstd;
+                    }
+                }
+                let n = len as f64;
+                let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
+                for (j, (dxc, (xc, dyc))) in dx
+                    .chunks_mut(s)
+                    .zip(x.chunks(s).zip(dy.chunks(s)))
+                    .enumerate()
+                {
+                    let w = self.weight[first + j];
+                    for (d, (xi, gi)) in dxc.iter_mut().zip(xc.iter().zip(dyc)) {
+                        let x_hat = (xi.to_f64() - mean) * rstd;
+                        *d = T::from_f64(rstd * (gi.to_f64() * w - mean_g - x_hat * mean_gx));
+                    }
+                }
+            });
+        dx
+    }
+}
+
+/// The contiguous slice of a CPU tensor's storage, and the dims.
+fn contiguous_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("GroupNorm of a non-contiguous tensor".into()))?;
+    Ok(&storage.as_slice::<T>()?[start..end])
+}
+
+impl CustomOp1 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        "group-norm"
+    }
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = layout.dims();
+        let out = match storage {
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(self.forward(contiguous_slice::<f32>(storage, layout)?, dims))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(self.forward(contiguous_slice::<f64>(storage, layout)?, dims))
+            }
+            _ => candle_core::bail!("group-norm: only f32 and f64 here"),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        let (xs, xl) = arg.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let dims = xl.dims();
+        let dev = candle_core::Device::Cpu;
+        match (&*xs, &*gs) {
+            (Storage::Cpu(xs @ CpuStorage::F32(_)), Storage::Cpu(gs)) => {
+                let dx = self.backward(
+                    contiguous_slice::<f32>(xs, xl)?,
+                    contiguous_slice::<f32>(gs, gl)?,
+                    dims,
+                );
+                Tensor::from_vec(dx, dims, &dev).map(Some)
+            }
+            (Storage::Cpu(xs @ CpuStorage::F64(_)), Storage::Cpu(gs)) => {
+                let dx = self.backward(
+                    contiguous_slice::<f64>(xs, xl)?,
+                    contiguous_slice::<f64>(gs, gl)?,
+                    dims,
+                );
+                Tensor::from_vec(dx, dims, &dev).map(Some)
+            }
+            _ => candle_core::bail!("group-norm backward: only f32 and f64 on the CPU"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_abs(t: Tensor) -> f64 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The fused GroupNorm equals candle's composite in value (tracked or not) and in the input's
+    /// gradient, in f64 and f32, on [B, C, H, W] and [B, C, L] inputs with an offset mean; a
+    /// non-contiguous input is taken too.
+    #[test]
+    fn fused_group_norm_equals_the_composite() {
+        let dev = Device::Cpu;
+        for dtype in [DType::F64, DType::F32] {
+            let tol = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
+            let r = |shape: &[usize], mean: f64| {
+                Tensor::randn(mean, 2.0, shape, &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let norm = GroupNorm::new(r(&[6], 1.0), r(&[6], 0.0), 6, 3, 1e-5).unwrap();
+            for shape in [&[2, 6, 5, 4][..], &[3, 6, 7]] {
+                let x = r(shape, 3.0);
+                let w = r(shape, 0.0);
+                let var = Var::from_tensor(&x).unwrap();
+                let ours = norm.forward(var.as_tensor()).unwrap();
+                let theirs = norm.composite().forward(var.as_tensor()).unwrap();
+                assert!(max_abs((&ours - &theirs).unwrap()) < tol);
+                assert!(max_abs((norm.forward(&x).unwrap() - &theirs).unwrap()) < tol);
+                let ga = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                let gb = (theirs * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let (ga, gb) = (ga.get(&var).unwrap(), gb.get(&var).unwrap());
+                assert!(max_abs((ga - gb).unwrap()) < tol * 10.0);
+            }
+            let x = r(&[2, 5, 4, 6], 0.0).transpose(1, 3).unwrap();
+            let diff = (norm.forward(&x).unwrap() - norm.composite().forward(&x).unwrap()).unwrap();
+            assert!(max_abs(diff) < tol);
+        }
+    }
+
+    /// The fused backward against central differences in f64, along a random direction.
+    #[test]
+    fn fused_group_norm_gradient_equals_finite_differences() {
+        let dev = Device::Cpu;
+        let r = |shape: &[usize]| Tensor::randn(0f64, 1.0, shape, &dev).unwrap();
+        let norm = GroupNorm::new(r(&[4]), r(&[4]), 4, 2, 1e-6).unwrap();
+        let (x, v, w) = (r(&[2, 4, 3, 3]), r(&[2, 4, 3, 3]), r(&[2, 4, 3, 3]));
+        let f = |x: &Tensor| -> f64 {
+            (norm.forward(x).unwrap() * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        let var = Var::from_tensor(&x).unwrap();
+        let g = (norm.forward(var.as_tensor()).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let analytic: f64 = (g.get(&var).unwrap() * &v)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let eps = 1e-6;
+        let numeric = (f(&(&x + (&v * eps).unwrap()).unwrap())
+            - f(&(&x - (&v * eps).unwrap()).unwrap()))
+            / (2.0 * eps);
+        assert!((analytic - numeric).abs() < 1e-7 * analytic.abs().max(1.0));
     }
 }

@@ -1,9 +1,9 @@
 //! The ResNet block with a time embedding, shared by every UNet family.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::{linear, Conv2d, Linear};
+use super::{group_norm, linear, Conv2d, GroupNorm, Linear};
 
 use super::conv::{conv, divided};
 
@@ -43,13 +43,13 @@ impl ResnetBlock {
     ) -> Result<Self> {
         let proj_out = if scale_shift { 2 * c_out } else { c_out };
         Ok(Self {
-            norm1: candle_nn::group_norm(norms.groups, c_in, norms.eps, vb.pp("norm1"))?,
+            norm1: group_norm(norms.groups, c_in, norms.eps, vb.pp("norm1"))?,
             conv1: conv(c_in, c_out, 3, 1, 1, vb.pp("conv1"))?,
             time_emb_proj: match temb {
                 0 => None,
                 _ => Some(linear(temb, proj_out, vb.pp("time_emb_proj"))?),
             },
-            norm2: candle_nn::group_norm(norms.groups, c_out, norms.eps, vb.pp("norm2"))?,
+            norm2: group_norm(norms.groups, c_out, norms.eps, vb.pp("norm2"))?,
             conv2: conv(c_out, c_out, 3, 1, 1, vb.pp("conv2"))?,
             conv_shortcut: if c_in != c_out {
                 Some(conv(c_in, c_out, 1, 1, 0, vb.pp("conv_shortcut"))?)

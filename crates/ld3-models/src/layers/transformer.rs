@@ -4,11 +4,11 @@
 //! and the context (shared LayerNorm and attention: no fused kernels).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::{linear, linear_no_bias, Conv2d, Linear};
 
-use super::{conv, multi_head_attention, LayerNorm};
+use super::{conv, group_norm, multi_head_attention, GroupNorm, LayerNorm};
 
 /// `Attention` as diffusers builds it for UNets: bias-free `to_q`/`to_k`/`to_v`, `to_out.0` with
 /// bias; keys and values from the context when one is given (cross-attention).
@@ -183,7 +183,7 @@ impl SpatialTransformer {
             .map(|i| TransformerBlock::new(&shape, vb.pp(format!("transformer_blocks.{i}"))))
             .collect::<Result<_>>()?;
         Ok(Self {
-            norm: candle_nn::group_norm(shape.groups, c, 1e-6, vb.pp("norm"))?,
+            norm: group_norm(shape.groups, c, 1e-6, vb.pp("norm"))?,
             proj_in: projection(c, inner, vb.pp("proj_in"))?,
             blocks,
             proj_out: projection(inner, c, vb.pp("proj_out"))?,

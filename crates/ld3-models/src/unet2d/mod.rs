@@ -7,9 +7,9 @@ mod config;
 pub use config::{SampleSize, UNet2DConfig};
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
-use crate::layers::Conv2d;
+use crate::layers::{group_norm, Conv2d, GroupNorm};
 
 use crate::layers::{timestep_embedding, Norms, TimestepMlp};
 pub(crate) use blocks::{DownBlock, Level, LevelAttention, MidBlock, UpBlock};
@@ -101,8 +101,7 @@ impl UNet2DModel {
             )?);
         }
 
-        let conv_norm_out =
-            candle_nn::group_norm(c.groups(), widths[0], c.norm_eps, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = group_norm(c.groups(), widths[0], c.norm_eps, vb.pp("conv_norm_out"))?;
         let conv_out = crate::layers::conv(widths[0], c.out_channels, 3, 1, 1, vb.pp("conv_out"))?;
         Ok(Self {
             config,

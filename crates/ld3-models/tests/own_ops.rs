@@ -1,0 +1,109 @@
+//! The crate's own CPU ops (fused GroupNorm, attention that recomputes its probabilities in the
+//! backward, frozen-weight convolutions and linear maps, softmax with a backward) against
+//! candle's generic composites (`layers::set_own_ops(false)`) on whole solves: the value and the
+//! gradient in every step time, every network time and the initial state are unchanged. A test
+//! binary of its own: the switch is process-wide.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor, Var};
+use ld3_models::layers::set_own_ops;
+use ld3_models::sd::StableDiffusion;
+use ld3_models::{load_model_as, Denoiser, DenoiserPredictor, Guided, ModelSpec};
+use ld3_solvers::solvers::sample;
+use ld3_solvers::{rng, SolverConfig, SolverName, Times};
+
+/// The loss and its gradients in t, t_net and x_T.
+fn value_and_gradients(
+    model: &dyn Denoiser,
+    predictor: &DenoiserPredictor,
+    dtype: DType,
+) -> Vec<Tensor> {
+    let dev = Device::Cpu;
+    let (solver, steps) = SolverConfig::new(SolverName::Ipndm, Some(2), None)
+        .unwrap()
+        .build_for_nfe(3)
+        .unwrap();
+    let t = [0.8995f64, 0.5003, 0.2004, 0.0206];
+    let t_net = [0.8995f64, 0.5204, 0.1905, 0.0206];
+    let var = |v: &[f64]| {
+        Var::from_tensor(
+            &Tensor::new(&v[..=steps], &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let (t, t_net) = (var(&t), var(&t_net));
+    let x =
+        Var::from_tensor(&rng::standard_normal(3, 1, model.sample_shape(), dtype, &dev).unwrap())
+            .unwrap();
+    let weights = rng::standard_normal(4, 1, &model.decoded_shape(), dtype, &dev).unwrap();
+    let times = Times::new(t.as_tensor(), t_net.as_tensor()).unwrap();
+    let out = sample(solver.as_ref(), predictor, x.as_tensor(), &times, None).unwrap();
+    let loss = model
+        .decode(&out.x)
+        .unwrap()
+        .mul(&weights)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    let mut all = vec![loss.to_dtype(DType::F64).unwrap()];
+    for v in [&t, &t_net, &x] {
+        all.push(grads.get(v).unwrap().to_dtype(DType::F64).unwrap());
+    }
+    all
+}
+
+fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
+    let scale: f64 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    let diff: f64 = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    diff / scale.max(1e-30)
+}
+
+/// Own ops on and off give the same loss and gradients, in f64 (1e-10) and f32 (1e-5), on the
+/// tiny Stable Diffusion pipeline (guided, decoded: GroupNorm, self- and cross-attention, the
+/// VAE) and on the embedded MNIST UNet.
+#[test]
+fn own_ops_leave_whole_solve_gradients_unchanged() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/sd/tiny-sd15");
+    for dtype in [DType::F64, DType::F32] {
+        let tol = if dtype == DType::F64 { 1e-10 } else { 1e-5 };
+        let sd = StableDiffusion::from_dir(&dir, dtype, &Device::Cpu, None).unwrap();
+        let cond = sd
+            .text_conditioning(&["a red cat".to_string()], &[String::new()])
+            .unwrap();
+        let guided = Guided::new(&sd, 7.5).unwrap();
+        let sd_predictor = DenoiserPredictor::with_conditioning(&guided, cond);
+        let spec: ModelSpec = "ld3-mnist-32".parse().unwrap();
+        let mnist = load_model_as(&spec, dtype, &Device::Cpu).unwrap();
+        let mnist_predictor = DenoiserPredictor::new(mnist.as_ref());
+        let cases: [(&str, &dyn Denoiser, &DenoiserPredictor); 2] = [
+            ("tiny-sd15", &sd, &sd_predictor),
+            ("ld3-mnist-32", mnist.as_ref(), &mnist_predictor),
+        ];
+        for (name, model, predictor) in cases {
+            set_own_ops(true);
+            let own = value_and_gradients(model, predictor, dtype);
+            set_own_ops(false);
+            let generic = value_and_gradients(model, predictor, dtype);
+            set_own_ops(true);
+            for (what, (a, b)) in ["loss", "t", "t_net", "x_T"]
+                .iter()
+                .zip(own.iter().zip(&generic))
+            {
+                let err = relative_error(a, b);
+                assert!(err < tol, "{name} {dtype:?} {what}: relative error {err:e}");
+            }
+        }
+    }
+}
