@@ -303,18 +303,8 @@ impl CustomOp1 for Softmax {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::testing::max_abs;
     use candle_core::{Device, Var};
-
-    fn max_abs(t: Tensor) -> f64 {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     /// The chunked attention and its recomputing backward equal the composite
     /// softmax(QKᵀ)V and its gradients in q, k and v, in f64 and f32, with one chunk and with

@@ -165,6 +165,7 @@ pub fn linear_no_bias(c_in: usize, c_out: usize, vb: candle_nn::VarBuilder) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::testing::{assert_directional_derivative, max_abs};
     use candle_core::{Device, Var};
 
     /// Values and input gradients equal candle's own modules', in f64 and f32, for strided and
@@ -187,21 +188,11 @@ mod tests {
                     theirs.forward(var.as_tensor()).unwrap(),
                 );
                 let w = r(a.dims());
-                let max = |t: Tensor| -> f64 {
-                    t.abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_dtype(DType::F64)
-                        .unwrap()
-                        .to_scalar()
-                        .unwrap()
-                };
-                assert!(max((&a - &b).unwrap()) < tol);
+                assert!(max_abs((&a - &b).unwrap()) < tol);
                 let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
                 let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
                 let (ga, gb) = (ga.get(&var).unwrap(), gb.get(&var).unwrap());
-                assert!(max((ga - gb).unwrap()) < tol * 10.0);
+                assert!(max_abs((ga - gb).unwrap()) < tol * 10.0);
             };
             for (stride, padding, k) in [(1, 1, 3), (2, 1, 3), (2, 0, 3), (1, 0, 1)] {
                 let cfg = candle_nn::Conv2dConfig {
@@ -216,31 +207,8 @@ mod tests {
                 // Height and width of different parity (candle's own backward fails there):
                 // the directional derivative along v equals ⟨∂x, v⟩.
                 if dtype == DType::F64 {
-                    let ours = Conv2d(conv.clone());
                     let (x, v) = (r(&[2, 3, 9, 8]), r(&[2, 3, 9, 8]));
-                    let var = Var::from_tensor(&x).unwrap();
-                    let y = ours.forward(var.as_tensor()).unwrap();
-                    let wy = r(y.dims());
-                    let f = |x: &Tensor| -> f64 {
-                        (ours.forward(x).unwrap() * &wy)
-                            .unwrap()
-                            .sum_all()
-                            .unwrap()
-                            .to_scalar()
-                            .unwrap()
-                    };
-                    let g = (y * &wy).unwrap().sum_all().unwrap().backward().unwrap();
-                    let analytic: f64 = (g.get(&var).unwrap() * &v)
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .to_scalar()
-                        .unwrap();
-                    let eps = 1e-6;
-                    let numeric = (f(&(&x + (&v * eps).unwrap()).unwrap())
-                        - f(&(&x - (&v * eps).unwrap()).unwrap()))
-                        / (2.0 * eps);
-                    assert!((analytic - numeric).abs() < 1e-6 * analytic.abs().max(1.0));
+                    assert_directional_derivative(&Conv2d(conv.clone()), &x, &v, 1e-6);
                 }
             }
             let lin = candle_nn::Linear::new(r(&[4, 6]), Some(r(&[4])));

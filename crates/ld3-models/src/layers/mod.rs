@@ -11,6 +11,8 @@ mod frozen;
 mod norm;
 mod resample;
 mod resnet;
+#[cfg(test)]
+mod testing;
 mod transformer;
 
 pub use activation::Activation;

@@ -282,18 +282,8 @@ impl CustomOp1 for GroupNormOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::testing::{assert_directional_derivative, max_abs};
     use candle_core::{Device, Var};
-
-    fn max_abs(t: Tensor) -> f64 {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     /// The fused GroupNorm equals candle's composite in value (tracked or not) and in the input's
     /// gradient, in f64 and f32, on [B, C, H, W] and [B, C, L] inputs with an offset mean; a
@@ -337,35 +327,9 @@ mod tests {
     /// The fused backward against central differences in f64, along a random direction.
     #[test]
     fn fused_group_norm_gradient_equals_finite_differences() {
-        let dev = Device::Cpu;
-        let r = |shape: &[usize]| Tensor::randn(0f64, 1.0, shape, &dev).unwrap();
+        let r = |shape: &[usize]| Tensor::randn(0f64, 1.0, shape, &Device::Cpu).unwrap();
         let norm = GroupNorm::new(r(&[4]), r(&[4]), 4, 2, 1e-6).unwrap();
-        let (x, v, w) = (r(&[2, 4, 3, 3]), r(&[2, 4, 3, 3]), r(&[2, 4, 3, 3]));
-        let f = |x: &Tensor| -> f64 {
-            (norm.forward(x).unwrap() * &w)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        let var = Var::from_tensor(&x).unwrap();
-        let g = (norm.forward(var.as_tensor()).unwrap() * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let analytic: f64 = (g.get(&var).unwrap() * &v)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        let eps = 1e-6;
-        let numeric = (f(&(&x + (&v * eps).unwrap()).unwrap())
-            - f(&(&x - (&v * eps).unwrap()).unwrap()))
-            / (2.0 * eps);
-        assert!((analytic - numeric).abs() < 1e-7 * analytic.abs().max(1.0));
+        let (x, v) = (r(&[2, 4, 3, 3]), r(&[2, 4, 3, 3]));
+        assert_directional_derivative(&norm, &x, &v, 1e-7);
     }
 }
