@@ -303,7 +303,7 @@ impl CustomOp1 for Softmax {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::testing::max_abs;
+    use crate::layers::testing::{backward_of_weighted_sum, max_abs};
     use candle_core::{Device, Var};
 
     /// The chunked attention and its recomputing backward equal the composite
@@ -343,13 +343,10 @@ mod tests {
                     assert!(max_abs((&ours - &theirs).unwrap()) < tol);
                     let plain = attention(&q, &k, &v, budget).unwrap();
                     assert!(max_abs((&plain - &theirs).unwrap()) < tol);
-                    let ga = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
-                    let gb = (theirs * &w)
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .backward()
-                        .unwrap();
+                    let (ga, gb) = (
+                        backward_of_weighted_sum(ours, &w),
+                        backward_of_weighted_sum(theirs, &w),
+                    );
                     for (i, var) in vars.iter().enumerate() {
                         match (ga.get(var), gb.get(var)) {
                             (Some(a), Some(b)) => assert!(max_abs((a - b).unwrap()) < tol * 10.0),

@@ -165,7 +165,9 @@ pub fn linear_no_bias(c_in: usize, c_out: usize, vb: candle_nn::VarBuilder) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::testing::{assert_directional_derivative, max_abs};
+    use crate::layers::testing::{
+        assert_directional_derivative, backward_of_weighted_sum, max_abs,
+    };
     use candle_core::{Device, Var};
 
     /// Values and input gradients equal candle's own modules', in f64 and f32, for strided and
@@ -189,8 +191,10 @@ mod tests {
                 );
                 let w = r(a.dims());
                 assert!(max_abs((&a - &b).unwrap()) < tol);
-                let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
-                let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                let (ga, gb) = (
+                    backward_of_weighted_sum(a, &w),
+                    backward_of_weighted_sum(b, &w),
+                );
                 let (ga, gb) = (ga.get(&var).unwrap(), gb.get(&var).unwrap());
                 assert!(max_abs((ga - gb).unwrap()) < tol * 10.0);
             };

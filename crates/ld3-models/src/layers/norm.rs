@@ -282,7 +282,9 @@ impl CustomOp1 for GroupNormOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::testing::{assert_directional_derivative, max_abs};
+    use crate::layers::testing::{
+        assert_directional_derivative, backward_of_weighted_sum, max_abs,
+    };
     use candle_core::{Device, Var};
 
     /// The fused GroupNorm equals candle's composite in value (tracked or not) and in the input's
@@ -308,13 +310,10 @@ mod tests {
                 let theirs = norm.composite().forward(var.as_tensor()).unwrap();
                 assert!(max_abs((&ours - &theirs).unwrap()) < tol);
                 assert!(max_abs((norm.forward(&x).unwrap() - &theirs).unwrap()) < tol);
-                let ga = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
-                let gb = (theirs * &w)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
+                let (ga, gb) = (
+                    backward_of_weighted_sum(ours, &w),
+                    backward_of_weighted_sum(theirs, &w),
+                );
                 let (ga, gb) = (ga.get(&var).unwrap(), gb.get(&var).unwrap());
                 assert!(max_abs((ga - gb).unwrap()) < tol * 10.0);
             }

@@ -43,3 +43,8 @@ pub fn assert_directional_derivative(layer: &dyn Module, x: &Tensor, v: &Tensor,
         "directional derivative: backward {analytic}, differences {numeric}"
     );
 }
+
+/// The gradients of ⟨y, w⟩.
+pub fn backward_of_weighted_sum(y: Tensor, w: &Tensor) -> candle_core::backprop::GradStore {
+    (y * w).unwrap().sum_all().unwrap().backward().unwrap()
+}
