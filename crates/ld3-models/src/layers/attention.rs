@@ -1,5 +1,5 @@
-//! Attention from differentiable ops (matmul + `softmax`), with candle's fused softmax only
-//! where no gradient can be asked for.
+//! Attention: scores a chunk of query rows at a time, under a gradient one op whose backward
+//! recomputes the probabilities; candle's fused softmax only where no gradient can be asked for.
 
 use std::sync::Mutex;
 
@@ -138,12 +138,12 @@ const CHUNK_SCORES: usize = 1 << 24;
 /// gigabyte per layer over a 64×64 latent). Elsewhere under a gradient, the composite.
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) -> Result<Tensor> {
     let tracked = q.track_op() || k.track_op() || v.track_op();
-    if !tracked && super::own_ops() {
-        return chunked_attention(q, k, v, budget);
-    }
     let cpu = q.device().is_cpu() && matches!(q.dtype(), DType::F32 | DType::F64);
-    if !(cpu && tracked && super::own_ops()) {
+    if !super::own_ops() || (tracked && !cpu) {
         return softmax(&q.matmul(&k.t()?.contiguous()?)?)?.matmul(v);
+    }
+    if !tracked {
+        return chunked_attention(q, k, v, budget);
     }
     let out = chunked_attention(&q.detach(), &k.detach(), &v.detach(), budget)?;
     q.apply_op3(
@@ -253,7 +253,8 @@ pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
 
 /// Softmax over the last dimension as one op with its backward, ∂x = y ⊙ (∂y − ⟨∂y, y⟩): the
 /// graph holds the output only, where the composite (max, shift, exp, sum, divide) holds four
-/// tensors of the scores' size — gigabytes for attention over a 64×64 latent.
+/// tensors of the scores' size. Unmasked attention does not need it ([`AttentionOp`] keeps no
+/// scores); the masked (causal) attention takes it under a gradient.
 struct Softmax;
 
 macro_rules! softmax_rows {

@@ -5,6 +5,8 @@
 use candle_core::{
     CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Storage, Tensor, WithDType, D,
 };
+use std::sync::{Arc, OnceLock};
+
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
@@ -53,6 +55,9 @@ impl LayerNorm {
     }
 }
 
+/// A GroupNorm's weight and bias as f64 on the host.
+type HostAffine = (Arc<[f64]>, Arc<[f64]>);
+
 /// GroupNorm over [B, C, ...]: the channels split into `groups` groups, each (batch, group)
 /// normalised to zero mean and unit variance, then scaled and shifted per channel. On the CPU in
 /// f32 or f64 it is one fused op (statistics accumulated in f64) whose backward, when the input is
@@ -67,6 +72,8 @@ pub struct GroupNorm {
     groups: usize,
     eps: f64,
     composite: candle_nn::GroupNorm,
+    /// Weight and bias in f64 on the host, read once on the first fused call.
+    host: OnceLock<HostAffine>,
 }
 
 impl GroupNorm {
@@ -86,6 +93,7 @@ impl GroupNorm {
             groups,
             eps,
             composite,
+            host: OnceLock::new(),
         })
     }
 
@@ -96,10 +104,11 @@ impl GroupNorm {
     }
 }
 
-/// `NAME.weight` and `NAME.bias` [channels] from `vb`.
+/// `NAME.weight` and `NAME.bias` [channels] from `vb` (initialised to 1 and 0 where `vb` makes
+/// new variables, as candle's `group_norm` does).
 pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
-    let weight = vb.get(channels, "weight")?;
-    let bias = vb.get(channels, "bias")?;
+    let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.))?;
+    let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.))?;
     GroupNorm::new(weight, bias, channels, groups, eps)
 }
 
@@ -116,11 +125,22 @@ impl Module for GroupNorm {
         }
         let c = x.dim(1)?;
         if c != self.weight.dim(0)? {
-            candle_core::bail!("GroupNorm over {} channels got {c}", self.weight.dim(0)?);
+            candle_core::bail!(
+                "GroupNorm over {} channels got an input of {c} channels ({:?})",
+                self.weight.dim(0)?,
+                x.dims()
+            );
         }
+        let (weight, bias) = match self.host.get() {
+            Some(host) => host.clone(),
+            None => {
+                let host = (to_f64_vec(&self.weight)?, to_f64_vec(&self.bias)?);
+                self.host.get_or_init(|| host).clone()
+            }
+        };
         let op = GroupNormOp {
-            weight: to_f64_vec(&self.weight)?,
-            bias: to_f64_vec(&self.bias)?,
+            weight,
+            bias,
             groups: self.groups,
             eps: self.eps,
         };
@@ -133,14 +153,14 @@ impl Module for GroupNorm {
     }
 }
 
-fn to_f64_vec(t: &Tensor) -> Result<Vec<f64>> {
-    t.to_dtype(DType::F64)?.to_vec1()
+fn to_f64_vec(t: &Tensor) -> Result<Arc<[f64]>> {
+    Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?.into())
 }
 
 /// The fused GroupNorm; weight and bias are constants.
 struct GroupNormOp {
-    weight: Vec<f64>,
-    bias: Vec<f64>,
+    weight: Arc<[f64]>,
+    bias: Arc<[f64]>,
     groups: usize,
     eps: f64,
 }
@@ -226,7 +246,7 @@ impl GroupNormOp {
     }
 }
 
-/// The contiguous slice of a CPU tensor's storage, and the dims.
+/// The elements of a contiguous CPU tensor from its storage and layout.
 fn contiguous_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
     let (start, end) = layout
         .contiguous_offsets()
@@ -289,7 +309,7 @@ mod tests {
 
     /// The fused GroupNorm equals candle's composite in value (tracked or not) and in the input's
     /// gradient, in f64 and f32, on [B, C, H, W] and [B, C, L] inputs with an offset mean; a
-    /// non-contiguous input is taken too.
+    /// non-contiguous input is taken too, and an input of the wrong width is refused by name.
     #[test]
     fn fused_group_norm_equals_the_composite() {
         let dev = Device::Cpu;
@@ -317,6 +337,8 @@ mod tests {
                 let (ga, gb) = (ga.get(&var).unwrap(), gb.get(&var).unwrap());
                 assert!(max_abs((ga - gb).unwrap()) < tol * 10.0);
             }
+            let err = norm.forward(&r(&[2, 4, 3], 0.0)).unwrap_err().to_string();
+            assert!(err.contains("over 6 channels got an input of 4"), "{err}");
             let x = r(&[2, 5, 4, 6], 0.0).transpose(1, 3).unwrap();
             let diff = (norm.forward(&x).unwrap() - norm.composite().forward(&x).unwrap()).unwrap();
             assert!(max_abs(diff) < tol);
