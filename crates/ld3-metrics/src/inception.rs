@@ -350,11 +350,12 @@ impl Conv {
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (ph, pw) = self.pad;
+        // The shared frozen-weight convolution (im2col/gemm kernels on the CPU).
         let y = if ph == pw {
-            x.conv2d(&self.weight, ph, self.stride, 1, 1)?
+            ld3_models::layers::conv2d(x, &self.weight, ph, self.stride, 1)?
         } else {
             let x = x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?;
-            x.conv2d(&self.weight, 0, self.stride, 1, 1)?
+            ld3_models::layers::conv2d(&x, &self.weight, 0, self.stride, 1)?
         };
         y.broadcast_add(&self.bias)?.relu()
     }

@@ -70,14 +70,15 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
     diff / scale.max(1e-30)
 }
 
-/// Own ops on and off give the same loss and gradients, in f64 (1e-10) and f32 (1e-5), on the
-/// tiny Stable Diffusion pipeline (guided, decoded: GroupNorm, self- and cross-attention, the
-/// VAE) and on the embedded MNIST UNet.
+/// Own ops on and off give the same loss and gradients on the tiny Stable Diffusion pipeline
+/// (guided, decoded: GroupNorm, self- and cross-attention, the VAE) and on the embedded MNIST UNet:
+/// in f64 to 1e-10. In f32 the two differ by rounding (the convolutions sum in another order, and
+/// guidance at 7.5 multiplies the difference), so each f32 result is held to the f64 one: the own
+/// ops' error is at most twice the generic path's plus 1e-5.
 #[test]
 fn own_ops_leave_whole_solve_gradients_unchanged() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/sd/tiny-sd15");
-    for dtype in [DType::F64, DType::F32] {
-        let tol = if dtype == DType::F64 { 1e-10 } else { 1e-5 };
+    let run = |dtype: DType| {
         let sd = StableDiffusion::from_dir(&dir, dtype, &Device::Cpu, None).unwrap();
         let cond = sd
             .text_conditioning(&["a red cat".to_string()], &[String::new()])
@@ -91,19 +92,31 @@ fn own_ops_leave_whole_solve_gradients_unchanged() {
             ("tiny-sd15", &sd, &sd_predictor),
             ("ld3-mnist-32", mnist.as_ref(), &mnist_predictor),
         ];
-        for (name, model, predictor) in cases {
+        cases.map(|(name, model, predictor)| {
             set_own_ops(true);
             let own = value_and_gradients(model, predictor, dtype);
             set_own_ops(false);
             let generic = value_and_gradients(model, predictor, dtype);
             set_own_ops(true);
-            for (what, (a, b)) in ["loss", "t", "t_net", "x_T"]
-                .iter()
-                .zip(own.iter().zip(&generic))
-            {
-                let err = relative_error(a, b);
-                assert!(err < tol, "{name} {dtype:?} {what}: relative error {err:e}");
-            }
+            (name, own, generic)
+        })
+    };
+    let exact = run(DType::F64);
+    let rounded = run(DType::F32);
+    let what = ["loss", "t", "t_net", "x_T"];
+    for ((name, own, generic), (_, own32, generic32)) in exact.iter().zip(&rounded) {
+        for (i, what) in what.iter().enumerate() {
+            let err = relative_error(&own[i], &generic[i]);
+            assert!(err < 1e-10, "{name} f64 {what}: relative error {err:e}");
+            let (ours, theirs) = (
+                relative_error(&own32[i], &own[i]),
+                relative_error(&generic32[i], &own[i]),
+            );
+            eprintln!("{name} f32 {what}: own ops {ours:e}, generic {theirs:e}");
+            assert!(
+                ours <= 2.0 * theirs + 1e-5,
+                "{name} f32 {what}: own ops {ours:e} from f64, generic {theirs:e}"
+            );
         }
     }
 }

@@ -1,14 +1,23 @@
 //! Convolutions and linear maps over frozen weights whose backward yields the input's gradient
 //! only. candle's backward of `conv2d` and `matmul` computes and keeps a gradient for every
 //! operand, the constant weights included (3.4 GB per step for Stable Diffusion's UNet, and a
-//! third of the backward's work); LD3 never trains weights. Under a gradient, on the CPU, the
-//! output is computed on the detached input and re-attached to the input through an op whose
-//! backward is the transposed convolution (∂x = conv_transpose(∂y, W)) or ∂x = ∂y·W. Elsewhere
-//! (nothing tracked, or another device) they are candle's modules unchanged.
+//! third of the backward's work); LD3 never trains weights.
+//!
+//! - The convolution is one op on the CPU (f32/f64, constant weight and bias), tracked or not:
+//!   the im2col/gemm kernels of `conv_kernel` forward, their adjoint (∂x = col2im(Wᵀ·∂y)) backward.
+//!   candle's CPU convolution copies the input to NHWC and the weight to a new layout on every
+//!   call, and its input gradient is a direct-loop transposed convolution.
+//! - The linear map, under a gradient on the CPU, is computed on the detached input and
+//!   re-attached to the input through an op whose backward is ∂x = ∂y·W.
+//!
+//! Elsewhere (another device, a trained weight, the own ops off) they are candle's modules
+//! unchanged.
 
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Storage, Tensor};
+
+use super::conv_kernel::{self, Element, Geometry};
 
 /// Whether `x` takes the input-only path.
 fn input_only(x: &Tensor, weight: &Tensor) -> bool {
@@ -73,7 +82,7 @@ impl<F: Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync> CustomOp1 for Atta
     }
 }
 
-/// candle's `Conv2d` with the input-only backward.
+/// candle's `Conv2d` on this crate's CPU kernels (see [`conv2d`]).
 #[derive(Clone, Debug)]
 pub struct Conv2d(pub candle_nn::Conv2d);
 
@@ -83,16 +92,20 @@ impl Module for Conv2d {
         if cfg.groups != 1 {
             return self.0.forward(x);
         }
-        let y = conv2d(x, self.0.weight(), cfg.padding, cfg.stride, cfg.dilation)?;
-        match self.0.bias() {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(y),
-        }
+        conv2d_biased(
+            x,
+            self.0.weight(),
+            self.0.bias(),
+            cfg.padding,
+            cfg.stride,
+            cfg.dilation,
+        )
     }
 }
 
-/// `x.conv2d(w, padding, stride, dilation, 1)` with the input-only backward when `x` is tracked
-/// on the CPU and `w` is not.
+/// `x.conv2d(w, padding, stride, dilation, 1)`. With the own ops on, on the CPU in f32/f64 and
+/// with a constant `w`, it runs the im2col/gemm kernels of `conv_kernel` and its backward yields
+/// the input's gradient only (by the same kernels' adjoint); otherwise it is candle's.
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -100,25 +113,177 @@ pub fn conv2d(
     stride: usize,
     dilation: usize,
 ) -> Result<Tensor> {
-    if !input_only(x, w) {
-        return x.conv2d(w, padding, stride, dilation, 1);
+    conv2d_biased(x, w, None, padding, stride, dilation)
+}
+
+fn conv2d_biased(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let constant = |t: &Tensor| !t.track_op() && t.device().is_cpu() && t.dtype() == x.dtype();
+    let own = super::own_ops()
+        && x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && constant(w);
+    if !own {
+        let y = x.conv2d(w, padding, stride, dilation, 1)?;
+        return match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        };
     }
-    let out = x.detach().conv2d(w, padding, stride, dilation, 1)?;
-    let kernel = w.clone();
-    let grad_x = move |arg: &Tensor, grad: &Tensor| {
-        // The transposed convolution's output padding restores the rows and columns a strided
-        // forward left over; it is one number for both sides, so take the larger and cut the
-        // other side back (it only extends the bottom and right).
-        let (k_h, k_w) = (kernel.dim(2)?, kernel.dim(3)?);
-        let base = |g: usize, k: usize| (g - 1) * stride + dilation * (k - 1) + 1 - 2 * padding;
-        let (h, w) = (arg.dim(2)?, arg.dim(3)?);
-        let pad_h = h - base(grad.dim(2)?, k_h);
-        let pad_w = w - base(grad.dim(3)?, k_w);
-        grad.conv_transpose2d(&kernel, padding, pad_h.max(pad_w), stride, dilation)?
-            .narrow(2, 0, h)?
-            .narrow(3, 0, w)
+    // A tracked bias (weights being trained) is added outside the op, so it gets its gradient.
+    let (fused, added) = match bias {
+        Some(b) if constant(b) && b.rank() == 1 => (Some(b.contiguous()?), None),
+        other => (None, other),
     };
-    x.apply_op1(Attach::new(out, grad_x, "conv2d-input-gradient"))
+    let op = ConvOp {
+        weight: w.contiguous()?,
+        bias: fused,
+        padding,
+        stride,
+        dilation,
+    };
+    let y = x.contiguous()?.apply_op1(op)?;
+    match added {
+        Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// The CPU storage of a contiguous tensor, as a slice of `T`.
+fn host_slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("conv2d: a non-contiguous operand".into()))?;
+    Ok(&s.as_slice::<T>()?[start..end])
+}
+
+/// `conv2d(x, weight) + bias` on the CPU kernels, for a constant weight and bias.
+struct ConvOp {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+}
+
+impl ConvOp {
+    fn geometry(&self, x: &[usize]) -> Result<Geometry> {
+        Geometry::new(
+            x,
+            self.weight.dims(),
+            self.padding,
+            self.stride,
+            self.dilation,
+        )
+    }
+
+    fn run<T: Element + candle_core::WithDType>(
+        &self,
+        x: &CpuStorage,
+        l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geometry(l.dims())?;
+        let x = host_slice::<T>(x, l)?;
+        let (ws, wl) = self.weight.storage_and_layout();
+        let Storage::Cpu(ws) = &*ws else {
+            candle_core::bail!("conv2d: the weight is not on the CPU");
+        };
+        let weight = host_slice::<T>(ws, wl)?;
+        let y = match &self.bias {
+            Some(b) => {
+                let (bs, bl) = b.storage_and_layout();
+                let Storage::Cpu(bs) = &*bs else {
+                    candle_core::bail!("conv2d: the bias is not on the CPU");
+                };
+                let bias = host_slice::<T>(bs, bl)?;
+                if bias.len() != g.c_out {
+                    candle_core::bail!(
+                        "conv2d: a bias of {} values for {} output channels",
+                        bias.len(),
+                        g.c_out
+                    );
+                }
+                conv_kernel::forward(&g, x, weight, Some(bias))
+            }
+            None => conv_kernel::forward(&g, x, weight, None),
+        };
+        Ok((
+            T::to_cpu_storage_owned(y),
+            Shape::from((g.batch, g.c_out, g.h_out(), g.w_out())),
+        ))
+    }
+}
+
+impl CustomOp1 for ConvOp {
+    fn name(&self) -> &'static str {
+        "conv2d-frozen"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        match s {
+            CpuStorage::F32(_) => self.run::<f32>(s, l),
+            CpuStorage::F64(_) => self.run::<f64>(s, l),
+            _ => candle_core::bail!("conv2d-frozen: only f32 and f64"),
+        }
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = ConvInputGradient {
+            weight: self.weight.clone(),
+            geometry: self.geometry(arg.dims())?,
+        };
+        grad.contiguous()?.apply_op1(op).map(Some)
+    }
+}
+
+/// ∂x of [`ConvOp`] from ∂y (the adjoint of the forward kernel).
+struct ConvInputGradient {
+    weight: Tensor,
+    geometry: Geometry,
+}
+
+impl ConvInputGradient {
+    fn run<T: Element + candle_core::WithDType>(
+        &self,
+        dy: &CpuStorage,
+        l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geometry;
+        let expected = [g.batch, g.c_out, g.h_out(), g.w_out()];
+        if l.dims() != expected {
+            candle_core::bail!(
+                "conv2d backward: an output gradient {:?} for an output {expected:?}",
+                l.dims()
+            );
+        }
+        let dy = host_slice::<T>(dy, l)?;
+        let (ws, wl) = self.weight.storage_and_layout();
+        let Storage::Cpu(ws) = &*ws else {
+            candle_core::bail!("conv2d: the weight is not on the CPU");
+        };
+        let dx = conv_kernel::input_gradient(g, dy, host_slice::<T>(ws, wl)?);
+        Ok((
+            T::to_cpu_storage_owned(dx),
+            Shape::from((g.batch, g.c_in, g.h, g.w)),
+        ))
+    }
+}
+
+impl CustomOp1 for ConvInputGradient {
+    fn name(&self) -> &'static str {
+        "conv2d-input-gradient"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        match s {
+            CpuStorage::F32(_) => self.run::<f32>(s, l),
+            CpuStorage::F64(_) => self.run::<f64>(s, l),
+            _ => candle_core::bail!("conv2d-input-gradient: only f32 and f64"),
+        }
+    }
 }
 
 /// candle's `Linear` with the input-only backward.
@@ -215,6 +380,39 @@ mod tests {
                     assert_directional_derivative(&Conv2d(conv.clone()), &x, &v, 1e-6);
                 }
             }
+            // Dilation; a non-contiguous input (a transposed view); no graph at all.
+            let cfg = candle_nn::Conv2dConfig {
+                padding: 2,
+                dilation: 2,
+                ..Default::default()
+            };
+            let conv = candle_nn::Conv2d::new(r(&[4, 3, 3, 3]), Some(r(&[4])), cfg);
+            check(&Conv2d(conv.clone()), &conv, r(&[2, 3, 7, 6]));
+            let x = r(&[2, 3, 6, 7]).transpose(2, 3).unwrap();
+            assert!(!x.is_contiguous());
+            let (a, b) = (
+                Conv2d(conv.clone()).forward(&x).unwrap(),
+                conv.forward(&x).unwrap(),
+            );
+            assert!(max_abs((&a - &b).unwrap()) < tol);
+            // A weight and bias being trained take candle's path and get their gradients.
+            let (wv, bv) = (
+                Var::from_tensor(&r(&[4, 3, 3, 3])).unwrap(),
+                Var::from_tensor(&r(&[4])).unwrap(),
+            );
+            let trained = Conv2d(candle_nn::Conv2d::new(
+                wv.as_tensor().clone(),
+                Some(bv.as_tensor().clone()),
+                cfg,
+            ));
+            let g = trained
+                .forward(&x)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            assert!(g.get(&wv).is_some() && g.get(&bv).is_some());
             let lin = candle_nn::Linear::new(r(&[4, 6]), Some(r(&[4])));
             check(&Linear(lin.clone()), &lin, r(&[3, 6]));
             check(&Linear(lin.clone()), &lin, r(&[2, 3, 6]));

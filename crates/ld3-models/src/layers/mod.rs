@@ -6,6 +6,7 @@
 mod activation;
 mod attention;
 mod conv;
+mod conv_kernel;
 mod embeddings;
 mod frozen;
 mod norm;
