@@ -538,7 +538,7 @@ impl UNet2DConditionModel {
             self.mid_block.as_ref(),
             &self.up_blocks,
         )?;
-        let h = self.conv_norm_out.forward(&h)?.silu()?;
+        let h = crate::layers::silu(&self.conv_norm_out.forward(&h)?)?;
         self.conv_out.forward(&h)
     }
 }

@@ -284,7 +284,7 @@ impl AutoencoderKl {
             h = block.forward(&h)?;
         }
         self.dec_conv_out
-            .forward(&self.dec_norm_out.forward(&h)?.silu()?)
+            .forward(&crate::layers::silu(&self.dec_norm_out.forward(&h)?)?)
     }
 
     /// The mean and log-variance [B, latent_channels, h, w] of the latent distribution of the
@@ -297,7 +297,7 @@ impl AutoencoderKl {
         h = self.enc_mid.forward(&h, None, None)?;
         h = self
             .enc_conv_out
-            .forward(&self.enc_norm_out.forward(&h)?.silu()?)?;
+            .forward(&crate::layers::silu(&self.enc_norm_out.forward(&h)?)?)?;
         if let Some(q) = &self.quant_conv {
             h = q.forward(&h)?;
         }

@@ -1,5 +1,5 @@
-//! The crate's own CPU ops (fused GroupNorm, attention that recomputes its probabilities in the
-//! backward, frozen-weight convolutions and linear maps, softmax with a backward) against
+//! The crate's own CPU ops (fused GroupNorm, SiLU, attention that recomputes its probabilities in
+//! the backward, frozen-weight convolutions and linear maps, softmax with a backward) against
 //! candle's generic composites (`layers::set_own_ops(false)`) on whole solves: the value and the
 //! gradient in every step time, every network time and the initial state are unchanged. A test
 //! binary of its own: the switch is process-wide.

@@ -52,6 +52,6 @@ impl TimestepMlp {
     /// The embedding of the sinusoids `t_emb`.
     pub fn forward(&self, t_emb: &Tensor) -> Result<Tensor> {
         self.linear_2
-            .forward(&self.linear_1.forward(t_emb)?.silu()?)
+            .forward(&super::silu(&self.linear_1.forward(t_emb)?)?)
     }
 }

@@ -64,11 +64,13 @@ impl ResnetBlock {
     /// `x` [B, C_in, H, W] and the time embedding `temb` [B, T] (`None` for a block without
     /// time).
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = self.conv1.forward(&super::silu(&self.norm1.forward(x)?)?)?;
         let t = match (&self.time_emb_proj, temb) {
-            (Some(proj), Some(temb)) => {
-                Some(proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?)
-            }
+            (Some(proj), Some(temb)) => Some(
+                proj.forward(&super::silu(temb)?)?
+                    .unsqueeze(2)?
+                    .unsqueeze(3)?,
+            ),
             (None, _) => None,
             (Some(_), None) => candle_core::bail!("this ResNet block needs a time embedding"),
         };
@@ -84,7 +86,7 @@ impl ResnetBlock {
             Some(t) => self.norm2.forward(&h.broadcast_add(&t)?)?,
             None => self.norm2.forward(&h)?,
         };
-        let h = self.conv2.forward(&h.silu()?)?;
+        let h = self.conv2.forward(&super::silu(&h)?)?;
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
