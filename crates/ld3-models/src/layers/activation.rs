@@ -1,7 +1,7 @@
 //! Activation functions by the names configs give them, and SiLU with a one-pass backward.
 
+use super::conv_kernel::for_each_chunk;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
-use rayon::prelude::*;
 
 /// x·σ(x). With the own ops on, for a tracked f32/f64 tensor on the CPU, one op whose backward is
 /// a single pass, ∂x = ∂y·σ(x)·(1 + x·(1 − σ(x))); candle's own backward of `silu` builds that
@@ -26,25 +26,22 @@ macro_rules! silu_loops {
     ($t:ty, $forward:ident, $backward:ident) => {
         fn $forward(x: &[$t]) -> Vec<$t> {
             let mut y = vec![0.0; x.len()];
-            y.par_chunks_mut(CHUNK)
-                .zip(x.par_chunks(CHUNK))
-                .for_each(|(y, x)| {
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        *y = x / (1.0 + (-x).exp());
-                    }
-                });
+            for_each_chunk(&mut y, CHUNK, |(n, y)| {
+                for (y, &x) in y.iter_mut().zip(&x[n * CHUNK..]) {
+                    *y = x / (1.0 + (-x).exp());
+                }
+            });
             y
         }
         fn $backward(x: &[$t], g: &[$t]) -> Vec<$t> {
             let mut dx = vec![0.0; x.len()];
-            dx.par_chunks_mut(CHUNK)
-                .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-                .for_each(|(dx, (x, g))| {
-                    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                        let s = 1.0 / (1.0 + (-x).exp());
-                        *dx = g * s * (1.0 + x * (1.0 - s));
-                    }
-                });
+            for_each_chunk(&mut dx, CHUNK, |(n, dx)| {
+                let (x, g) = (&x[n * CHUNK..], &g[n * CHUNK..]);
+                for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                    let s = 1.0 / (1.0 + (-x).exp());
+                    *dx = g * s * (1.0 + x * (1.0 - s));
+                }
+            });
             dx
         }
     };

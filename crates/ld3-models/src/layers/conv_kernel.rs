@@ -204,13 +204,34 @@ impl Tile {
     }
 }
 
-/// candle's thread count, read once (candle reads the environment on every call, which costs
-/// several percent of a small network's forward pass).
-fn threads() -> Parallelism {
+/// Below this many multiply-adds a product runs on the calling thread: handing it to the pool
+/// (waking threads, a context switch) costs more than it saves.
+const PARALLEL_PRODUCT: usize = 1 << 21;
+/// Below this many elements a copy loop runs on the calling thread, for the same reason.
+const PARALLEL_COPY: usize = 1 << 16;
+
+/// candle's thread count (read once: candle reads the environment on every call, which costs
+/// several percent of a small network's forward pass) for a product of `work` multiply-adds.
+fn threads(work: usize) -> Parallelism {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     match *THREADS.get_or_init(candle_core::utils::get_num_threads) {
         0 | 1 => Parallelism::None,
+        _ if work < PARALLEL_PRODUCT => Parallelism::None,
         n => Parallelism::Rayon(n),
+    }
+}
+
+/// `f((index, chunk))` over the `chunk`-sized pieces of `data`, on the thread pool only when
+/// `data` is large enough to pay for it.
+pub(crate) fn for_each_chunk<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    f: impl Fn((usize, &mut [T])) + Send + Sync,
+) {
+    if data.len() < PARALLEL_COPY {
+        data.chunks_mut(chunk).enumerate().for_each(f);
+    } else {
+        data.par_chunks_mut(chunk).enumerate().for_each(f);
     }
 }
 
@@ -293,7 +314,7 @@ fn product<T: Element>(
             false,
             false,
             false,
-            threads(),
+            threads(m * n * k),
         )
     }
 }
@@ -327,10 +348,10 @@ fn im2col<T: Element>(g: &Geometry, x: &[T], tile: &Tile, cols: &mut [T]) {
     let w_out = g.w_out();
     let pixels = tile.pixels(w_out);
     let kk = g.k_h * g.k_w;
-    cols[..g.patch() * tile.images * pixels]
-        .par_chunks_mut(tile.images * pixels)
-        .enumerate()
-        .for_each(|(r, row)| {
+    for_each_chunk(
+        &mut cols[..g.patch() * tile.images * pixels],
+        tile.images * pixels,
+        |(r, row)| {
             let (c, ki, kj) = (r / kk, (r % kk) / g.k_w, r % g.k_w);
             let (valid, iw0) = valid_columns(g, kj);
             for i in 0..tile.images {
@@ -353,7 +374,8 @@ fn im2col<T: Element>(g: &Geometry, x: &[T], tile: &Tile, cols: &mut [T]) {
                     }
                 }
             }
-        });
+        },
+    );
 }
 
 /// Adds the tile's patch-matrix gradient into `dx` (the adjoint of [`im2col`]).
@@ -363,27 +385,24 @@ fn col2im_add<T: Element>(g: &Geometry, cols: &[T], tile: &Tile, dx: &mut [T]) {
     let kk = g.k_h * g.k_w;
     let images =
         &mut dx[tile.b0 * g.c_in * g.pixels_in()..][..tile.images * g.c_in * g.pixels_in()];
-    images
-        .par_chunks_mut(g.pixels_in())
-        .enumerate()
-        .for_each(|(plane_index, plane)| {
-            let (i, c) = (plane_index / g.c_in, plane_index % g.c_in);
-            for r in c * kk..(c + 1) * kk {
-                let (ki, kj) = ((r % kk) / g.k_w, r % g.k_w);
-                let (valid, iw0) = valid_columns(g, kj);
-                let row = &cols[r * tile.images * pixels + i * pixels..][..pixels];
-                for (j, oh) in tile.rows.clone().enumerate() {
-                    let Some(ih) = input_row(g, oh, ki) else {
-                        continue;
-                    };
-                    let src = &row[j * w_out..][..w_out];
-                    let line = &mut plane[ih * g.w..][..g.w];
-                    for (n, &v) in src[valid.clone()].iter().enumerate() {
-                        line[iw0 + n * g.stride] += v;
-                    }
+    for_each_chunk(images, g.pixels_in(), |(plane_index, plane)| {
+        let (i, c) = (plane_index / g.c_in, plane_index % g.c_in);
+        for r in c * kk..(c + 1) * kk {
+            let (ki, kj) = ((r % kk) / g.k_w, r % g.k_w);
+            let (valid, iw0) = valid_columns(g, kj);
+            let row = &cols[r * tile.images * pixels + i * pixels..][..pixels];
+            for (j, oh) in tile.rows.clone().enumerate() {
+                let Some(ih) = input_row(g, oh, ki) else {
+                    continue;
+                };
+                let src = &row[j * w_out..][..w_out];
+                let line = &mut plane[ih * g.w..][..g.w];
+                for (n, &v) in src[valid.clone()].iter().enumerate() {
+                    line[iw0 + n * g.stride] += v;
                 }
             }
-        });
+        }
+    });
 }
 
 /// `conv2d(x, weight) + bias` in NCHW; `x`, `weight` and `bias` contiguous.
@@ -409,9 +428,9 @@ fn forward_tiled<T: Element>(
         return y;
     }
     if let Some(bias) = bias {
-        y.par_chunks_mut(pixels_out)
-            .enumerate()
-            .for_each(|(n, plane)| plane.fill(bias[n % g.c_out]));
+        for_each_chunk(&mut y, pixels_out, |(n, plane)| {
+            plane.fill(bias[n % g.c_out])
+        });
     }
     let with_bias = bias.is_some();
     T::with_scratch(|cols, wide| {
@@ -458,16 +477,17 @@ fn forward_tile<T: Element>(
             weight(),
             Strided::rows(&cols[..], patch, width, width),
         );
-        y[tile.b0 * g.c_out * pixels_out..][..tile.images * g.c_out * pixels_out]
-            .par_chunks_mut(pixels_out)
-            .enumerate()
-            .for_each(|(n, plane)| {
+        for_each_chunk(
+            &mut y[tile.b0 * g.c_out * pixels_out..][..tile.images * g.c_out * pixels_out],
+            pixels_out,
+            |(n, plane)| {
                 let (i, co) = (n / g.c_out, n % g.c_out);
                 let src = &wide[co * width + i * pixels..][..pixels];
                 for (o, &v) in plane.iter_mut().zip(src) {
                     *o += v;
                 }
-            });
+            },
+        );
         return;
     }
     for (i, b) in (tile.b0..tile.b0 + tile.images).enumerate() {
@@ -531,15 +551,12 @@ fn input_gradient_tiled<T: Element>(
                 Strided::rows(image, g.c_out, width, pixels_out)
             } else {
                 gathered.resize(g.c_out * width, T::ZERO);
-                gathered
-                    .par_chunks_mut(width)
-                    .enumerate()
-                    .for_each(|(co, row)| {
-                        for i in 0..tile.images {
-                            let src = &dy[((tile.b0 + i) * g.c_out + co) * pixels_out..];
-                            row[i * pixels..][..pixels].copy_from_slice(&src[..pixels]);
-                        }
-                    });
+                for_each_chunk(gathered, width, |(co, row)| {
+                    for i in 0..tile.images {
+                        let src = &dy[((tile.b0 + i) * g.c_out + co) * pixels_out..];
+                        row[i * pixels..][..pixels].copy_from_slice(&src[..pixels]);
+                    }
+                });
                 Strided::rows(&gathered[..], g.c_out, width, width)
             };
             let dst = Strided::rows(&mut cols[..], patch, width, width);
@@ -573,17 +590,14 @@ fn adjoint_convolution<T: Element>(g: &Geometry, weight: &[T]) -> Option<(Geomet
     };
     let kk = g.k_h * g.k_w;
     let mut flipped = vec![T::ZERO; weight.len()];
-    flipped
-        .par_chunks_mut(g.c_out * kk)
-        .enumerate()
-        .for_each(|(ci, block)| {
-            for co in 0..g.c_out {
-                let src = &weight[(co * g.c_in + ci) * kk..][..kk];
-                for (d, s) in block[co * kk..][..kk].iter_mut().zip(src.iter().rev()) {
-                    *d = *s;
-                }
+    for_each_chunk(&mut flipped, g.c_out * kk, |(ci, block)| {
+        for co in 0..g.c_out {
+            let src = &weight[(co * g.c_in + ci) * kk..][..kk];
+            for (d, s) in block[co * kk..][..kk].iter_mut().zip(src.iter().rev()) {
+                *d = *s;
             }
-        });
+        }
+    });
     Some((adjoint, flipped))
 }
 
