@@ -49,12 +49,8 @@ macro_rules! silu_loops {
 silu_loops!(f32, silu_f32, silu_grad_f32);
 silu_loops!(f64, silu_f64, silu_grad_f64);
 
-/// The elements of a contiguous CPU tensor.
 fn elements<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("silu of a non-contiguous tensor".into()))?;
-    Ok(&s.as_slice::<T>()?[start..end])
+    super::contiguous_slice(s, l, "silu")
 }
 
 struct SiluOp;

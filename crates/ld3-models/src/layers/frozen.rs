@@ -155,12 +155,8 @@ fn conv2d_biased(
     }
 }
 
-/// The CPU storage of a contiguous tensor, as a slice of `T`.
 fn host_slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("conv2d: a non-contiguous operand".into()))?;
-    Ok(&s.as_slice::<T>()?[start..end])
+    super::contiguous_slice(s, l, "conv2d")
 }
 
 /// `conv2d(x, weight) + bias` on the CPU kernels, for a constant weight and bias.

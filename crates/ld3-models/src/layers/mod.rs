@@ -53,3 +53,16 @@ pub fn own_ops() -> bool {
 pub fn set_own_ops(on: bool) {
     OWN_OPS.store(if on { 1 } else { 2 }, Ordering::Relaxed);
 }
+
+/// The elements of a contiguous CPU tensor from its storage and layout (the own ops make their
+/// operands contiguous first); `op` names the op in the error.
+pub(crate) fn contiguous_slice<'a, T: candle_core::WithDType>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [T]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: a non-contiguous operand")))?;
+    Ok(&storage.as_slice::<T>()?[start..end])
+}

@@ -246,12 +246,8 @@ impl GroupNormOp {
     }
 }
 
-/// The elements of a contiguous CPU tensor from its storage and layout.
 fn contiguous_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("GroupNorm of a non-contiguous tensor".into()))?;
-    Ok(&storage.as_slice::<T>()?[start..end])
+    super::contiguous_slice(storage, layout, "group-norm")
 }
 
 impl CustomOp1 for GroupNormOp {
