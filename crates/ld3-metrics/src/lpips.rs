@@ -221,7 +221,7 @@ impl Lpips {
         for op in &self.ops {
             h = match op {
                 Op::Conv(conv, tap) => {
-                    let h = conv.forward(&h)?.relu()?;
+                    let h = ld3_models::layers::relu(&conv.forward(&h)?)?;
                     if *tap {
                         taps.push(h.clone());
                     }

@@ -1,7 +1,122 @@
-//! Max pooling written with ops whose backward candle computes correctly (its `max_pool2d`
-//! backward scales the gradient by 1/k²).
+//! Max pooling with a correct backward: candle's `max_pool2d` backward scales the gradient by
+//! 1/k². With the own ops on (`ld3_models::layers::own_ops`), a tracked f32/f64 input on the CPU
+//! takes one op whose backward routes each window's gradient to its first maximum, recomputed
+//! from the input (PyTorch's rule); otherwise ops whose backward candle computes correctly.
 
-use candle_core::{Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+/// k×k windows at stride s over [B, C, H, W], floor mode.
+struct MaxPoolOp {
+    k: usize,
+    s: usize,
+}
+
+impl MaxPoolOp {
+    /// For every output element of one plane, the index in the plane of its window's first
+    /// maximum.
+    fn argmax<T: PartialOrd + Copy>(&self, plane: &[T], (h, w): (usize, usize)) -> Vec<usize> {
+        let (oh, ow) = ((h - self.k) / self.s + 1, (w - self.k) / self.s + 1);
+        let mut out = Vec::with_capacity(oh * ow);
+        for i in 0..oh {
+            for j in 0..ow {
+                let mut best = i * self.s * w + j * self.s;
+                for di in 0..self.k {
+                    for dj in 0..self.k {
+                        let at = (i * self.s + di) * w + j * self.s + dj;
+                        // `!(a <= b)` so that a NaN wins, as in PyTorch.
+                        if !(plane[at] <= plane[best]) {
+                            best = at;
+                        }
+                    }
+                }
+                out.push(best);
+            }
+        }
+        out
+    }
+
+    fn forward<T: PartialOrd + Copy + Send + Sync + Default>(
+        &self,
+        x: &[T],
+        dims: &[usize],
+    ) -> Vec<T> {
+        let (h, w) = (dims[2], dims[3]);
+        let (oh, ow) = ((h - self.k) / self.s + 1, (w - self.k) / self.s + 1);
+        let mut y = vec![T::default(); dims[0] * dims[1] * oh * ow];
+        y.par_chunks_mut(oh * ow)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(y, plane)| {
+                for (y, at) in y.iter_mut().zip(self.argmax(plane, (h, w))) {
+                    *y = plane[at];
+                }
+            });
+        y
+    }
+
+    fn backward<T: PartialOrd + Copy + Send + Sync + Default + std::ops::AddAssign>(
+        &self,
+        x: &[T],
+        g: &[T],
+        dims: &[usize],
+    ) -> Vec<T> {
+        let (h, w) = (dims[2], dims[3]);
+        let (oh, ow) = ((h - self.k) / self.s + 1, (w - self.k) / self.s + 1);
+        let mut dx = vec![T::default(); x.len()];
+        dx.par_chunks_mut(h * w)
+            .zip(x.par_chunks(h * w).zip(g.par_chunks(oh * ow)))
+            .for_each(|(dx, (plane, g))| {
+                for (&g, at) in g.iter().zip(self.argmax(plane, (h, w))) {
+                    dx[at] += g;
+                }
+            });
+        dx
+    }
+}
+
+fn elements<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("max pool: a non-contiguous operand".into()))?;
+    Ok(&s.as_slice::<T>()?[start..end])
+}
+
+impl CustomOp1 for MaxPoolOp {
+    fn name(&self) -> &'static str {
+        "max-pool-first-maximum"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = l.dims();
+        let y = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(self.forward(elements::<f32>(s, l)?, dims)),
+            CpuStorage::F64(_) => CpuStorage::F64(self.forward(elements::<f64>(s, l)?, dims)),
+            _ => candle_core::bail!("max pool: only f32 and f64"),
+        };
+        let (oh, ow) = (
+            (dims[2] - self.k) / self.s + 1,
+            (dims[3] - self.k) / self.s + 1,
+        );
+        Ok((y, Shape::from((dims[0], dims[1], oh, ow))))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        let (xs, xl) = arg.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let dims = xl.dims();
+        let dev = candle_core::Device::Cpu;
+        match (&*xs, &*gs) {
+            (Storage::Cpu(xs @ CpuStorage::F32(_)), Storage::Cpu(gs)) => {
+                let dx = self.backward(elements::<f32>(xs, xl)?, elements(gs, gl)?, dims);
+                Tensor::from_vec(dx, dims, &dev).map(Some)
+            }
+            (Storage::Cpu(xs @ CpuStorage::F64(_)), Storage::Cpu(gs)) => {
+                let dx = self.backward(elements::<f64>(xs, xl)?, elements(gs, gl)?, dims);
+                Tensor::from_vec(dx, dims, &dev).map(Some)
+            }
+            _ => candle_core::bail!("max pool backward: only f32 and f64 on the CPU"),
+        }
+    }
+}
 
 /// Every `stride`-th element along `dim` starting at 0, `count` of them (a strided slice from a
 /// narrow, a zero pad to a multiple of the stride, and a reshape).
@@ -21,6 +136,13 @@ pub fn max_pool(x: &Tensor, k: usize, s: usize) -> Result<Tensor> {
         candle_core::bail!("max pool {k}x{k} needs at least {k}x{k} pixels, got {h}x{w}");
     }
     let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
+    if ld3_models::layers::own_ops()
+        && x.track_op()
+        && x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+    {
+        return x.contiguous()?.apply_op1(MaxPoolOp { k, s });
+    }
     if k == s {
         // Non-overlapping: a reshape and two maxima.
         let (b, c) = (x.dim(0)?, x.dim(1)?);
@@ -77,5 +199,26 @@ mod tests {
             (2 * 3 * 3 * 4) as f64,
             "one unit of gradient per window"
         );
+        // The op (own ops on) and the composite (off) agree in value and gradient, for
+        // non-overlapping and overlapping windows (no ties in random input).
+        for (k, s) in [(2, 2), (3, 2), (3, 1)] {
+            let w = Tensor::randn(
+                0f64,
+                1.0,
+                x.max_pool2d_with_stride(k, s).unwrap().dims(),
+                x.device(),
+            )
+            .unwrap();
+            let run = |own: bool| {
+                ld3_models::layers::set_own_ops(own);
+                let y = max_pool(v.as_tensor(), k, s).unwrap();
+                let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                ld3_models::layers::set_own_ops(true);
+                (y, g.get(v.as_tensor()).unwrap().clone())
+            };
+            let ((ya, ga), (yb, gb)) = (run(true), run(false));
+            assert_eq!(max_abs_diff(&ya, &yb).unwrap(), 0.0, "k {k} s {s}");
+            assert!(max_abs_diff(&ga, &gb).unwrap() < 1e-14, "k {k} s {s}");
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Activation functions by the names configs give them, and SiLU with a one-pass backward.
+//! Activation functions by the names configs give them, and SiLU and ReLU with one-pass backwards.
 
 use super::conv_kernel::for_each_chunk;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
@@ -8,62 +8,105 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, 
 /// from eight whole-tensor ops, each a new allocation, and SiLU follows every norm of every
 /// ResNet block. Otherwise candle's `silu`.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    if super::own_ops()
-        && x.track_op()
-        && x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-    {
-        x.contiguous()?.apply_op1(SiluOp)
+    if with_backward(x) {
+        x.contiguous()?.apply_op1(PointwiseOp(Kind::Silu))
     } else {
         x.silu()
     }
 }
 
-/// Elements per parallel chunk of the SiLU loops.
+/// max(x, 0), likewise: the backward is one pass, ∂x = ∂y where x > 0 (PyTorch's convention;
+/// candle's takes five whole-tensor ops and passes the gradient at 0 too). It follows every
+/// convolution of LPIPS' backbones.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if with_backward(x) {
+        x.contiguous()?.apply_op1(PointwiseOp(Kind::Relu))
+    } else {
+        x.relu()
+    }
+}
+
+fn with_backward(x: &Tensor) -> bool {
+    super::own_ops()
+        && x.track_op()
+        && x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// Elements per parallel chunk of the pointwise loops.
 const CHUNK: usize = 1 << 14;
 
-macro_rules! silu_loops {
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Silu,
+    Relu,
+}
+
+macro_rules! pointwise_loops {
     ($t:ty, $forward:ident, $backward:ident) => {
-        fn $forward(x: &[$t]) -> Vec<$t> {
+        fn $forward(kind: Kind, x: &[$t]) -> Vec<$t> {
             let mut y = vec![0.0; x.len()];
             for_each_chunk(&mut y, CHUNK, |(n, y)| {
-                for (y, &x) in y.iter_mut().zip(&x[n * CHUNK..]) {
-                    *y = x / (1.0 + (-x).exp());
+                let x = &x[n * CHUNK..];
+                match kind {
+                    Kind::Silu => {
+                        for (y, &x) in y.iter_mut().zip(x) {
+                            *y = x / (1.0 + (-x).exp());
+                        }
+                    }
+                    Kind::Relu => {
+                        for (y, &x) in y.iter_mut().zip(x) {
+                            *y = x.max(0.0);
+                        }
+                    }
                 }
             });
             y
         }
-        fn $backward(x: &[$t], g: &[$t]) -> Vec<$t> {
+        fn $backward(kind: Kind, x: &[$t], g: &[$t]) -> Vec<$t> {
             let mut dx = vec![0.0; x.len()];
             for_each_chunk(&mut dx, CHUNK, |(n, dx)| {
                 let (x, g) = (&x[n * CHUNK..], &g[n * CHUNK..]);
-                for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                    let s = 1.0 / (1.0 + (-x).exp());
-                    *dx = g * s * (1.0 + x * (1.0 - s));
+                match kind {
+                    Kind::Silu => {
+                        for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                            let s = 1.0 / (1.0 + (-x).exp());
+                            *dx = g * s * (1.0 + x * (1.0 - s));
+                        }
+                    }
+                    Kind::Relu => {
+                        for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                            *dx = if x > 0.0 { g } else { 0.0 };
+                        }
+                    }
                 }
             });
             dx
         }
     };
 }
-silu_loops!(f32, silu_f32, silu_grad_f32);
-silu_loops!(f64, silu_f64, silu_grad_f64);
+pointwise_loops!(f32, forward_f32, backward_f32);
+pointwise_loops!(f64, forward_f64, backward_f64);
 
 fn elements<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    super::contiguous_slice(s, l, "silu")
+    super::contiguous_slice(s, l, "pointwise activation")
 }
 
-struct SiluOp;
+/// SiLU or ReLU with its one-pass backward.
+struct PointwiseOp(Kind);
 
-impl CustomOp1 for SiluOp {
+impl CustomOp1 for PointwiseOp {
     fn name(&self) -> &'static str {
-        "silu-with-backward"
+        match self.0 {
+            Kind::Silu => "silu-with-backward",
+            Kind::Relu => "relu-with-backward",
+        }
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let y = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(silu_f32(elements(s, l)?)),
-            CpuStorage::F64(_) => CpuStorage::F64(silu_f64(elements(s, l)?)),
-            _ => candle_core::bail!("silu-with-backward: only f32 and f64"),
+            CpuStorage::F32(_) => CpuStorage::F32(forward_f32(self.0, elements(s, l)?)),
+            CpuStorage::F64(_) => CpuStorage::F64(forward_f64(self.0, elements(s, l)?)),
+            _ => candle_core::bail!("{}: only f32 and f64", self.name()),
         };
         Ok((y, l.shape().clone()))
     }
@@ -74,14 +117,14 @@ impl CustomOp1 for SiluOp {
         let dev = candle_core::Device::Cpu;
         match (&*xs, &*gs) {
             (Storage::Cpu(xs @ CpuStorage::F32(_)), Storage::Cpu(gs)) => {
-                let dx = silu_grad_f32(elements(xs, xl)?, elements(gs, gl)?);
+                let dx = backward_f32(self.0, elements(xs, xl)?, elements(gs, gl)?);
                 Tensor::from_vec(dx, xl.dims(), &dev).map(Some)
             }
             (Storage::Cpu(xs @ CpuStorage::F64(_)), Storage::Cpu(gs)) => {
-                let dx = silu_grad_f64(elements(xs, xl)?, elements(gs, gl)?);
+                let dx = backward_f64(self.0, elements(xs, xl)?, elements(gs, gl)?);
                 Tensor::from_vec(dx, xl.dims(), &dev).map(Some)
             }
-            _ => candle_core::bail!("silu-with-backward: only f32 and f64 on the CPU"),
+            _ => candle_core::bail!("{}: only f32 and f64 on the CPU", self.name()),
         }
     }
 }
@@ -136,36 +179,51 @@ mod tests {
             silu(x)
         }
     }
+    struct Relu;
+    impl Module for Relu {
+        fn forward(&self, x: &Tensor) -> Result<Tensor> {
+            relu(x)
+        }
+    }
 
-    /// Values and gradients equal candle's `silu` (f64 and f32, a non-contiguous input), and the
-    /// gradient equals finite differences.
+    /// Values and gradients equal candle's `silu` and `relu` (f64 and f32, a non-contiguous
+    /// input), and the gradients equal finite differences.
     #[test]
-    fn silu_with_backward_equals_candles() {
+    fn pointwise_with_backward_equals_candles() {
         let dev = Device::Cpu;
-        for (dtype, tol) in [(DType::F64, 1e-13), (DType::F32, 1e-6)] {
-            let x = (Tensor::randn(0f64, 3.0, (3, 40_000), &dev).unwrap())
-                .to_dtype(dtype)
-                .unwrap();
-            let x = x.t().unwrap(); // non-contiguous
-            let var = Var::from_tensor(&x).unwrap();
-            let (ours, theirs) = (
-                silu(var.as_tensor()).unwrap(),
-                var.as_tensor().silu().unwrap(),
-            );
-            assert!(max_abs((&ours - &theirs).unwrap()) < tol);
-            let w = Tensor::randn(0f64, 1.0, ours.dims(), &dev)
-                .unwrap()
-                .to_dtype(dtype)
-                .unwrap();
-            let (ga, gb) = (
-                backward_of_weighted_sum(ours, &w),
-                backward_of_weighted_sum(theirs, &w),
-            );
-            let (ga, gb) = (ga.get(&var).unwrap(), gb.get(&var).unwrap());
-            assert!(max_abs((ga - gb).unwrap()) < tol * 10.0);
+        for (ours, theirs) in [
+            (
+                &silu as &dyn Fn(&Tensor) -> Result<Tensor>,
+                &Tensor::silu as &dyn Fn(&Tensor) -> Result<Tensor>,
+            ),
+            (&relu, &Tensor::relu),
+        ] {
+            for (dtype, tol) in [(DType::F64, 1e-13), (DType::F32, 1e-6)] {
+                let x = (Tensor::randn(0f64, 3.0, (3, 40_000), &dev).unwrap())
+                    .to_dtype(dtype)
+                    .unwrap();
+                let x = x.t().unwrap(); // non-contiguous
+                let var = Var::from_tensor(&x).unwrap();
+                let (ours, theirs) = (
+                    ours(var.as_tensor()).unwrap(),
+                    theirs(var.as_tensor()).unwrap(),
+                );
+                assert!(max_abs((&ours - &theirs).unwrap()) < tol);
+                let w = Tensor::randn(0f64, 1.0, ours.dims(), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let (ga, gb) = (
+                    backward_of_weighted_sum(ours, &w),
+                    backward_of_weighted_sum(theirs, &w),
+                );
+                let (ga, gb) = (ga.get(&var).unwrap(), gb.get(&var).unwrap());
+                assert!(max_abs((ga - gb).unwrap()) < tol * 10.0);
+            }
         }
         let x = Tensor::randn(0f64, 3.0, (2, 50), &dev).unwrap();
         let v = Tensor::randn(0f64, 1.0, (2, 50), &dev).unwrap();
         assert_directional_derivative(&Silu, &x, &v, 1e-7);
+        assert_directional_derivative(&Relu, &x, &v, 1e-7);
     }
 }

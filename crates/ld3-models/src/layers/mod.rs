@@ -16,7 +16,7 @@ mod resnet;
 mod testing;
 mod transformer;
 
-pub use activation::{silu, Activation};
+pub use activation::{relu, silu, Activation};
 pub use attention::{multi_head_attention, SelfAttention};
 pub use conv::{conv, upsample_nearest_2x};
 pub use embeddings::{timestep_embedding, TimestepMlp};
@@ -32,9 +32,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// 0: not yet read from the environment; 1: own ops; 2: candle's generic ones.
 static OWN_OPS: AtomicU8 = AtomicU8::new(0);
 
-/// Whether the layers take this crate's own CPU ops where they apply — the fused GroupNorm, SiLU,
-/// the chunked attention that recomputes its probabilities in the backward, the frozen-weight
-/// convolution and linear maps, the softmax with a backward. On by default; off when the
+/// Whether the layers take this crate's own CPU ops where they apply — the fused GroupNorm, SiLU
+/// and ReLU, the chunked attention that recomputes its probabilities in the backward, the
+/// frozen-weight convolution and linear maps, the softmax with a backward. On by default; off when the
 /// environment sets `LD3_GENERIC_OPS=1` or after [`set_own_ops`]`(false)`: every layer is then
 /// candle's generic composite, the reference the own ops are tested against.
 pub fn own_ops() -> bool {
