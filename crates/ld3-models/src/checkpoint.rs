@@ -187,7 +187,9 @@ impl Checkpoint {
 
     /// Memory-maps a safetensors file (nothing is read until a model takes a tensor). The file
     /// must not change while a model loads from it.
-    #[allow(unsafe_code)] // the workspace's one `unsafe`: the read-only mapping below
+    // One of the workspace's two `unsafe` sites (the other: the gemm call of
+    // `layers::conv_kernel`): the read-only mapping below.
+    #[allow(unsafe_code)]
     pub fn map_safetensors(path: &Path) -> Result<Self> {
         let label = path.display().to_string();
         if !path.is_file() {

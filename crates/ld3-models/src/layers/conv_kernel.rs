@@ -267,7 +267,9 @@ impl<S> Strided<S> {
 
 /// `dst (+)= lhs·rhs` by the `gemm` crate (candle's own CPU matrix product), on strided views
 /// whose shapes and extents are checked here; the borrows keep `dst` apart from the operands.
-#[allow(unsafe_code)] // the one call into gemm, on views checked to lie inside their slices
+// One of the workspace's two `unsafe` sites (the other: `Checkpoint::map_safetensors`): the one
+// call into gemm, on views checked to lie inside their slices.
+#[allow(unsafe_code)]
 fn product<T: Element>(
     dst: Strided<&mut [T]>,
     accumulate: bool,
