@@ -24,8 +24,10 @@ impl MaxPoolOp {
                 for di in 0..self.k {
                     for dj in 0..self.k {
                         let at = (i * self.s + di) * w + j * self.s + dj;
-                        // `!(a <= b)` so that a NaN wins, as in PyTorch.
-                        if !(plane[at] <= plane[best]) {
+                        // A NaN wins, as in PyTorch (`val > max || isnan(val)`).
+                        #[allow(clippy::eq_op)]
+                        let nan = plane[at] != plane[at];
+                        if plane[at] > plane[best] || nan {
                             best = at;
                         }
                     }
@@ -132,6 +134,9 @@ fn every(x: &Tensor, dim: usize, stride: usize, count: usize) -> Result<Tensor> 
 /// `k`×`k` max pooling with stride `s`, no padding, floor mode (torch's `MaxPool2d(k, s)`).
 pub fn max_pool(x: &Tensor, k: usize, s: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
+    if k == 0 || s == 0 {
+        candle_core::bail!("max pool: window {k} and stride {s} must be positive");
+    }
     if h < k || w < k {
         candle_core::bail!("max pool {k}x{k} needs at least {k}x{k} pixels, got {h}x{w}");
     }
@@ -219,6 +224,19 @@ mod tests {
             let ((ya, ga), (yb, gb)) = (run(true), run(false));
             assert_eq!(max_abs_diff(&ya, &yb).unwrap(), 0.0, "k {k} s {s}");
             assert!(max_abs_diff(&ga, &gb).unwrap() < 1e-14, "k {k} s {s}");
+        }
+        // A NaN wins its window, wherever it lies in it (PyTorch's rule).
+        for at in 0..4 {
+            let mut v = vec![1.0f64, 2.0, 3.0, 0.5];
+            v[at] = f64::NAN;
+            let x = Var::from_vec(v, (1, 1, 2, 2), &Device::Cpu).unwrap();
+            let y: Vec<f64> = max_pool(x.as_tensor(), 2, 2)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert!(y[0].is_nan(), "NaN at {at}: {y:?}");
         }
     }
 }

@@ -98,6 +98,11 @@ impl Geometry {
         if stride == 0 || dilation == 0 {
             candle_core::bail!("conv2d: stride {stride} and dilation {dilation} must be positive");
         }
+        if [c_in, h, wd, c_out, k_h, k_w].contains(&0) {
+            candle_core::bail!(
+                "conv2d: an empty input {x:?} or weight {w:?} (only the batch may be 0)"
+            );
+        }
         let g = Self {
             batch,
             c_in,
@@ -152,7 +157,8 @@ impl Geometry {
     /// `rows`.
     fn tiles(&self, tile_elements: usize) -> Vec<Tile> {
         let (h_out, w_out) = (self.h_out(), self.w_out());
-        let budget = (tile_elements / self.patch().max(1)).max(w_out);
+        // Per output pixel a tile holds a patch column and, for narrow images, a product column.
+        let budget = (tile_elements / self.patch().max(self.c_out).max(1)).max(w_out);
         let per_image = h_out * w_out;
         let mut tiles = Vec::new();
         if per_image <= budget {
@@ -331,11 +337,11 @@ fn valid_columns(g: &Geometry, kj: usize) -> (std::ops::Range<usize>, usize) {
     } else {
         0
     };
-    let first = first.min(last);
-    (
-        first..last,
-        (first * g.stride + offset).saturating_sub(g.padding),
-    )
+    if first >= last {
+        // The whole kernel column lies in the padding.
+        return (0..0, 0);
+    }
+    (first..last, first * g.stride + offset - g.padding)
 }
 
 /// The input row of output row `oh` under kernel row `ki`, if inside the image.
@@ -671,6 +677,10 @@ mod tests {
             (2, 3, 5, 5, 2, 5, 5, 1, 2, 1),
             (1, 2, 5, 7, 2, 4, 4, 3, 3, 1),
             (2, 1, 1, 1, 2, 3, 3, 1, 1, 1),
+            // Kernel columns lying wholly in the padding.
+            (1, 1, 2, 2, 2, 7, 7, 1, 3, 1),
+            (2, 2, 1, 1, 3, 5, 5, 1, 2, 1),
+            (1, 1, 1, 1, 1, 3, 3, 1, 2, 2),
         ];
         for (n, &(batch, c_in, h, w, c_out, k_h, k_w, stride, padding, dilation)) in
             cases.iter().enumerate()
@@ -749,5 +759,12 @@ mod tests {
         assert!(e.to_string().contains("3 channels"), "{e}");
         let e = Geometry::new(&[1, 3, 2, 2], &[2, 3, 5, 5], 0, 1, 1).unwrap_err();
         assert!(e.to_string().contains("does not fit"), "{e}");
+        for (x, w) in [([1, 3, 4, 4], [2, 3, 0, 3]), ([1, 3, 0, 4], [2, 3, 1, 1])] {
+            let e = Geometry::new(&x, &w, 0, 1, 1).unwrap_err();
+            assert!(e.to_string().contains("empty"), "{e}");
+        }
+        let g = Geometry::new(&[0, 3, 4, 4], &[2, 3, 3, 3], 1, 1, 1).unwrap();
+        assert!(forward(&g, &[], &[0.0f64; 54], None).is_empty());
+        assert!(input_gradient(&g, &[], &[0.0f64; 54]).is_empty());
     }
 }
