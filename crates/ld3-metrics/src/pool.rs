@@ -3,7 +3,7 @@
 //! takes one op whose backward routes each window's gradient to its first maximum, recomputed
 //! from the input (PyTorch's rule); otherwise ops whose backward candle computes correctly.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// k×k windows at stride s over [B, C, H, W], floor mode.
@@ -77,10 +77,7 @@ impl MaxPoolOp {
 }
 
 fn elements<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("max pool: a non-contiguous operand".into()))?;
-    Ok(&s.as_slice::<T>()?[start..end])
+    ld3_models::layers::contiguous_slice(s, l, "max pool")
 }
 
 impl CustomOp1 for MaxPoolOp {
@@ -101,22 +98,14 @@ impl CustomOp1 for MaxPoolOp {
         Ok((y, Shape::from((dims[0], dims[1], oh, ow))))
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad.contiguous()?;
-        let (xs, xl) = arg.storage_and_layout();
-        let (gs, gl) = grad.storage_and_layout();
-        let dims = xl.dims();
-        let dev = candle_core::Device::Cpu;
-        match (&*xs, &*gs) {
-            (Storage::Cpu(xs @ CpuStorage::F32(_)), Storage::Cpu(gs)) => {
-                let dx = self.backward(elements::<f32>(xs, xl)?, elements(gs, gl)?, dims);
-                Tensor::from_vec(dx, dims, &dev).map(Some)
-            }
-            (Storage::Cpu(xs @ CpuStorage::F64(_)), Storage::Cpu(gs)) => {
-                let dx = self.backward(elements::<f64>(xs, xl)?, elements(gs, gl)?, dims);
-                Tensor::from_vec(dx, dims, &dev).map(Some)
-            }
-            _ => candle_core::bail!("max pool backward: only f32 and f64 on the CPU"),
-        }
+        ld3_models::layers::cpu_input_gradient(
+            arg,
+            grad,
+            "max pool",
+            |x, g, dims| self.backward(x, g, dims),
+            |x, g, dims| self.backward(x, g, dims),
+        )
+        .map(Some)
     }
 }
 

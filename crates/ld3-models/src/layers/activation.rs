@@ -1,7 +1,7 @@
 //! Activation functions by the names configs give them, and SiLU and ReLU with one-pass backwards.
 
 use super::conv_kernel::for_each_chunk;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 /// x·σ(x). With the own ops on, for a tracked f32/f64 tensor on the CPU, one op whose backward is
 /// a single pass, ∂x = ∂y·σ(x)·(1 + x·(1 − σ(x))); candle's own backward of `silu` builds that
@@ -111,21 +111,14 @@ impl CustomOp1 for PointwiseOp {
         Ok((y, l.shape().clone()))
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad.contiguous()?;
-        let (xs, xl) = arg.storage_and_layout();
-        let (gs, gl) = grad.storage_and_layout();
-        let dev = candle_core::Device::Cpu;
-        match (&*xs, &*gs) {
-            (Storage::Cpu(xs @ CpuStorage::F32(_)), Storage::Cpu(gs)) => {
-                let dx = backward_f32(self.0, elements(xs, xl)?, elements(gs, gl)?);
-                Tensor::from_vec(dx, xl.dims(), &dev).map(Some)
-            }
-            (Storage::Cpu(xs @ CpuStorage::F64(_)), Storage::Cpu(gs)) => {
-                let dx = backward_f64(self.0, elements(xs, xl)?, elements(gs, gl)?);
-                Tensor::from_vec(dx, xl.dims(), &dev).map(Some)
-            }
-            _ => candle_core::bail!("{}: only f32 and f64 on the CPU", self.name()),
-        }
+        super::cpu_input_gradient(
+            arg,
+            grad,
+            self.name(),
+            |x, g, _| backward_f32(self.0, x, g),
+            |x, g, _| backward_f64(self.0, x, g),
+        )
+        .map(Some)
     }
 }
 

@@ -56,7 +56,7 @@ pub fn set_own_ops(on: bool) {
 
 /// The elements of a contiguous CPU tensor from its storage and layout (the own ops make their
 /// operands contiguous first); `op` names the op in the error.
-pub(crate) fn contiguous_slice<'a, T: candle_core::WithDType>(
+pub fn contiguous_slice<'a, T: candle_core::WithDType>(
     storage: &'a candle_core::CpuStorage,
     layout: &candle_core::Layout,
     op: &str,
@@ -65,4 +65,41 @@ pub(crate) fn contiguous_slice<'a, T: candle_core::WithDType>(
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg(format!("{op}: a non-contiguous operand")))?;
     Ok(&storage.as_slice::<T>()?[start..end])
+}
+
+/// The backward of an own CPU op that needs only its input and the output gradient: `f32` or
+/// `f64` (whichever `arg` holds) gets both as contiguous slices, with `arg`'s dims, and returns the
+/// input gradient. `op` names the op in errors.
+pub fn cpu_input_gradient(
+    arg: &candle_core::Tensor,
+    grad: &candle_core::Tensor,
+    op: &str,
+    f32: impl FnOnce(&[f32], &[f32], &[usize]) -> Vec<f32>,
+    f64: impl FnOnce(&[f64], &[f64], &[usize]) -> Vec<f64>,
+) -> candle_core::Result<candle_core::Tensor> {
+    use candle_core::{CpuStorage, Storage, Tensor};
+    let grad = grad.contiguous()?;
+    let (xs, xl) = arg.storage_and_layout();
+    let (gs, gl) = grad.storage_and_layout();
+    let dims = xl.dims();
+    let dev = candle_core::Device::Cpu;
+    match (&*xs, &*gs) {
+        (Storage::Cpu(xs @ CpuStorage::F32(_)), Storage::Cpu(gs)) => {
+            let dx = f32(
+                contiguous_slice(xs, xl, op)?,
+                contiguous_slice(gs, gl, op)?,
+                dims,
+            );
+            Tensor::from_vec(dx, dims, &dev)
+        }
+        (Storage::Cpu(xs @ CpuStorage::F64(_)), Storage::Cpu(gs)) => {
+            let dx = f64(
+                contiguous_slice(xs, xl, op)?,
+                contiguous_slice(gs, gl, op)?,
+                dims,
+            );
+            Tensor::from_vec(dx, dims, &dev)
+        }
+        _ => candle_core::bail!("{op} backward: only f32 and f64 on the CPU"),
+    }
 }

@@ -3,7 +3,7 @@
 //! an input-only backward.
 
 use candle_core::{
-    CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Storage, Tensor, WithDType, D,
+    CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor, WithDType, D,
 };
 use std::sync::{Arc, OnceLock};
 
@@ -268,30 +268,14 @@ impl CustomOp1 for GroupNormOp {
         Ok((out, layout.shape().clone()))
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad.contiguous()?;
-        let (xs, xl) = arg.storage_and_layout();
-        let (gs, gl) = grad.storage_and_layout();
-        let dims = xl.dims();
-        let dev = candle_core::Device::Cpu;
-        match (&*xs, &*gs) {
-            (Storage::Cpu(xs @ CpuStorage::F32(_)), Storage::Cpu(gs)) => {
-                let dx = self.backward(
-                    contiguous_slice::<f32>(xs, xl)?,
-                    contiguous_slice::<f32>(gs, gl)?,
-                    dims,
-                );
-                Tensor::from_vec(dx, dims, &dev).map(Some)
-            }
-            (Storage::Cpu(xs @ CpuStorage::F64(_)), Storage::Cpu(gs)) => {
-                let dx = self.backward(
-                    contiguous_slice::<f64>(xs, xl)?,
-                    contiguous_slice::<f64>(gs, gl)?,
-                    dims,
-                );
-                Tensor::from_vec(dx, dims, &dev).map(Some)
-            }
-            _ => candle_core::bail!("group-norm backward: only f32 and f64 on the CPU"),
-        }
+        super::cpu_input_gradient(
+            arg,
+            grad,
+            "group-norm",
+            |x, g, dims| self.backward(x, g, dims),
+            |x, g, dims| self.backward(x, g, dims),
+        )
+        .map(Some)
     }
 }
 
