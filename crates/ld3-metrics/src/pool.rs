@@ -76,21 +76,19 @@ impl MaxPoolOp {
     }
 }
 
-fn elements<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    ld3_models::layers::contiguous_slice(s, l, "max pool")
-}
-
 impl CustomOp1 for MaxPoolOp {
     fn name(&self) -> &'static str {
         "max-pool-first-maximum"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = l.dims();
-        let y = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(self.forward(elements::<f32>(s, l)?, dims)),
-            CpuStorage::F64(_) => CpuStorage::F64(self.forward(elements::<f64>(s, l)?, dims)),
-            _ => candle_core::bail!("max pool: only f32 and f64"),
-        };
+        let y = ld3_models::layers::cpu_forward(
+            s,
+            l,
+            "max pool",
+            |x| Ok(self.forward(x, dims)),
+            |x| Ok(self.forward(x, dims)),
+        )?;
         let (oh, ow) = (
             (dims[2] - self.k) / self.s + 1,
             (dims[3] - self.k) / self.s + 1,

@@ -88,10 +88,6 @@ macro_rules! pointwise_loops {
 pointwise_loops!(f32, forward_f32, backward_f32);
 pointwise_loops!(f64, forward_f64, backward_f64);
 
-fn elements<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    super::contiguous_slice(s, l, "pointwise activation")
-}
-
 /// SiLU or ReLU with its one-pass backward.
 struct PointwiseOp(Kind);
 
@@ -103,11 +99,13 @@ impl CustomOp1 for PointwiseOp {
         }
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(forward_f32(self.0, elements(s, l)?)),
-            CpuStorage::F64(_) => CpuStorage::F64(forward_f64(self.0, elements(s, l)?)),
-            _ => candle_core::bail!("{}: only f32 and f64", self.name()),
-        };
+        let y = super::cpu_forward(
+            s,
+            l,
+            self.name(),
+            |x| Ok(forward_f32(self.0, x)),
+            |x| Ok(forward_f64(self.0, x)),
+        )?;
         Ok((y, l.shape().clone()))
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {

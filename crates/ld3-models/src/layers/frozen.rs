@@ -4,7 +4,8 @@
 //! third of the backward's work); LD3 never trains weights.
 //!
 //! - The convolution is one op on the CPU (f32/f64, constant weight and bias), tracked or not:
-//!   the im2col/gemm kernels of `conv_kernel` forward, their adjoint (∂x = col2im(Wᵀ·∂y)) backward.
+//!   the im2col/gemm kernels of `conv_kernel` forward, and backward their adjoint (at stride 1 the
+//!   convolution with the flipped weight, else col2im(Wᵀ·∂y)).
 //!   candle's CPU convolution copies the input to NHWC and the weight to a new layout on every
 //!   call, and its input gradient is a direct-loop transposed convolution.
 //! - The linear map, under a gradient on the CPU, is computed on the detached input and
@@ -18,6 +19,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Storage, Tensor};
 
 use super::conv_kernel::{self, Element, Geometry};
+use super::with_host_slice;
 
 /// Whether `x` takes the input-only path.
 fn input_only(x: &Tensor, weight: &Tensor) -> bool {
@@ -155,10 +157,6 @@ fn conv2d_biased(
     }
 }
 
-fn host_slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    super::contiguous_slice(s, l, "conv2d")
-}
-
 /// `conv2d(x, weight) + bias` on the CPU kernels, for a constant weight and bias.
 struct ConvOp {
     weight: Tensor,
@@ -179,25 +177,10 @@ impl ConvOp {
         )
     }
 
-    fn run<T: Element + candle_core::WithDType>(
-        &self,
-        x: &CpuStorage,
-        l: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = self.geometry(l.dims())?;
-        let x = host_slice::<T>(x, l)?;
-        let (ws, wl) = self.weight.storage_and_layout();
-        let Storage::Cpu(ws) = &*ws else {
-            candle_core::bail!("conv2d: the weight is not on the CPU");
-        };
-        let weight = host_slice::<T>(ws, wl)?;
-        let y = match &self.bias {
-            Some(b) => {
-                let (bs, bl) = b.storage_and_layout();
-                let Storage::Cpu(bs) = &*bs else {
-                    candle_core::bail!("conv2d: the bias is not on the CPU");
-                };
-                let bias = host_slice::<T>(bs, bl)?;
+    fn run<T: Element + candle_core::WithDType>(&self, g: &Geometry, x: &[T]) -> Result<Vec<T>> {
+        with_host_slice(&self.weight, "conv2d", |weight| match &self.bias {
+            None => Ok(conv_kernel::forward(g, x, weight, None)),
+            Some(b) => with_host_slice(b, "conv2d", |bias: &[T]| {
                 if bias.len() != g.c_out {
                     candle_core::bail!(
                         "conv2d: a bias of {} values for {} output channels",
@@ -205,14 +188,9 @@ impl ConvOp {
                         g.c_out
                     );
                 }
-                conv_kernel::forward(&g, x, weight, Some(bias))
-            }
-            None => conv_kernel::forward(&g, x, weight, None),
-        };
-        Ok((
-            T::to_cpu_storage_owned(y),
-            Shape::from((g.batch, g.c_out, g.h_out(), g.w_out())),
-        ))
+                Ok(conv_kernel::forward(g, x, weight, Some(bias)))
+            })?,
+        })?
     }
 }
 
@@ -221,11 +199,9 @@ impl CustomOp1 for ConvOp {
         "conv2d-frozen"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        match s {
-            CpuStorage::F32(_) => self.run::<f32>(s, l),
-            CpuStorage::F64(_) => self.run::<f64>(s, l),
-            _ => candle_core::bail!("conv2d-frozen: only f32 and f64"),
-        }
+        let g = self.geometry(l.dims())?;
+        let y = super::cpu_forward(s, l, self.name(), |x| self.run(&g, x), |x| self.run(&g, x))?;
+        Ok((y, Shape::from((g.batch, g.c_out, g.h_out(), g.w_out()))))
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let op = ConvInputGradient {
@@ -242,12 +218,11 @@ struct ConvInputGradient {
     geometry: Geometry,
 }
 
-impl ConvInputGradient {
-    fn run<T: Element + candle_core::WithDType>(
-        &self,
-        dy: &CpuStorage,
-        l: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+impl CustomOp1 for ConvInputGradient {
+    fn name(&self) -> &'static str {
+        "conv2d-input-gradient"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = &self.geometry;
         let expected = [g.batch, g.c_out, g.h_out(), g.w_out()];
         if l.dims() != expected {
@@ -256,29 +231,23 @@ impl ConvInputGradient {
                 l.dims()
             );
         }
-        let dy = host_slice::<T>(dy, l)?;
-        let (ws, wl) = self.weight.storage_and_layout();
-        let Storage::Cpu(ws) = &*ws else {
-            candle_core::bail!("conv2d: the weight is not on the CPU");
-        };
-        let dx = conv_kernel::input_gradient(g, dy, host_slice::<T>(ws, wl)?);
-        Ok((
-            T::to_cpu_storage_owned(dx),
-            Shape::from((g.batch, g.c_in, g.h, g.w)),
-        ))
-    }
-}
-
-impl CustomOp1 for ConvInputGradient {
-    fn name(&self) -> &'static str {
-        "conv2d-input-gradient"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        match s {
-            CpuStorage::F32(_) => self.run::<f32>(s, l),
-            CpuStorage::F64(_) => self.run::<f64>(s, l),
-            _ => candle_core::bail!("conv2d-input-gradient: only f32 and f64"),
-        }
+        let name = self.name();
+        let dx = super::cpu_forward(
+            s,
+            l,
+            name,
+            |dy| {
+                with_host_slice(&self.weight, name, |w| {
+                    conv_kernel::input_gradient(g, dy, w)
+                })
+            },
+            |dy| {
+                with_host_slice(&self.weight, name, |w| {
+                    conv_kernel::input_gradient(g, dy, w)
+                })
+            },
+        )?;
+        Ok((dx, Shape::from((g.batch, g.c_in, g.h, g.w))))
     }
 }
 

@@ -67,6 +67,41 @@ pub fn contiguous_slice<'a, T: candle_core::WithDType>(
     Ok(&storage.as_slice::<T>()?[start..end])
 }
 
+/// The forward of an own CPU op: `f32` or `f64` (whichever `storage` holds) gets the contiguous
+/// elements and returns the output's. `op` names the op in errors.
+pub fn cpu_forward(
+    storage: &candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+    f32: impl FnOnce(&[f32]) -> candle_core::Result<Vec<f32>>,
+    f64: impl FnOnce(&[f64]) -> candle_core::Result<Vec<f64>>,
+) -> candle_core::Result<candle_core::CpuStorage> {
+    use candle_core::CpuStorage;
+    match storage {
+        CpuStorage::F32(_) => Ok(CpuStorage::F32(f32(contiguous_slice(
+            storage, layout, op,
+        )?)?)),
+        CpuStorage::F64(_) => Ok(CpuStorage::F64(f64(contiguous_slice(
+            storage, layout, op,
+        )?)?)),
+        _ => candle_core::bail!("{op}: only f32 and f64"),
+    }
+}
+
+/// `f` on the elements of `t`, a contiguous tensor on the CPU (an op's constant operand: a
+/// weight, a bias).
+pub(crate) fn with_host_slice<T: candle_core::WithDType, R>(
+    t: &candle_core::Tensor,
+    op: &str,
+    f: impl FnOnce(&[T]) -> R,
+) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*storage else {
+        candle_core::bail!("{op}: an operand is not on the CPU");
+    };
+    Ok(f(contiguous_slice(storage, layout, op)?))
+}
+
 /// The backward of an own CPU op that needs only its input and the output gradient: `f32` or
 /// `f64` (whichever `arg` holds) gets both as contiguous slices, with `arg`'s dims, and returns the
 /// input gradient. `op` names the op in errors.

@@ -246,25 +246,19 @@ impl GroupNormOp {
     }
 }
 
-fn contiguous_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
-    super::contiguous_slice(storage, layout, "group-norm")
-}
-
 impl CustomOp1 for GroupNormOp {
     fn name(&self) -> &'static str {
         "group-norm"
     }
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = layout.dims();
-        let out = match storage {
-            CpuStorage::F32(_) => {
-                CpuStorage::F32(self.forward(contiguous_slice::<f32>(storage, layout)?, dims))
-            }
-            CpuStorage::F64(_) => {
-                CpuStorage::F64(self.forward(contiguous_slice::<f64>(storage, layout)?, dims))
-            }
-            _ => candle_core::bail!("group-norm: only f32 and f64 here"),
-        };
+        let out = super::cpu_forward(
+            storage,
+            layout,
+            "group-norm",
+            |x| Ok(self.forward(x, dims)),
+            |x| Ok(self.forward(x, dims)),
+        )?;
         Ok((out, layout.shape().clone()))
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
