@@ -4,7 +4,7 @@
 //! from the input (PyTorch's rule); otherwise ops whose backward candle computes correctly.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
+use ld3_models::layers::parallel::for_each_chunk;
 
 /// k×k windows at stride s over [B, C, H, W], floor mode.
 struct MaxPoolOp {
@@ -46,13 +46,12 @@ impl MaxPoolOp {
         let (h, w) = (dims[2], dims[3]);
         let (oh, ow) = ((h - self.k) / self.s + 1, (w - self.k) / self.s + 1);
         let mut y = vec![T::default(); dims[0] * dims[1] * oh * ow];
-        y.par_chunks_mut(oh * ow)
-            .zip(x.par_chunks(h * w))
-            .for_each(|(y, plane)| {
-                for (y, at) in y.iter_mut().zip(self.argmax(plane, (h, w))) {
-                    *y = plane[at];
-                }
-            });
+        for_each_chunk(&mut y, oh * ow, |(i, y)| {
+            let plane = &x[i * h * w..][..h * w];
+            for (y, at) in y.iter_mut().zip(self.argmax(plane, (h, w))) {
+                *y = plane[at];
+            }
+        });
         y
     }
 
@@ -65,13 +64,12 @@ impl MaxPoolOp {
         let (h, w) = (dims[2], dims[3]);
         let (oh, ow) = ((h - self.k) / self.s + 1, (w - self.k) / self.s + 1);
         let mut dx = vec![T::default(); x.len()];
-        dx.par_chunks_mut(h * w)
-            .zip(x.par_chunks(h * w).zip(g.par_chunks(oh * ow)))
-            .for_each(|(dx, (plane, g))| {
-                for (&g, at) in g.iter().zip(self.argmax(plane, (h, w))) {
-                    dx[at] += g;
-                }
-            });
+        for_each_chunk(&mut dx, h * w, |(i, dx)| {
+            let (plane, g) = (&x[i * h * w..][..h * w], &g[i * oh * ow..][..oh * ow]);
+            for (&g, at) in g.iter().zip(self.argmax(plane, (h, w))) {
+                dx[at] += g;
+            }
+        });
         dx
     }
 }

@@ -1,6 +1,6 @@
 //! Activation functions by the names configs give them, and SiLU and ReLU with one-pass backwards.
 
-use super::conv_kernel::for_each_chunk;
+use super::parallel::for_each_chunk;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 /// x·σ(x). With the own ops on, for a tracked f32/f64 tensor on the CPU, one op whose backward is

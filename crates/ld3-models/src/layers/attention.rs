@@ -259,22 +259,20 @@ struct Softmax;
 
 macro_rules! softmax_rows {
     ($src:expr, $dim:expr, $t:ty) => {{
-        use rayon::prelude::*;
         let src: &[$t] = $src;
         let mut out = vec![0 as $t; src.len()];
-        out.par_chunks_exact_mut($dim)
-            .zip(src.par_chunks_exact($dim))
-            .for_each(|(y, x)| {
-                let m = x.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
-                let mut sum = 0 as $t;
-                for (yi, &xi) in y.iter_mut().zip(x) {
-                    *yi = (xi - m).exp();
-                    sum += *yi;
-                }
-                for yi in y.iter_mut() {
-                    *yi /= sum;
-                }
-            });
+        super::parallel::for_each_chunk(&mut out, $dim, |(i, y)| {
+            let x = &src[i * $dim..][..$dim];
+            let m = x.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
+            let mut sum = 0 as $t;
+            for (yi, &xi) in y.iter_mut().zip(x) {
+                *yi = (xi - m).exp();
+                sum += *yi;
+            }
+            for yi in y.iter_mut() {
+                *yi /= sum;
+            }
+        });
         out
     }};
 }

@@ -7,18 +7,21 @@
 //!   channel axes exchanged (the forward kernel again: gathers, no scattered additions);
 //! - input gradient when strided: `∂x = col2im(Wᵀ·∂y)`, the adjoint of each forward step.
 //!
-//! The output pixels are cut into tiles whose patch matrix stays under [`TILE_ELEMENTS`]: several
-//! whole images per tile when images are small, a band of output rows when one image alone is too
-//! large (a 512² VAE layer would otherwise need a gigabyte). Wide images get one product per image
-//! written in place; narrow ones (under [`NARROW`] pixels) one product per tile, added to the
-//! output afterwards. A pointwise convolution (1×1, stride 1, no padding) needs no patch matrix:
-//! its input is read in place. The patch matrix and the products live in per-thread scratch
-//! buffers reused between calls. Threads: the products take candle's thread count; the copies are
-//! split over channels.
+//! Threads (candle's pool, [`super::parallel`]): a batch of at least as many images as threads is
+//! shared out by image groups, one group per task with its own patch matrix kept under
+//! [`CACHED_PATCH`] elements — it stays in that core's cache — and single-threaded products
+//! written in place (narrow images, under [`NARROW`] pixels, grouped into one product, then added
+//! to their places). Smaller batches are cut into tiles whose patch matrix stays under
+//! [`TILE_ELEMENTS`] (several whole images, or a band of output rows when one image alone is too
+//! large: a 512² VAE layer would otherwise need a gigabyte); the patch matrix is built in
+//! parallel and each product's output channels are shared out in blocks. A pointwise convolution
+//! (1×1, stride 1, no padding) needs no patch matrix: its input is read in place. Patch matrices
+//! and products live in per-thread scratch buffers reused between calls.
 
 use candle_core::Result;
 use gemm::Parallelism;
-use rayon::prelude::*;
+
+use super::parallel::{self, chunks, for_each_chunk};
 
 /// The most elements one tile's patch matrix holds (16 MB in f32), unless a single output row
 /// needs more.
@@ -51,8 +54,8 @@ macro_rules! element {
                         let (a, b) = &mut *pair;
                         f(a, b)
                     }
-                    // Re-entered on this thread (a rayon worker that runs another call while it
-                    // waits): fresh buffers.
+                    // Re-entered on this thread (a kernel called inside another's task): fresh
+                    // buffers.
                     Err(_) => f(&mut Vec::new(), &mut Vec::new()),
                 })
             }
@@ -153,21 +156,27 @@ impl Geometry {
         self.batch * self.c_out * self.pixels_out()
     }
 
-    /// The tiles: whole images `b0..b0 + images` (rows `0..h_out`), or one image's output rows
-    /// `rows`.
+    /// The tiles of the whole batch: whole images `b0..b0 + images` (rows `0..h_out`), or one
+    /// image's output rows `rows`.
     fn tiles(&self, tile_elements: usize) -> Vec<Tile> {
+        self.tiles_of(0, self.batch, tile_elements)
+    }
+
+    /// The tiles of the images `first..first + count`.
+    fn tiles_of(&self, first: usize, count: usize, tile_elements: usize) -> Vec<Tile> {
         let (h_out, w_out) = (self.h_out(), self.w_out());
         // Per output pixel a tile holds a patch column and, for narrow images, a product column.
         let budget = (tile_elements / self.patch().max(self.c_out).max(1)).max(w_out);
         let per_image = h_out * w_out;
+        let end = first + count;
         let mut tiles = Vec::new();
         if per_image <= budget {
-            let most = (budget / per_image.max(1)).clamp(1, self.batch.max(1));
+            let most = (budget / per_image.max(1)).clamp(1, count.max(1));
             // As many tiles as needed, of even size (8 images by 7 at most: 4 + 4, not 7 + 1).
-            let images = self.batch.div_ceil(self.batch.div_ceil(most)).max(1);
-            let mut b0 = 0;
-            while b0 < self.batch {
-                let n = images.min(self.batch - b0);
+            let images = count.div_ceil(count.div_ceil(most)).max(1);
+            let mut b0 = first;
+            while b0 < end {
+                let n = images.min(end - b0);
                 tiles.push(Tile {
                     b0,
                     images: n,
@@ -177,7 +186,7 @@ impl Geometry {
             }
         } else {
             let band = (budget / w_out).max(1);
-            for b0 in 0..self.batch {
+            for b0 in first..end {
                 let mut r0 = 0;
                 while r0 < h_out {
                     let r1 = (r0 + band).min(h_out);
@@ -211,35 +220,8 @@ impl Tile {
 }
 
 /// Below this many multiply-adds a product runs on the calling thread: handing it to the pool
-/// (waking threads, a context switch) costs more than it saves.
+/// (waking threads) costs more than it saves.
 const PARALLEL_PRODUCT: usize = 1 << 21;
-/// Below this many elements a copy loop runs on the calling thread, for the same reason.
-const PARALLEL_COPY: usize = 1 << 16;
-
-/// candle's thread count (read once: candle reads the environment on every call, which costs
-/// several percent of a small network's forward pass) for a product of `work` multiply-adds.
-fn threads(work: usize) -> Parallelism {
-    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    match *THREADS.get_or_init(candle_core::utils::get_num_threads) {
-        0 | 1 => Parallelism::None,
-        _ if work < PARALLEL_PRODUCT => Parallelism::None,
-        n => Parallelism::Rayon(n),
-    }
-}
-
-/// `f((index, chunk))` over the `chunk`-sized pieces of `data`, on the thread pool only when
-/// `data` is large enough to pay for it.
-pub(crate) fn for_each_chunk<T: Send>(
-    data: &mut [T],
-    chunk: usize,
-    f: impl Fn((usize, &mut [T])) + Send + Sync,
-) {
-    if data.len() < PARALLEL_COPY {
-        data.chunks_mut(chunk).enumerate().for_each(f);
-    } else {
-        data.par_chunks_mut(chunk).enumerate().for_each(f);
-    }
-}
 
 /// A strided matrix view: `rows × cols` elements at `data[r·row_stride + c·col_stride]`.
 struct Strided<S> {
@@ -248,6 +230,19 @@ struct Strided<S> {
     cols: usize,
     row_stride: usize,
     col_stride: usize,
+}
+
+impl<T> Strided<&[T]> {
+    /// The same view, borrowed again (for each of several products).
+    fn reborrow(&self) -> Strided<&[T]> {
+        Strided {
+            data: self.data,
+            rows: self.rows,
+            cols: self.cols,
+            row_stride: self.row_stride,
+            col_stride: self.col_stride,
+        }
+    }
 }
 
 impl<S> Strided<S> {
@@ -271,12 +266,61 @@ impl<S> Strided<S> {
     }
 }
 
-/// `dst (+)= lhs·rhs` by the `gemm` crate (candle's own CPU matrix product), on strided views
-/// whose shapes and extents are checked here; the borrows keep `dst` apart from the operands.
+/// `dst (+)= lhs·rhs`; with `parallel` and enough work, the rows of `dst` are shared out between
+/// the pool's threads in blocks (each block a product of its own).
+fn product<T: Element>(
+    dst: Strided<&mut [T]>,
+    accumulate: bool,
+    lhs: Strided<&[T]>,
+    rhs: Strided<&[T]>,
+    parallel: bool,
+) {
+    let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
+    let disjoint_rows = dst.cols == 0 || dst.row_stride > (dst.cols - 1) * dst.col_stride;
+    let split = parallel
+        && disjoint_rows
+        && lhs.rows == m
+        && m >= 2
+        && m * n * k >= PARALLEL_PRODUCT
+        && parallel::can_fork();
+    if !split {
+        return product_here(dst, accumulate, lhs, rhs);
+    }
+    let block = m.div_ceil(parallel::threads());
+    let extent = dst.extent().min(dst.data.len());
+    let (row_stride, col_stride) = (dst.row_stride, dst.col_stride);
+    chunks(
+        &mut dst.data[..extent],
+        block * row_stride,
+        true,
+        |(i, piece)| {
+            let (r0, rows) = (i * block, block.min(m - i * block));
+            let lhs = Strided {
+                data: lhs.data.get(r0 * lhs.row_stride..).unwrap_or(&[]),
+                rows,
+                cols: k,
+                row_stride: lhs.row_stride,
+                col_stride: lhs.col_stride,
+            };
+            let dst = Strided {
+                data: piece,
+                rows,
+                cols: n,
+                row_stride,
+                col_stride,
+            };
+            product_here(dst, accumulate, lhs, rhs.reborrow());
+        },
+    );
+}
+
+/// `dst (+)= lhs·rhs` on this thread by the `gemm` crate (candle's own CPU matrix product), on
+/// strided views whose shapes and extents are checked here; the borrows keep `dst` apart from
+/// the operands.
 // One of the workspace's two `unsafe` sites (the other: `Checkpoint::map_safetensors`): the one
 // call into gemm, on views checked to lie inside their slices.
 #[allow(unsafe_code)]
-fn product<T: Element>(
+fn product_here<T: Element>(
     dst: Strided<&mut [T]>,
     accumulate: bool,
     lhs: Strided<&[T]>,
@@ -322,7 +366,7 @@ fn product<T: Element>(
             false,
             false,
             false,
-            threads(m * n * k),
+            Parallelism::None,
         )
     }
 }
@@ -352,13 +396,14 @@ fn input_row(g: &Geometry, oh: usize, ki: usize) -> Option<usize> {
 }
 
 /// The tile's patch matrix: row `(c, ki, kj)`, column `i·pixels + (oh − rows.start)·w_out + ow`.
-fn im2col<T: Element>(g: &Geometry, x: &[T], tile: &Tile, cols: &mut [T]) {
+fn im2col<T: Element>(g: &Geometry, x: &[T], tile: &Tile, cols: &mut [T], parallel: bool) {
     let w_out = g.w_out();
     let pixels = tile.pixels(w_out);
     let kk = g.k_h * g.k_w;
-    for_each_chunk(
+    chunks(
         &mut cols[..g.patch() * tile.images * pixels],
         tile.images * pixels,
+        parallel,
         |(r, row)| {
             let (c, ki, kj) = (r / kk, (r % kk) / g.k_w, r % g.k_w);
             let (valid, iw0) = valid_columns(g, kj);
@@ -435,18 +480,70 @@ fn forward_tiled<T: Element>(
     if g.batch == 0 || pixels_out == 0 {
         return y;
     }
-    if let Some(bias) = bias {
-        for_each_chunk(&mut y, pixels_out, |(n, plane)| {
-            plane.fill(bias[n % g.c_out])
+    if let Some(images) = images_per_task(g, tile_elements) {
+        // One task per group of images, each on one thread with its own scratch, products
+        // and copies single-threaded: the patch matrix stays in that core's cache.
+        let tile_elements = tile_elements.min(CACHED_PATCH);
+        chunks(&mut y, images * g.c_out * pixels_out, true, |(task, y)| {
+            let b0 = task * images;
+            let images = y.len() / (g.c_out * pixels_out);
+            if let Some(bias) = bias {
+                fill_bias(y, bias, pixels_out);
+            }
+            let tiles = g.tiles_of(b0, images, tile_elements);
+            T::with_scratch(|cols, wide| {
+                for tile in &tiles {
+                    forward_tile(
+                        g,
+                        x,
+                        weight,
+                        bias.is_some(),
+                        tile,
+                        cols,
+                        wide,
+                        (y, b0),
+                        false,
+                    );
+                }
+            });
         });
+        return y;
+    }
+    if let Some(bias) = bias {
+        fill_bias(&mut y, bias, pixels_out);
     }
     let with_bias = bias.is_some();
     T::with_scratch(|cols, wide| {
         for tile in &g.tiles(tile_elements) {
-            forward_tile(g, x, weight, with_bias, tile, cols, wide, &mut y);
+            forward_tile(g, x, weight, with_bias, tile, cols, wide, (&mut y, 0), true);
         }
     });
     y
+}
+
+/// Every output plane of `y` (images × channels, `pixels` each) set to its channel's bias.
+fn fill_bias<T: Element>(y: &mut [T], bias: &[T], pixels: usize) {
+    for_each_chunk(y, pixels, |(n, plane)| plane.fill(bias[n % bias.len()]));
+}
+
+/// Per-thread patch matrices are kept under this many elements (1 MiB in f32: a core's share of
+/// the L2 cache) when the batch is shared out between threads.
+const CACHED_PATCH: usize = 1 << 18;
+
+/// How many images each task takes when the batch is shared out between threads, image groups
+/// to a thread (narrow images grouped to [`NARROW`] pixels); `None` when there are too few
+/// images to keep the threads busy (then each product uses them all).
+fn images_per_task(g: &Geometry, tile_elements: usize) -> Option<usize> {
+    let threads = parallel::threads();
+    if g.batch < threads.max(2) {
+        return None;
+    }
+    let pixels = g.pixels_out();
+    let mut images = NARROW.div_ceil(pixels);
+    if !g.pointwise() {
+        images = images.min(tile_elements.min(CACHED_PATCH) / (g.patch() * pixels).max(1));
+    }
+    Some(images.clamp(1, g.batch.div_ceil(threads)))
 }
 
 /// Below this many output pixels per image, the images of a tile share one product (then added
@@ -455,7 +552,8 @@ const NARROW: usize = 256;
 
 /// One tile of [`forward_tiled`]: `y` (already holding the bias, if `with_bias`) gets the
 /// tile's products: written in place, one per image, for wide images; for narrow ones, one
-/// product for the whole tile in `wide`, then added to `y`.
+/// product for the whole tile in `wide`, then added to `y`. `y` holds the outputs of the images
+/// from `y_b0` on. `parallel`: the products and copies use the thread pool.
 #[allow(clippy::too_many_arguments)]
 fn forward_tile<T: Element>(
     g: &Geometry,
@@ -465,7 +563,8 @@ fn forward_tile<T: Element>(
     tile: &Tile,
     cols: &mut Vec<T>,
     wide: &mut Vec<T>,
-    y: &mut [T],
+    (y, y_b0): (&mut [T], usize),
+    parallel: bool,
 ) {
     let (patch, pixels_out, pixels_in) = (g.patch(), g.pixels_out(), g.pixels_in());
     let pixels = tile.pixels(g.w_out());
@@ -474,8 +573,9 @@ fn forward_tile<T: Element>(
     let weight = || Strided::rows(weight, g.c_out, patch, patch);
     if !g.pointwise() {
         cols.resize(patch * width, T::ZERO);
-        im2col(g, x, tile, cols);
+        im2col(g, x, tile, cols, parallel);
     }
+    let out = |b: usize| (b - y_b0) * g.c_out * pixels_out;
     if tile.images > 1 && pixels < NARROW && !g.pointwise() {
         wide.resize(g.c_out * width, T::ZERO);
         let dst = Strided::rows(&mut wide[..], g.c_out, width, width);
@@ -484,10 +584,12 @@ fn forward_tile<T: Element>(
             false,
             weight(),
             Strided::rows(&cols[..], patch, width, width),
+            parallel,
         );
-        for_each_chunk(
-            &mut y[tile.b0 * g.c_out * pixels_out..][..tile.images * g.c_out * pixels_out],
+        chunks(
+            &mut y[out(tile.b0)..][..tile.images * g.c_out * pixels_out],
             pixels_out,
+            parallel,
             |(n, plane)| {
                 let (i, co) = (n / g.c_out, n % g.c_out);
                 let src = &wide[co * width + i * pixels..][..pixels];
@@ -505,13 +607,8 @@ fn forward_tile<T: Element>(
         } else {
             Strided::rows(&cols[i * pixels..], patch, pixels, width)
         };
-        let dst = Strided::rows(
-            &mut y[b * g.c_out * pixels_out + p0..],
-            g.c_out,
-            pixels,
-            pixels_out,
-        );
-        product(dst, with_bias, weight(), rhs);
+        let dst = Strided::rows(&mut y[out(b) + p0..], g.c_out, pixels, pixels_out);
+        product(dst, with_bias, weight(), rhs, parallel);
     }
 }
 
@@ -568,7 +665,7 @@ fn input_gradient_tiled<T: Element>(
                 Strided::rows(&gathered[..], g.c_out, width, width)
             };
             let dst = Strided::rows(&mut cols[..], patch, width, width);
-            product(dst, false, weight_t(), rhs);
+            product(dst, false, weight_t(), rhs, true);
             col2im_add(g, cols, tile, &mut dx);
         }
     });
@@ -681,6 +778,9 @@ mod tests {
             (1, 1, 2, 2, 2, 7, 7, 1, 3, 1),
             (2, 2, 1, 1, 3, 5, 5, 1, 2, 1),
             (1, 1, 1, 1, 1, 3, 3, 1, 2, 2),
+            // Batches shared out between threads: grouped narrow images, a pointwise layer.
+            (5, 2, 4, 3, 3, 3, 3, 1, 1, 1),
+            (4, 3, 6, 6, 2, 1, 1, 1, 0, 1),
         ];
         for (n, &(batch, c_in, h, w, c_out, k_h, k_w, stride, padding, dilation)) in
             cases.iter().enumerate()

@@ -10,6 +10,7 @@ mod conv_kernel;
 mod embeddings;
 mod frozen;
 mod norm;
+pub mod parallel;
 mod resample;
 mod resnet;
 #[cfg(test)]

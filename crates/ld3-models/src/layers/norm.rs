@@ -7,8 +7,8 @@ use candle_core::{
 };
 use std::sync::{Arc, OnceLock};
 
+use super::parallel::for_each_chunk;
 use candle_nn::VarBuilder;
-use rayon::prelude::*;
 
 /// LayerNorm over the last dimension: (x − mean)/√(var + ε)·γ + β, computed in f32 or wider.
 #[derive(Clone, Debug)]
@@ -191,20 +191,18 @@ impl GroupNormOp {
         let (s, len) = self.sizes(dims);
         let cg = dims[1] / self.groups;
         let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(len)
-            .zip(x.par_chunks(len))
-            .enumerate()
-            .for_each(|(i, (y, x))| {
-                let (mean, rstd) = group_stats(x, self.eps);
-                let first = (i % self.groups) * cg;
-                for (j, (yc, xc)) in y.chunks_mut(s).zip(x.chunks(s)).enumerate() {
-                    let a = rstd * self.weight[first + j];
-                    let b = self.bias[first + j] - mean * a;
-                    for (yi, xi) in yc.iter_mut().zip(xc) {
-                        *yi = T::from_f64(xi.to_f64() * a + b);
-                    }
+        for_each_chunk(&mut y, len, |(i, y)| {
+            let x = &x[i * len..][..len];
+            let (mean, rstd) = group_stats(x, self.eps);
+            let first = (i % self.groups) * cg;
+            for (j, (yc, xc)) in y.chunks_mut(s).zip(x.chunks(s)).enumerate() {
+                let a = rstd * self.weight[first + j];
+                let b = self.bias[first + j] - mean * a;
+                for (yi, xi) in yc.iter_mut().zip(xc) {
+                    *yi = T::from_f64(xi.to_f64() * a + b);
                 }
-            });
+            }
+        });
         y
     }
 
@@ -213,35 +211,33 @@ impl GroupNormOp {
         let (s, len) = self.sizes(dims);
         let cg = dims[1] / self.groups;
         let mut dx = vec![T::zero(); x.len()];
-        dx.par_chunks_mut(len)
-            .zip(x.par_chunks(len).zip(dy.par_chunks(len)))
-            .enumerate()
-            .for_each(|(i, (dx, (x, dy)))| {
-                let (mean, rstd) = group_stats(x, self.eps);
-                let first = (i % self.groups) * cg;
-                let (mut sum_g, mut sum_gx) = (0.0, 0.0);
-                for (j, (xc, dyc)) in x.chunks(s).zip(dy.chunks(s)).enumerate() {
-                    let w = self.weight[first + j];
-                    for (xi, gi) in xc.iter().zip(dyc) {
-                        let g = gi.to_f64() * w;
-                        sum_g += g;
-                        sum_gx += g * (xi.to_f64() - mean) * rstd;
-                    }
+        for_each_chunk(&mut dx, len, |(i, dx)| {
+            let (x, dy) = (&x[i * len..][..len], &dy[i * len..][..len]);
+            let (mean, rstd) = group_stats(x, self.eps);
+            let first = (i % self.groups) * cg;
+            let (mut sum_g, mut sum_gx) = (0.0, 0.0);
+            for (j, (xc, dyc)) in x.chunks(s).zip(dy.chunks(s)).enumerate() {
+                let w = self.weight[first + j];
+                for (xi, gi) in xc.iter().zip(dyc) {
+                    let g = gi.to_f64() * w;
+                    sum_g += g;
+                    sum_gx += g * (xi.to_f64() - mean) * rstd;
                 }
-                let n = len as f64;
-                let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
-                for (j, (dxc, (xc, dyc))) in dx
-                    .chunks_mut(s)
-                    .zip(x.chunks(s).zip(dy.chunks(s)))
-                    .enumerate()
-                {
-                    let w = self.weight[first + j];
-                    for (d, (xi, gi)) in dxc.iter_mut().zip(xc.iter().zip(dyc)) {
-                        let x_hat = (xi.to_f64() - mean) * rstd;
-                        *d = T::from_f64(rstd * (gi.to_f64() * w - mean_g - x_hat * mean_gx));
-                    }
+            }
+            let n = len as f64;
+            let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
+            for (j, (dxc, (xc, dyc))) in dx
+                .chunks_mut(s)
+                .zip(x.chunks(s).zip(dy.chunks(s)))
+                .enumerate()
+            {
+                let w = self.weight[first + j];
+                for (d, (xi, gi)) in dxc.iter_mut().zip(xc.iter().zip(dyc)) {
+                    let x_hat = (xi.to_f64() - mean) * rstd;
+                    *d = T::from_f64(rstd * (gi.to_f64() * w - mean_g - x_hat * mean_gx));
                 }
-            });
+            }
+        });
         dx
     }
 }

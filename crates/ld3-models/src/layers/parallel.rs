@@ -1,0 +1,131 @@
+//! The threads of the own CPU ops: candle's barrier pool, the one its element-wise ops run on.
+//!
+//! Sharing it matters on few cores. candle's pool threads spin for a while after each op before
+//! they sleep; work handed to a second pool (rayon's) in that window competes with them for the
+//! same cores. With one pool, a network's forward pass keeps exactly one thread per core busy.
+//!
+//! Calls made from inside a task (a nested parallel loop) run on the calling thread: the pool
+//! runs one job at a time.
+
+use std::cell::Cell;
+use std::sync::{Mutex, PoisonError};
+
+/// Below this many elements a loop runs on the calling thread: waking the pool costs more.
+pub const PARALLEL_ELEMENTS: usize = 1 << 16;
+
+thread_local! {
+    /// Set while this thread runs a task of [`for_each_index`].
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// candle's thread count (read once: candle reads the environment on every call, which costs
+/// several percent of a small network's forward pass).
+pub fn threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(candle_core::utils::get_num_threads)
+}
+
+/// Whether a parallel loop started here would use the pool (more than one thread, and not
+/// already inside one of its tasks).
+pub fn can_fork() -> bool {
+    threads() > 1 && !IN_TASK.with(Cell::get)
+}
+
+/// Resets [`IN_TASK`] when a task ends, by return or by panic.
+struct TaskGuard(bool);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        IN_TASK.with(|c| c.set(self.0));
+    }
+}
+
+/// `f(i)` for every `i < n`, shared out between candle's pool threads and this one.
+pub fn for_each_index(n: usize, f: impl Fn(usize) + Sync) {
+    if n <= 1 || !can_fork() {
+        (0..n).for_each(f);
+        return;
+    }
+    // A panic is caught in the task and raised again here, after the pool has finished: one
+    // escaping the pool would poison its lock for every later candle op of the process.
+    let panic = Mutex::new(None);
+    candle_core::utils::barrier_pool().execute_chunked(n, |range| {
+        let _guard = TaskGuard(IN_TASK.with(|c| c.replace(true)));
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| range.for_each(&f)));
+        if let Err(payload) = run {
+            panic
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert(payload);
+        }
+    });
+    if let Some(payload) = panic.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        std::panic::resume_unwind(payload);
+    }
+}
+
+/// `f((index, chunk))` over the `chunk`-sized pieces of `data`, on the pool when `parallel`.
+pub fn chunks<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    parallel: bool,
+    f: impl Fn((usize, &mut [T])) + Send + Sync,
+) {
+    if !parallel || chunk == 0 || data.len() <= chunk || !can_fork() {
+        data.chunks_mut(chunk.max(1)).enumerate().for_each(f);
+        return;
+    }
+    // Each piece behind its own (never contended) lock: the safe way to hand disjoint `&mut`
+    // pieces to whichever thread takes their index.
+    let pieces: Vec<Mutex<&mut [T]>> = data.chunks_mut(chunk).map(Mutex::new).collect();
+    for_each_index(pieces.len(), |i| {
+        let mut piece = pieces[i].lock().unwrap_or_else(PoisonError::into_inner);
+        f((i, &mut piece))
+    });
+}
+
+/// [`chunks`] on the pool when `data` has at least [`PARALLEL_ELEMENTS`] elements.
+pub fn for_each_chunk<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    f: impl Fn((usize, &mut [T])) + Send + Sync,
+) {
+    chunks(data, chunk, data.len() >= PARALLEL_ELEMENTS, f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn every_chunk_once_and_nested_loops_run_inline() {
+        let mut data = vec![0usize; 3 * PARALLEL_ELEMENTS + 5];
+        let nested = AtomicUsize::new(0);
+        for_each_chunk(&mut data, 1000, |(i, piece)| {
+            for (j, v) in piece.iter_mut().enumerate() {
+                *v += i * 1000 + j + 1;
+            }
+            // A loop started inside a task must not wait for the pool it runs on.
+            for_each_index(3, |_| {
+                nested.fetch_add(1, Ordering::Relaxed);
+            });
+        });
+        assert!(data.iter().enumerate().all(|(k, &v)| v == k + 1));
+        assert_eq!(nested.into_inner(), 3 * data.len().div_ceil(1000));
+    }
+
+    #[test]
+    fn a_panicking_task_reaches_the_caller() {
+        let r = std::panic::catch_unwind(|| {
+            for_each_index(64, |i| assert!(i != 17, "task 17"));
+        });
+        assert!(r.is_err());
+        // The pool still works afterwards.
+        let count = AtomicUsize::new(0);
+        for_each_index(64, |_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.into_inner(), 64);
+    }
+}
