@@ -409,6 +409,11 @@ fn im2col<T: Element>(g: &Geometry, x: &[T], tile: &Tile, cols: &mut [T], parall
             let (valid, iw0) = valid_columns(g, kj);
             for i in 0..tile.images {
                 let plane = &x[((tile.b0 + i) * g.c_in + c) * g.pixels_in()..][..g.pixels_in()];
+                if g.stride == 1 && w_out == g.w {
+                    let out = &mut row[i * pixels..][..pixels];
+                    shifted_rows(g, plane, tile.rows.clone(), (ki, kj), &valid, out);
+                    continue;
+                }
                 for (j, oh) in tile.rows.clone().enumerate() {
                     let out = &mut row[i * pixels + j * w_out..][..w_out];
                     let Some(ih) = input_row(g, oh, ki) else {
@@ -429,6 +434,48 @@ fn im2col<T: Element>(g: &Geometry, x: &[T], tile: &Tile, cols: &mut [T], parall
             }
         },
     );
+}
+
+/// One patch-matrix row of one image for a stride-1 convolution that keeps the width: output
+/// rows `rows` of the plane shifted by the kernel offset `(ki, kj)`. Consecutive output rows read
+/// consecutive input rows, so the rows inside the image are one copy; the columns that wrapped
+/// round a row's edge (outside `valid`) and the rows outside the image are then zeroed.
+fn shifted_rows<T: Element>(
+    g: &Geometry,
+    plane: &[T],
+    rows: std::ops::Range<usize>,
+    (ki, kj): (usize, usize),
+    valid: &std::ops::Range<usize>,
+    out: &mut [T],
+) {
+    let w = g.w;
+    // Output row oh reads input row oh + ki·dilation − padding.
+    let down = ki * g.dilation;
+    let first = rows.start.max(g.padding.saturating_sub(down));
+    let last = rows.end.min((g.h + g.padding).saturating_sub(down));
+    if valid.is_empty() || first >= last {
+        out.fill(T::ZERO);
+        return;
+    }
+    let (a, b) = ((first - rows.start) * w, (last - rows.start) * w);
+    out[..a].fill(T::ZERO);
+    out[b..].fill(T::ZERO);
+    // The block's first element reads plane[(first + down − padding)·w + kj·dilation − padding],
+    // which may lie up to `padding` before the plane or after it: those elements are in the
+    // wrapped columns, zeroed below.
+    let start = ((first + down - g.padding) * w + kj * g.dilation) as isize - g.padding as isize;
+    let skip = (-start).max(0) as usize;
+    let src_start = start.max(0) as usize;
+    let len = (b - a)
+        .saturating_sub(skip)
+        .min(plane.len().saturating_sub(src_start));
+    if len > 0 {
+        out[a + skip..][..len].copy_from_slice(&plane[src_start..][..len]);
+    }
+    for line in out[a..b].chunks_mut(w) {
+        line[..valid.start].fill(T::ZERO);
+        line[valid.end..].fill(T::ZERO);
+    }
 }
 
 /// Adds the tile's patch-matrix gradient into `dx` (the adjoint of [`im2col`]).
@@ -781,6 +828,9 @@ mod tests {
             // Batches shared out between threads: grouped narrow images, a pointwise layer.
             (5, 2, 4, 3, 3, 3, 3, 1, 1, 1),
             (4, 3, 6, 6, 2, 1, 1, 1, 0, 1),
+            // Width kept by a dilated kernel; a taller kernel than wide.
+            (2, 2, 6, 5, 3, 3, 3, 1, 2, 2),
+            (3, 2, 7, 6, 2, 5, 3, 1, 1, 1),
         ];
         for (n, &(batch, c_in, h, w, c_out, k_h, k_w, stride, padding, dilation)) in
             cases.iter().enumerate()
