@@ -165,18 +165,50 @@ struct GroupNormOp {
     eps: f64,
 }
 
+/// Lanes of the f64 sums below: eight partial sums side by side vectorise, one running sum (a
+/// chain of dependent additions) does not.
+const LANES: usize = 8;
+
+/// Σ f(xᵢ) in f64.
+fn sum_of<T: WithDType>(x: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let blocks = x.chunks_exact(LANES);
+    let rest: f64 = blocks.remainder().iter().map(|v| f(v.to_f64())).sum();
+    for block in blocks {
+        for (a, v) in acc.iter_mut().zip(block) {
+            *a += f(v.to_f64());
+        }
+    }
+    acc.iter().sum::<f64>() + rest
+}
+
+/// (Σ gᵢ, Σ gᵢ·(xᵢ − mean)) in f64.
+fn moments_of<T: WithDType>(x: &[T], g: &[T], mean: f64) -> (f64, f64) {
+    let (mut sg, mut sgx) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (xb, gb) = (x.chunks_exact(LANES), g.chunks_exact(LANES));
+    let (mut rest_g, mut rest_gx) = (0.0, 0.0);
+    for (xi, gi) in xb.remainder().iter().zip(gb.remainder()) {
+        rest_g += gi.to_f64();
+        rest_gx += gi.to_f64() * (xi.to_f64() - mean);
+    }
+    for (xs, gs) in xb.zip(gb) {
+        for k in 0..LANES {
+            let gk = gs[k].to_f64();
+            sg[k] += gk;
+            sgx[k] += gk * (xs[k].to_f64() - mean);
+        }
+    }
+    (
+        sg.iter().sum::<f64>() + rest_g,
+        sgx.iter().sum::<f64>() + rest_gx,
+    )
+}
+
 /// Mean and 1/√(var + ε) of one group.
 fn group_stats<T: WithDType>(x: &[T], eps: f64) -> (f64, f64) {
     let n = x.len() as f64;
-    let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / n;
-    let var = x
-        .iter()
-        .map(|v| {
-            let d = v.to_f64() - mean;
-            d * d
-        })
-        .sum::<f64>()
-        / n;
+    let mean = sum_of(x, |v| v) / n;
+    let var = sum_of(x, |v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -218,11 +250,9 @@ impl GroupNormOp {
             let (mut sum_g, mut sum_gx) = (0.0, 0.0);
             for (j, (xc, dyc)) in x.chunks(s).zip(dy.chunks(s)).enumerate() {
                 let w = self.weight[first + j];
-                for (xi, gi) in xc.iter().zip(dyc) {
-                    let g = gi.to_f64() * w;
-                    sum_g += g;
-                    sum_gx += g * (xi.to_f64() - mean) * rstd;
-                }
+                let (g, gx) = moments_of(xc, dyc, mean);
+                sum_g += w * g;
+                sum_gx += w * gx * rstd;
             }
             let n = len as f64;
             let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
