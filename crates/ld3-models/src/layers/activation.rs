@@ -3,12 +3,12 @@
 use super::parallel::for_each_chunk;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
-/// x·σ(x). With the own ops on, for a tracked f32/f64 tensor on the CPU, one op whose backward is
-/// a single pass, ∂x = ∂y·σ(x)·(1 + x·(1 − σ(x))); candle's own backward of `silu` builds that
-/// from eight whole-tensor ops, each a new allocation, and SiLU follows every norm of every
-/// ResNet block. Otherwise candle's `silu`.
+/// x·σ(x). With the own ops on, for an f32/f64 tensor on the CPU, one op with a vectorised `exp`
+/// whose backward is a single pass, ∂x = ∂y·σ(x)·(1 + x·(1 − σ(x))); candle's own backward of
+/// `silu` builds that from eight whole-tensor ops, each a new allocation, and SiLU follows every
+/// norm of every ResNet block. Otherwise candle's `silu`.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    if with_backward(x) {
+    if own_cpu(x) {
         x.contiguous()?.apply_op1(PointwiseOp(Kind::Silu))
     } else {
         x.silu()
@@ -19,18 +19,15 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
 /// candle's takes five whole-tensor ops and passes the gradient at 0 too). It follows every
 /// convolution of LPIPS' backbones.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if with_backward(x) {
+    if own_cpu(x) {
         x.contiguous()?.apply_op1(PointwiseOp(Kind::Relu))
     } else {
         x.relu()
     }
 }
 
-fn with_backward(x: &Tensor) -> bool {
-    super::own_ops()
-        && x.track_op()
-        && x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
+fn own_cpu(x: &Tensor) -> bool {
+    super::own_ops() && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
 /// Elements per parallel chunk of the pointwise loops.
@@ -42,8 +39,34 @@ enum Kind {
     Relu,
 }
 
+/// eˣ in f32 to about 2 ulp, written so that a loop over it vectorises (std's `exp` is a call
+/// per element): x = n·ln 2 + r with |r| ≤ ln 2 / 2, eʳ by Cephes' degree-6 polynomial, 2ⁿ put
+/// into the exponent bits. Inputs are clamped to [−87.3, 88] (results from 1.24e−38 to 1.65e38,
+/// where eˣ's own range ends at 88.7); NaN stays NaN.
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two, so that n·LN2_HI is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5·2²³: adding and subtracting it rounds to the nearest integer by plain arithmetic
+    // (`round` and `floor` are calls on x86-64's baseline, which has no rounding instruction).
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.0);
+    let n = (x * LOG2_E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    // n lies in [−126, 127]: a normal power of two (a NaN x gives n = 0 here and NaN in e).
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
 macro_rules! pointwise_loops {
-    ($t:ty, $forward:ident, $backward:ident) => {
+    ($t:ty, $exp:expr, $forward:ident, $backward:ident) => {
         fn $forward(kind: Kind, x: &[$t]) -> Vec<$t> {
             let mut y = vec![0.0; x.len()];
             for_each_chunk(&mut y, CHUNK, |(n, y)| {
@@ -51,12 +74,12 @@ macro_rules! pointwise_loops {
                 match kind {
                     Kind::Silu => {
                         for (y, &x) in y.iter_mut().zip(x) {
-                            *y = x / (1.0 + (-x).exp());
+                            *y = x / (1.0 + $exp(-x));
                         }
                     }
                     Kind::Relu => {
                         for (y, &x) in y.iter_mut().zip(x) {
-                            *y = x.max(0.0);
+                            *y = if x < 0.0 { 0.0 } else { x }; // NaN stays NaN, as in PyTorch
                         }
                     }
                 }
@@ -70,7 +93,7 @@ macro_rules! pointwise_loops {
                 match kind {
                     Kind::Silu => {
                         for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                            let s = 1.0 / (1.0 + (-x).exp());
+                            let s = 1.0 / (1.0 + $exp(-x));
                             *dx = g * s * (1.0 + x * (1.0 - s));
                         }
                     }
@@ -85,8 +108,8 @@ macro_rules! pointwise_loops {
         }
     };
 }
-pointwise_loops!(f32, forward_f32, backward_f32);
-pointwise_loops!(f64, forward_f64, backward_f64);
+pointwise_loops!(f32, exp_f32, forward_f32, backward_f32);
+pointwise_loops!(f64, f64::exp, forward_f64, backward_f64);
 
 /// SiLU or ReLU with its one-pass backward.
 struct PointwiseOp(Kind);
@@ -159,6 +182,22 @@ impl Activation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exp_f32_is_within_a_few_ulp() {
+        let mut worst = 0.0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 + 175.0 * i as f64 / 200_000.0;
+            let (got, want) = (exp_f32(x as f32) as f64, (x as f32 as f64).exp());
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst < 3.0 * f32::EPSILON as f64, "relative error {worst}");
+        assert!(exp_f32(f32::NAN).is_nan());
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!(exp_f32(-1000.0) < 1.3e-38 && exp_f32(-1000.0) > 0.0);
+        assert!(exp_f32(1000.0) > 1.0e38 && exp_f32(1000.0).is_finite());
+    }
+
     use crate::layers::testing::{
         assert_directional_derivative, backward_of_weighted_sum, max_abs,
     };
