@@ -1,6 +1,6 @@
 //! Activation functions by the names configs give them, and SiLU and ReLU with one-pass backwards.
 
-use super::parallel::for_each_chunk;
+use super::parallel::{for_each_chunk, vectorized};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 /// x·σ(x). With the own ops on, for an f32/f64 tensor on the CPU, one op with a vectorised `exp`
@@ -42,18 +42,21 @@ enum Kind {
 /// eˣ in f32 to about 2 ulp, written so that a loop over it vectorises (std's `exp` is a call
 /// per element): x = n·ln 2 + r with |r| ≤ ln 2 / 2, eʳ by Cephes' degree-6 polynomial, 2ⁿ put
 /// into the exponent bits. Inputs are clamped to [−87.3, 88] (results from 1.24e−38 to 1.65e38,
-/// where eˣ's own range ends at 88.7); NaN stays NaN.
+/// where eˣ's own range ends at 88.7); NaN stays NaN. Branch-free, so that it vectorises.
+#[inline(always)]
 pub(crate) fn exp_f32(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split in two, so that n·LN2_HI is exact.
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    // 1.5·2²³: adding and subtracting it rounds to the nearest integer by plain arithmetic
-    // (`round` and `floor` are calls on x86-64's baseline, which has no rounding instruction).
+    // 1.5·2²³: adding it rounds to the nearest integer by plain arithmetic, and leaves that
+    // integer in the low bits of the sum (`round`, `floor` and `as i32` are calls or scalar code
+    // on x86-64's baseline).
     const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.3, 88.0);
-    let n = (x * LOG2_E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let xc = x.max(-87.3).min(88.0);
+    let t = xc * LOG2_E + ROUND;
+    let n = t - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
     p = p * r + 8.333_452e-3;
@@ -61,8 +64,14 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    // n lies in [−126, 127]: a normal power of two (a NaN x gives n = 0 here and NaN in e).
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // n lies in [−126, 127]: 2ⁿ is a normal number, its exponent bits n + 127.
+    let n_bits = t.to_bits().wrapping_sub(ROUND.to_bits());
+    let y = e * f32::from_bits(n_bits.wrapping_add(127) << 23);
+    if x.is_nan() {
+        x
+    } else {
+        y
+    }
 }
 
 macro_rules! pointwise_loops {
@@ -70,39 +79,49 @@ macro_rules! pointwise_loops {
         fn $forward(kind: Kind, x: &[$t]) -> Vec<$t> {
             let mut y = vec![0.0; x.len()];
             for_each_chunk(&mut y, CHUNK, |(n, y)| {
-                let x = &x[n * CHUNK..];
-                match kind {
-                    Kind::Silu => {
-                        for (y, &x) in y.iter_mut().zip(x) {
-                            *y = x / (1.0 + $exp(-x));
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let x = &x[n * CHUNK..];
+                        match kind {
+                            Kind::Silu => {
+                                for (y, &x) in y.iter_mut().zip(x) {
+                                    *y = x / (1.0 + $exp(-x));
+                                }
+                            }
+                            Kind::Relu => {
+                                for (y, &x) in y.iter_mut().zip(x) {
+                                    *y = if x < 0.0 { 0.0 } else { x }; // NaN stays NaN, as in PyTorch
+                                }
+                            }
                         }
-                    }
-                    Kind::Relu => {
-                        for (y, &x) in y.iter_mut().zip(x) {
-                            *y = if x < 0.0 { 0.0 } else { x }; // NaN stays NaN, as in PyTorch
-                        }
-                    }
-                }
+                    },
+                )
             });
             y
         }
         fn $backward(kind: Kind, x: &[$t], g: &[$t]) -> Vec<$t> {
             let mut dx = vec![0.0; x.len()];
             for_each_chunk(&mut dx, CHUNK, |(n, dx)| {
-                let (x, g) = (&x[n * CHUNK..], &g[n * CHUNK..]);
-                match kind {
-                    Kind::Silu => {
-                        for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                            let s = 1.0 / (1.0 + $exp(-x));
-                            *dx = g * s * (1.0 + x * (1.0 - s));
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let (x, g) = (&x[n * CHUNK..], &g[n * CHUNK..]);
+                        match kind {
+                            Kind::Silu => {
+                                for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                                    let s = 1.0 / (1.0 + $exp(-x));
+                                    *dx = g * s * (1.0 + x * (1.0 - s));
+                                }
+                            }
+                            Kind::Relu => {
+                                for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                                    *dx = if x > 0.0 { g } else { 0.0 };
+                                }
+                            }
                         }
-                    }
-                    Kind::Relu => {
-                        for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                            *dx = if x > 0.0 { g } else { 0.0 };
-                        }
-                    }
-                }
+                    },
+                )
             });
             dx
         }

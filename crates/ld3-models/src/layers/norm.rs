@@ -7,7 +7,7 @@ use candle_core::{
 };
 use std::sync::{Arc, OnceLock};
 
-use super::parallel::for_each_chunk;
+use super::parallel::{for_each_chunk, vectorized};
 use candle_nn::VarBuilder;
 
 /// LayerNorm over the last dimension: (x − mean)/√(var + ε)·γ + β, computed in f32 or wider.
@@ -170,6 +170,7 @@ struct GroupNormOp {
 const LANES: usize = 8;
 
 /// Σ f(xᵢ) in f64.
+#[inline(always)]
 fn sum_of<T: WithDType>(x: &[T], f: impl Fn(f64) -> f64) -> f64 {
     let mut acc = [0.0f64; LANES];
     let blocks = x.chunks_exact(LANES);
@@ -183,6 +184,7 @@ fn sum_of<T: WithDType>(x: &[T], f: impl Fn(f64) -> f64) -> f64 {
 }
 
 /// (Σ gᵢ, Σ gᵢ·(xᵢ − mean)) in f64.
+#[inline(always)]
 fn moments_of<T: WithDType>(x: &[T], g: &[T], mean: f64) -> (f64, f64) {
     let (mut sg, mut sgx) = ([0.0f64; LANES], [0.0f64; LANES]);
     let (xb, gb) = (x.chunks_exact(LANES), g.chunks_exact(LANES));
@@ -205,6 +207,7 @@ fn moments_of<T: WithDType>(x: &[T], g: &[T], mean: f64) -> (f64, f64) {
 }
 
 /// Mean and 1/√(var + ε) of one group.
+#[inline(always)]
 fn group_stats<T: WithDType>(x: &[T], eps: f64) -> (f64, f64) {
     let n = x.len() as f64;
     let mean = sum_of(x, |v| v) / n;
@@ -219,21 +222,55 @@ impl GroupNormOp {
         (per_channel, dims[1] / self.groups * per_channel)
     }
 
+    /// Group `i` (of the flattened batch × groups) of the forward, `s` elements per channel.
+    #[inline(always)]
+    fn forward_group<T: WithDType>(&self, i: usize, x: &[T], y: &mut [T], s: usize) {
+        let (mean, rstd) = group_stats(x, self.eps);
+        let first = (i % self.groups) * (x.len() / s);
+        for (j, (yc, xc)) in y.chunks_mut(s).zip(x.chunks(s)).enumerate() {
+            let a = rstd * self.weight[first + j];
+            let b = self.bias[first + j] - mean * a;
+            for (yi, xi) in yc.iter_mut().zip(xc) {
+                *yi = T::from_f64(xi.to_f64() * a + b);
+            }
+        }
+    }
+
+    /// Group `i` of the backward.
+    #[inline(always)]
+    fn backward_group<T: WithDType>(&self, i: usize, x: &[T], dy: &[T], dx: &mut [T], s: usize) {
+        let (mean, rstd) = group_stats(x, self.eps);
+        let first = (i % self.groups) * (x.len() / s);
+        let (mut sum_g, mut sum_gx) = (0.0, 0.0);
+        for (j, (xc, dyc)) in x.chunks(s).zip(dy.chunks(s)).enumerate() {
+            let w = self.weight[first + j];
+            let (g, gx) = moments_of(xc, dyc, mean);
+            sum_g += w * g;
+            sum_gx += w * gx * rstd;
+        }
+        let n = x.len() as f64;
+        let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
+        for (j, (dxc, (xc, dyc))) in dx
+            .chunks_mut(s)
+            .zip(x.chunks(s).zip(dy.chunks(s)))
+            .enumerate()
+        {
+            let w = self.weight[first + j];
+            for (d, (xi, gi)) in dxc.iter_mut().zip(xc.iter().zip(dyc)) {
+                let x_hat = (xi.to_f64() - mean) * rstd;
+                *d = T::from_f64(rstd * (gi.to_f64() * w - mean_g - x_hat * mean_gx));
+            }
+        }
+    }
+
     fn forward<T: WithDType>(&self, x: &[T], dims: &[usize]) -> Vec<T> {
         let (s, len) = self.sizes(dims);
-        let cg = dims[1] / self.groups;
         let mut y = vec![T::zero(); x.len()];
         for_each_chunk(&mut y, len, |(i, y)| {
-            let x = &x[i * len..][..len];
-            let (mean, rstd) = group_stats(x, self.eps);
-            let first = (i % self.groups) * cg;
-            for (j, (yc, xc)) in y.chunks_mut(s).zip(x.chunks(s)).enumerate() {
-                let a = rstd * self.weight[first + j];
-                let b = self.bias[first + j] - mean * a;
-                for (yi, xi) in yc.iter_mut().zip(xc) {
-                    *yi = T::from_f64(xi.to_f64() * a + b);
-                }
-            }
+            vectorized(
+                #[inline(always)]
+                || self.forward_group(i, &x[i * len..][..len], y, s),
+            )
         });
         y
     }
@@ -241,32 +278,15 @@ impl GroupNormOp {
     /// ∂x = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) per group, with ĝ = ∂y·γ and x̂ the normalised x.
     fn backward<T: WithDType>(&self, x: &[T], dy: &[T], dims: &[usize]) -> Vec<T> {
         let (s, len) = self.sizes(dims);
-        let cg = dims[1] / self.groups;
         let mut dx = vec![T::zero(); x.len()];
         for_each_chunk(&mut dx, len, |(i, dx)| {
-            let (x, dy) = (&x[i * len..][..len], &dy[i * len..][..len]);
-            let (mean, rstd) = group_stats(x, self.eps);
-            let first = (i % self.groups) * cg;
-            let (mut sum_g, mut sum_gx) = (0.0, 0.0);
-            for (j, (xc, dyc)) in x.chunks(s).zip(dy.chunks(s)).enumerate() {
-                let w = self.weight[first + j];
-                let (g, gx) = moments_of(xc, dyc, mean);
-                sum_g += w * g;
-                sum_gx += w * gx * rstd;
-            }
-            let n = len as f64;
-            let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
-            for (j, (dxc, (xc, dyc))) in dx
-                .chunks_mut(s)
-                .zip(x.chunks(s).zip(dy.chunks(s)))
-                .enumerate()
-            {
-                let w = self.weight[first + j];
-                for (d, (xi, gi)) in dxc.iter_mut().zip(xc.iter().zip(dyc)) {
-                    let x_hat = (xi.to_f64() - mean) * rstd;
-                    *d = T::from_f64(rstd * (gi.to_f64() * w - mean_g - x_hat * mean_gx));
-                }
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (x, dy) = (&x[i * len..][..len], &dy[i * len..][..len]);
+                    self.backward_group(i, x, dy, dx, s)
+                },
+            )
         });
         dx
     }

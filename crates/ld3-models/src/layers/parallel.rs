@@ -93,6 +93,22 @@ pub fn for_each_chunk<T: Send>(
     chunks(data, chunk, data.len() >= PARALLEL_ELEMENTS, f)
 }
 
+/// Runs `f` compiled for the widest vector instructions this CPU has (AVX-512, AVX2 with FMA,
+/// or x86-64's baseline), chosen at run time: the element-wise loops in `f` vectorise to that
+/// width. (The crate is built for the baseline, whose SSE2 holds four f32 per register.)
+#[inline(always)]
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    struct Op<F>(F);
+    impl<R, F: FnOnce() -> R> pulp::WithSimd for Op<F> {
+        type Output = R;
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> R {
+            (self.0)()
+        }
+    }
+    pulp::Arch::new().dispatch(Op(f))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
