@@ -53,6 +53,9 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     // integer in the low bits of the sum (`round`, `floor` and `as i32` are calls or scalar code
     // on x86-64's baseline).
     const ROUND: f32 = 12_582_912.0;
+    // max/min (NaN goes to a bound, restored at the end) vectorise; `clamp` keeps the NaN by a
+    // compare and select per lane.
+    #[allow(clippy::manual_clamp)]
     let xc = x.max(-87.3).min(88.0);
     let t = xc * LOG2_E + ROUND;
     let n = t - ROUND;
