@@ -171,13 +171,14 @@ fn row_chunks(
 /// The attention's value without a graph, chunk by chunk (fused softmax).
 fn chunked_attention(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) -> Result<Tensor> {
     let (n, lq, _) = q.dims3()?;
-    let kt = k.t()?.contiguous()?;
-    let outs = row_chunks(n, lq, k.dim(1)?, budget)
-        .map(|(r, m)| {
-            let p = candle_nn::ops::softmax_last_dim(&q.narrow(1, r, m)?.matmul(&kt)?)?;
-            p.matmul(v)
-        })
+    // Kᵀ as a strided view: the matrix product reads it in place.
+    let kt = k.t()?;
+    let mut outs = row_chunks(n, lq, k.dim(1)?, budget)
+        .map(|(r, m)| softmax_last_dim(&q.narrow(1, r, m)?.matmul(&kt)?)?.matmul(v))
         .collect::<Result<Vec<_>>>()?;
+    if outs.len() == 1 {
+        return Ok(outs.remove(0));
+    }
     Tensor::cat(&outs, 1)
 }
 
@@ -215,40 +216,128 @@ impl CustomOp3 for AttentionOp {
         let (q, k, v) = (q_arg.detach(), k_arg.detach(), v_arg.detach());
         let grad = grad.detach().contiguous()?;
         let (n, lq, _) = q.dims3()?;
-        let (kt, vt) = (k.t()?.contiguous()?, v.t()?.contiguous()?);
-        let (mut dq, mut dk, mut dv) = (Vec::new(), k.zeros_like()?, v.zeros_like()?);
+        // Transposes as strided views: the matrix products read them in place.
+        let (kt, vt) = (k.t()?, v.t()?);
+        let (mut dq, mut dk, mut dv) = (Vec::new(), None, None);
+        let add = |sum: Option<Tensor>, t: Tensor| match sum {
+            None => Ok(t),
+            Some(sum) => sum + t,
+        };
         for (r, m) in row_chunks(n, lq, k.dim(1)?, self.budget) {
             let q_c = q.narrow(1, r, m)?;
-            let p = candle_nn::ops::softmax_last_dim(&q_c.matmul(&kt)?)?;
+            let p = softmax_last_dim(&q_c.matmul(&kt)?)?;
             let g = grad.narrow(1, r, m)?;
-            dv = (dv + p.t()?.contiguous()?.matmul(&g)?)?;
-            let dp = g.matmul(&vt)?;
-            let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
-            let ds = (p * dp.broadcast_sub(&dot)?)?;
+            dv = Some(add(dv, p.t()?.matmul(&g)?)?);
+            let ds = softmax_backward(&p, &g.matmul(&vt)?)?;
             dq.push(ds.matmul(&k)?);
-            dk = (dk + ds.t()?.contiguous()?.matmul(&q_c)?)?;
+            dk = Some(add(dk, ds.t()?.matmul(&q_c)?)?);
         }
-        let dq = Tensor::cat(&dq, 1)?;
+        let dq = if dq.len() == 1 {
+            dq.remove(0)
+        } else {
+            Tensor::cat(&dq, 1)?
+        };
+        let (dk, dv) = match (dk, dv) {
+            (Some(dk), Some(dv)) => (dk, dv),
+            _ => (k.zeros_like()?, v.zeros_like()?),
+        };
         let keep = |t: &Tensor, g: Tensor| t.track_op().then_some(g);
         Ok((keep(q_arg, dq), keep(k_arg, dk), keep(v_arg, dv)))
     }
 }
 
-/// Softmax over the last dimension: candle's fused kernel when nothing upstream needs a
-/// gradient (plain sampling; it has no backward); under a gradient, on the CPU, [`Softmax`],
-/// which keeps only its output for the backward; elsewhere (or without the own ops) the
-/// differentiable composite.
+/// Row-wise softmax of `src`'s rows of `dim` elements, vectorised, on the pool.
+macro_rules! softmax_rows {
+    ($src:expr, $dim:expr, $t:ty, $exp:expr) => {{
+        let src: &[$t] = $src;
+        let dim = $dim;
+        let mut out = vec![0 as $t; src.len()];
+        super::parallel::for_each_chunk(&mut out, dim, |(i, y)| {
+            super::parallel::vectorized(
+                #[inline(always)]
+                || {
+                    let x = &src[i * dim..][..dim];
+                    let m = x.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
+                    let mut sum = 0 as $t;
+                    for (yi, &xi) in y.iter_mut().zip(x) {
+                        *yi = $exp(xi - m);
+                        sum += *yi;
+                    }
+                    let inv = 1.0 / sum;
+                    for yi in y.iter_mut() {
+                        *yi *= inv;
+                    }
+                },
+            )
+        });
+        out
+    }};
+}
+
+/// Row-wise p ⊙ (g − ⟨g, p⟩) of `p` and `g` of `dims` (rows along the last one).
+macro_rules! softmax_grad_rows {
+    ($p:expr, $g:expr, $dims:expr, $t:ty) => {{
+        let (p, g): (&[$t], &[$t]) = ($p, $g);
+        let dim = *$dims.last().unwrap_or(&1);
+        let mut out = vec![0 as $t; p.len()];
+        super::parallel::for_each_chunk(&mut out, dim.max(1), |(i, d)| {
+            super::parallel::vectorized(
+                #[inline(always)]
+                || {
+                    let (p, g) = (&p[i * dim..][..dim], &g[i * dim..][..dim]);
+                    let dot: $t = p.iter().zip(g).map(|(a, b)| a * b).sum();
+                    for ((d, &pi), &gi) in d.iter_mut().zip(p).zip(g) {
+                        *d = pi * (gi - dot);
+                    }
+                },
+            )
+        });
+        out
+    }};
+}
+
+/// Softmax over the last dimension: without a gradient, [`softmax_last_dim`]; under a gradient,
+/// on the CPU, [`Softmax`], which keeps only its output for the backward; elsewhere (or without
+/// the own ops) the differentiable composite.
 pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
-        candle_nn::ops::softmax_last_dim(x)
-    } else if super::own_ops()
-        && x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-    {
+        softmax_last_dim(x)
+    } else if own_cpu(x) {
         x.contiguous()?.apply_op1(Softmax)
     } else {
         candle_nn::ops::softmax(x, D::Minus1)
     }
+}
+
+fn own_cpu(x: &Tensor) -> bool {
+    super::own_ops() && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// Softmax over the last dimension without a gradient: [`Softmax`]'s vectorised rows on the
+/// CPU, candle's fused kernel elsewhere.
+fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if own_cpu(x) {
+        x.contiguous()?.apply_op1_no_bwd(&Softmax)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+/// The gradient of the scores from the probabilities `p` and their gradient `dp`, row by row:
+/// p ⊙ (dp − ⟨dp, p⟩). One pass on the CPU; the composite elsewhere.
+fn softmax_backward(p: &Tensor, dp: &Tensor) -> Result<Tensor> {
+    if !own_cpu(p) {
+        let dot = (dp * p)?.sum_keepdim(D::Minus1)?;
+        return p * dp.broadcast_sub(&dot)?;
+    }
+    let p = p.contiguous()?;
+    super::cpu_input_gradient(
+        &p,
+        dp,
+        "softmax-backward",
+        |p, g, dims| softmax_grad_rows!(p, g, dims, f32),
+        |p, g, dims| softmax_grad_rows!(p, g, dims, f64),
+    )
 }
 
 /// Softmax over the last dimension as one op with its backward, ∂x = y ⊙ (∂y − ⟨∂y, y⟩): the
@@ -256,26 +345,6 @@ pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
 /// tensors of the scores' size. Unmasked attention does not need it ([`AttentionOp`] keeps no
 /// scores); the masked (causal) attention takes it under a gradient.
 struct Softmax;
-
-macro_rules! softmax_rows {
-    ($src:expr, $dim:expr, $t:ty) => {{
-        let src: &[$t] = $src;
-        let mut out = vec![0 as $t; src.len()];
-        super::parallel::for_each_chunk(&mut out, $dim, |(i, y)| {
-            let x = &src[i * $dim..][..$dim];
-            let m = x.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
-            let mut sum = 0 as $t;
-            for (yi, &xi) in y.iter_mut().zip(x) {
-                *yi = (xi - m).exp();
-                sum += *yi;
-            }
-            for yi in y.iter_mut() {
-                *yi /= sum;
-            }
-        });
-        out
-    }};
-}
 
 impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
@@ -287,15 +356,21 @@ impl CustomOp1 for Softmax {
             .ok_or_else(|| candle_core::Error::Msg("softmax of a non-contiguous tensor".into()))?;
         let dim = *layout.dims().last().unwrap_or(&1);
         let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(softmax_rows!(&v[start..end], dim, f32)),
-            CpuStorage::F64(v) => CpuStorage::F64(softmax_rows!(&v[start..end], dim, f64)),
+            CpuStorage::F32(v) => CpuStorage::F32(softmax_rows!(
+                &v[start..end],
+                dim,
+                f32,
+                super::activation::exp_f32
+            )),
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(softmax_rows!(&v[start..end], dim, f64, f64::exp))
+            }
             _ => candle_core::bail!("softmax: only f32 and f64 here"),
         };
         Ok((out, layout.shape().clone()))
     }
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let dot = (grad * res)?.sum_keepdim(D::Minus1)?;
-        Ok(Some((res * grad.broadcast_sub(&dot)?)?))
+        softmax_backward(res, grad).map(Some)
     }
 }
 
