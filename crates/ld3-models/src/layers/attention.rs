@@ -257,13 +257,11 @@ macro_rules! softmax_rows {
                 #[inline(always)]
                 || {
                     let x = &src[i * dim..][..dim];
-                    let m = x.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
-                    let mut sum = 0 as $t;
+                    let m = super::parallel::max(x, <$t>::NEG_INFINITY);
                     for (yi, &xi) in y.iter_mut().zip(x) {
                         *yi = $exp(xi - m);
-                        sum += *yi;
                     }
-                    let inv = 1.0 / sum;
+                    let inv = 1.0 / super::parallel::sum(y);
                     for yi in y.iter_mut() {
                         *yi *= inv;
                     }
@@ -285,7 +283,7 @@ macro_rules! softmax_grad_rows {
                 #[inline(always)]
                 || {
                     let (p, g) = (&p[i * dim..][..dim], &g[i * dim..][..dim]);
-                    let dot: $t = p.iter().zip(g).map(|(a, b)| a * b).sum();
+                    let dot = super::parallel::dot(p, g);
                     for ((d, &pi), &gi) in d.iter_mut().zip(p).zip(g) {
                         *d = pi * (gi - dot);
                     }

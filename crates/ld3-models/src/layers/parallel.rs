@@ -109,6 +109,59 @@ pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(Op(f))
 }
 
+/// Partial sums and maxima side by side: a loop carrying one running sum (a chain of dependent
+/// additions) does not vectorise; sixteen independent ones do.
+const LANES: usize = 16;
+
+/// Σ xᵢ·yᵢ, in sixteen partial sums.
+#[inline(always)]
+pub fn dot<T: Copy + Default + std::ops::Add<Output = T> + std::ops::Mul<Output = T>>(
+    x: &[T],
+    y: &[T],
+) -> T {
+    let mut acc = [T::default(); LANES];
+    let (xb, yb) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let mut total = T::default();
+    for (a, b) in xb.remainder().iter().zip(yb.remainder()) {
+        total = total + *a * *b;
+    }
+    for (xs, ys) in xb.zip(yb) {
+        for k in 0..LANES {
+            acc[k] = acc[k] + xs[k] * ys[k];
+        }
+    }
+    acc.into_iter().fold(total, |s, a| s + a)
+}
+
+/// Σ xᵢ, in sixteen partial sums.
+#[inline(always)]
+pub fn sum<T: Copy + Default + std::ops::Add<Output = T>>(x: &[T]) -> T {
+    let mut acc = [T::default(); LANES];
+    let blocks = x.chunks_exact(LANES);
+    let total = blocks.remainder().iter().fold(T::default(), |s, &v| s + v);
+    for xs in blocks {
+        for k in 0..LANES {
+            acc[k] = acc[k] + xs[k];
+        }
+    }
+    acc.into_iter().fold(total, |s, a| s + a)
+}
+
+/// The largest xᵢ and `floor` (NaNs are passed over, as `f32::max` does).
+#[inline(always)]
+pub fn max<T: Copy + PartialOrd>(x: &[T], floor: T) -> T {
+    let pick = |m: T, v: T| if v > m { v } else { m };
+    let mut acc = [floor; LANES];
+    let blocks = x.chunks_exact(LANES);
+    let most = blocks.remainder().iter().fold(floor, |m, &v| pick(m, v));
+    for xs in blocks {
+        for k in 0..LANES {
+            acc[k] = pick(acc[k], xs[k]);
+        }
+    }
+    acc.into_iter().fold(most, pick)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +182,24 @@ mod tests {
         });
         assert!(data.iter().enumerate().all(|(k, &v)| v == k + 1));
         assert_eq!(nested.into_inner(), 3 * data.len().div_ceil(1000));
+    }
+
+    #[test]
+    fn lane_reductions_equal_the_plain_ones() {
+        for n in [0, 1, 15, 16, 17, 100] {
+            let x: Vec<f64> = (0..n).map(|i| ((i * 37) % 11) as f64 - 4.5).collect();
+            let y: Vec<f64> = (0..n).map(|i| ((i * 13) % 7) as f64 * 0.25).collect();
+            assert_eq!(sum(&x), x.iter().sum::<f64>());
+            assert_eq!(
+                dot(&x, &y),
+                x.iter().zip(&y).map(|(a, b)| a * b).sum::<f64>()
+            );
+            assert_eq!(
+                max(&x, f64::NEG_INFINITY),
+                x.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+            );
+        }
+        assert_eq!(max(&[1.0, f64::NAN, 3.0], f64::NEG_INFINITY), 3.0);
     }
 
     #[test]
