@@ -505,28 +505,49 @@ fn col2im_add<T: Element>(g: &Geometry, cols: &[T], tile: &Tile, dx: &mut [T]) {
     });
 }
 
-/// `conv2d(x, weight) + bias` in NCHW; `x`, `weight` and `bias` contiguous.
-pub(crate) fn forward<T: Element>(
-    g: &Geometry,
-    x: &[T],
-    weight: &[T],
-    bias: Option<&[T]>,
-) -> Vec<T> {
-    forward_tiled(g, x, weight, bias, TILE_ELEMENTS)
+/// What a convolution's output holds before the products are added to it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Start<'a, T> {
+    /// A value per output plane (`batch·c_out` of them, image by image), or per channel (`c_out`).
+    pub bias: Option<&'a [T]>,
+    /// An output-shaped addend (a residual branch).
+    pub residual: Option<&'a [T]>,
+}
+
+impl<T> Start<'_, T> {
+    /// An output that starts at zero.
+    pub const ZERO: Self = Start {
+        bias: None,
+        residual: None,
+    };
+
+    fn is_zero(&self) -> bool {
+        self.bias.is_none() && self.residual.is_none()
+    }
+}
+
+/// `start + conv2d(x, weight)` in NCHW; `x`, `weight` and `start`'s slices contiguous, of the
+/// lengths the geometry gives (the caller checks them).
+pub(crate) fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], start: Start<T>) -> Vec<T> {
+    forward_tiled(g, x, weight, start, TILE_ELEMENTS)
 }
 
 fn forward_tiled<T: Element>(
     g: &Geometry,
     x: &[T],
     weight: &[T],
-    bias: Option<&[T]>,
+    start: Start<T>,
     tile_elements: usize,
 ) -> Vec<T> {
     let pixels_out = g.pixels_out();
-    let mut y = vec![T::ZERO; g.output_len()];
+    let mut y = match start.residual {
+        Some(r) => r.to_vec(),
+        None => vec![T::ZERO; g.output_len()],
+    };
     if g.batch == 0 || pixels_out == 0 {
         return y;
     }
+    let accumulate = !start.is_zero();
     if let Some(images) = images_per_task(g, tile_elements) {
         // One task per group of images, each on one thread with its own scratch, products
         // and copies single-threaded: the patch matrix stays in that core's cache.
@@ -534,43 +555,50 @@ fn forward_tiled<T: Element>(
         chunks(&mut y, images * g.c_out * pixels_out, true, |(task, y)| {
             let b0 = task * images;
             let images = y.len() / (g.c_out * pixels_out);
-            if let Some(bias) = bias {
-                fill_bias(y, bias, pixels_out);
-            }
+            add_bias(y, start, b0 * g.c_out, pixels_out);
             let tiles = g.tiles_of(b0, images, tile_elements);
             T::with_scratch(|cols, wide| {
                 for tile in &tiles {
-                    forward_tile(
-                        g,
-                        x,
-                        weight,
-                        bias.is_some(),
-                        tile,
-                        cols,
-                        wide,
-                        (y, b0),
-                        false,
-                    );
+                    forward_tile(g, x, weight, accumulate, tile, cols, wide, (y, b0), false);
                 }
             });
         });
         return y;
     }
-    if let Some(bias) = bias {
-        fill_bias(&mut y, bias, pixels_out);
-    }
-    let with_bias = bias.is_some();
+    add_bias(&mut y, start, 0, pixels_out);
     T::with_scratch(|cols, wide| {
         for tile in &g.tiles(tile_elements) {
-            forward_tile(g, x, weight, with_bias, tile, cols, wide, (&mut y, 0), true);
+            forward_tile(
+                g,
+                x,
+                weight,
+                accumulate,
+                tile,
+                cols,
+                wide,
+                (&mut y, 0),
+                true,
+            );
         }
     });
     y
 }
 
-/// Every output plane of `y` (images × channels, `pixels` each) set to its channel's bias.
-fn fill_bias<T: Element>(y: &mut [T], bias: &[T], pixels: usize) {
-    for_each_chunk(y, pixels, |(n, plane)| plane.fill(bias[n % bias.len()]));
+/// The bias of `start` set into (or, over a residual, added to) the output planes of `y`
+/// (`pixels` each), the first of them plane `first` of the output.
+fn add_bias<T: Element>(y: &mut [T], start: Start<T>, first: usize, pixels: usize) {
+    let Some(bias) = start.bias else {
+        return;
+    };
+    let over = start.residual.is_some();
+    for_each_chunk(y, pixels, |(n, plane)| {
+        let b = bias[(first + n) % bias.len()];
+        if over {
+            plane.iter_mut().for_each(|v| *v += b);
+        } else {
+            plane.fill(b);
+        }
+    });
 }
 
 /// Per-thread patch matrices are kept under this many elements (1 MiB in f32: a core's share of
@@ -597,7 +625,7 @@ fn images_per_task(g: &Geometry, tile_elements: usize) -> Option<usize> {
 /// to their places in `y`): a product per image would be too narrow to run fast.
 const NARROW: usize = 256;
 
-/// One tile of [`forward_tiled`]: `y` (already holding the bias, if `with_bias`) gets the
+/// One tile of [`forward_tiled`]: `y` (already holding the start values, if `accumulate`) gets the
 /// tile's products: written in place, one per image, for wide images; for narrow ones, one
 /// product for the whole tile in `wide`, then added to `y`. `y` holds the outputs of the images
 /// from `y_b0` on. `parallel`: the products and copies use the thread pool.
@@ -606,7 +634,7 @@ fn forward_tile<T: Element>(
     g: &Geometry,
     x: &[T],
     weight: &[T],
-    with_bias: bool,
+    accumulate: bool,
     tile: &Tile,
     cols: &mut Vec<T>,
     wide: &mut Vec<T>,
@@ -655,7 +683,7 @@ fn forward_tile<T: Element>(
             Strided::rows(&cols[i * pixels..], patch, pixels, width)
         };
         let dst = Strided::rows(&mut y[out(b) + p0..], g.c_out, pixels, pixels_out);
-        product(dst, with_bias, weight(), rhs, parallel);
+        product(dst, accumulate, weight(), rhs, parallel);
     }
 }
 
@@ -677,7 +705,7 @@ fn input_gradient_tiled<T: Element>(
     tile_elements: usize,
 ) -> Vec<T> {
     if let Some((adjoint, flipped)) = adjoint_convolution(g, weight) {
-        return forward_tiled(&adjoint, dy, &flipped, None, tile_elements);
+        return forward_tiled(&adjoint, dy, &flipped, Start::ZERO, tile_elements);
     }
     let (patch, pixels_out, w_out) = (g.patch(), g.pixels_out(), g.w_out());
     let mut dx = vec![T::ZERO; g.input_len()];
@@ -847,14 +875,30 @@ mod tests {
             let wt = noise(c_out * c_in * k_h * k_w, 100 + n as u64);
             let bias = noise(c_out, 200 + n as u64);
             let dy = noise(g.output_len(), 300 + n as u64);
+            let plane_bias = noise(batch * c_out, 400 + n as u64);
+            let residual = noise(g.output_len(), 500 + n as u64);
             let expected = naive(&g, &x, &wt);
             let pixels = g.h_out() * g.w_out();
             let patch = c_in * k_h * k_w;
             // One tile for everything; two images per tile; one output row per tile.
             for budget in [TILE_ELEMENTS, 2 * pixels * patch, 1] {
-                let y = forward_tiled(&g, &x, &wt, Some(&bias), budget);
+                let start = Start {
+                    bias: Some(&bias),
+                    residual: None,
+                };
+                let y = forward_tiled(&g, &x, &wt, start, budget);
                 for (i, (a, e)) in y.iter().zip(&expected).enumerate() {
                     let e = e + bias[(i / pixels) % c_out];
+                    assert!((a - e).abs() < 1e-12, "case {n} output {i}: {a} vs {e}");
+                }
+                // A bias per image and channel over a residual.
+                let start = Start {
+                    bias: Some(&plane_bias),
+                    residual: Some(&residual),
+                };
+                let y = forward_tiled(&g, &x, &wt, start, budget);
+                for (i, (a, e)) in y.iter().zip(&expected).enumerate() {
+                    let e = e + plane_bias[i / pixels] + residual[i];
                     assert!((a - e).abs() < 1e-12, "case {n} output {i}: {a} vs {e}");
                 }
                 let dx = input_gradient_tiled(&g, &dy, &wt, budget);
@@ -914,7 +958,7 @@ mod tests {
             assert!(e.to_string().contains("empty"), "{e}");
         }
         let g = Geometry::new(&[0, 3, 4, 4], &[2, 3, 3, 3], 1, 1, 1).unwrap();
-        assert!(forward(&g, &[], &[0.0f64; 54], None).is_empty());
+        assert!(forward(&g, &[], &[0.0f64; 54], Start::ZERO).is_empty());
         assert!(input_gradient(&g, &[], &[0.0f64; 54]).is_empty());
     }
 }

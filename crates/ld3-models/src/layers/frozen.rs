@@ -16,9 +16,11 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Storage, Tensor,
+};
 
-use super::conv_kernel::{self, Element, Geometry};
+use super::conv_kernel::{self, Element, Geometry, Start};
 use super::with_host_slice;
 
 /// Whether `x` takes the input-only path.
@@ -105,6 +107,58 @@ impl Module for Conv2d {
     }
 }
 
+/// A tensor added to a convolution's output inside the op ([`Conv2d::forward_add`]): no
+/// separate whole-tensor addition forward, nor its gradient bookkeeping backward.
+#[derive(Clone, Copy, Debug)]
+pub enum Addend<'a> {
+    /// One value per image and output channel, `[batch, c_out]` or `[batch, c_out, 1, 1]` (a
+    /// ResNet block's time embedding).
+    PerChannel(&'a Tensor),
+    /// An output-shaped tensor (a residual branch).
+    Full(&'a Tensor),
+}
+
+impl Conv2d {
+    /// `self.forward(x) + addend` (broadcast over the pixels for [`Addend::PerChannel`]). On the
+    /// own CPU path one op whose backward yields the gradients of `x` and of the addend;
+    /// otherwise the convolution and then candle's addition.
+    pub fn forward_add(&self, x: &Tensor, addend: Addend) -> Result<Tensor> {
+        let cfg = *self.0.config();
+        let w = self.0.weight();
+        let constant = |t: &Tensor| !t.track_op() && t.device().is_cpu() && t.dtype() == x.dtype();
+        let own = cfg.groups == 1
+            && super::own_ops()
+            && x.device().is_cpu()
+            && matches!(x.dtype(), DType::F32 | DType::F64)
+            && constant(w)
+            && self.0.bias().is_none_or(|b| constant(b) && b.rank() == 1);
+        let a = match addend {
+            Addend::PerChannel(t) | Addend::Full(t) => t,
+        };
+        if !own || a.dtype() != x.dtype() || !a.device().is_cpu() {
+            let y = self.forward(x)?;
+            return match addend {
+                Addend::PerChannel(t) => {
+                    let (b, c) = (t.dim(0)?, t.elem_count() / t.dim(0)?.max(1));
+                    y.broadcast_add(&t.reshape((b, c, 1, 1))?)
+                }
+                Addend::Full(r) => r + y,
+            };
+        }
+        let op = ConvAddOp {
+            conv: ConvOp {
+                weight: w.contiguous()?,
+                bias: self.0.bias().map(Tensor::contiguous).transpose()?,
+                padding: cfg.padding,
+                stride: cfg.stride,
+                dilation: cfg.dilation,
+            },
+            per_channel: matches!(addend, Addend::PerChannel(_)),
+        };
+        x.contiguous()?.apply_op2(&a.contiguous()?, op)
+    }
+}
+
 /// `x.conv2d(w, padding, stride, dilation, 1)`. With the own ops on, on the CPU in f32/f64 and
 /// with a constant `w`, it runs the im2col/gemm kernels of `conv_kernel` and its backward yields
 /// the input's gradient only (by the same kernels' adjoint); otherwise it is candle's.
@@ -178,8 +232,18 @@ impl ConvOp {
     }
 
     fn run<T: Element + candle_core::WithDType>(&self, g: &Geometry, x: &[T]) -> Result<Vec<T>> {
-        with_host_slice(&self.weight, "conv2d", |weight| match &self.bias {
-            None => Ok(conv_kernel::forward(g, x, weight, None)),
+        self.run_from(g, x, None)
+    }
+
+    /// The convolution plus its bias and `addend` (per image and channel, or output-shaped).
+    fn run_from<T: Element + candle_core::WithDType>(
+        &self,
+        g: &Geometry,
+        x: &[T],
+        addend: Option<(&[T], bool)>,
+    ) -> Result<Vec<T>> {
+        let with_bias = |f: &dyn Fn(Option<&[T]>) -> Result<Vec<T>>| match &self.bias {
+            None => f(None),
             Some(b) => with_host_slice(b, "conv2d", |bias: &[T]| {
                 if bias.len() != g.c_out {
                     candle_core::bail!(
@@ -188,8 +252,39 @@ impl ConvOp {
                         g.c_out
                     );
                 }
-                Ok(conv_kernel::forward(g, x, weight, Some(bias)))
+                f(Some(bias))
             })?,
+        };
+        with_host_slice(&self.weight, "conv2d", |weight| {
+            with_bias(&|bias| {
+                let start = match addend {
+                    None => Start {
+                        bias,
+                        residual: None,
+                    },
+                    Some((r, false)) => Start {
+                        bias,
+                        residual: Some(r),
+                    },
+                    Some((t, true)) => {
+                        let planes: Vec<T> = t
+                            .iter()
+                            .enumerate()
+                            .map(|(n, &v)| bias.map_or(v, |b| b[n % g.c_out] + v))
+                            .collect();
+                        return Ok(conv_kernel::forward(
+                            g,
+                            x,
+                            weight,
+                            Start {
+                                bias: Some(&planes),
+                                residual: None,
+                            },
+                        ));
+                    }
+                };
+                Ok(conv_kernel::forward(g, x, weight, start))
+            })
         })?
     }
 }
@@ -209,6 +304,102 @@ impl CustomOp1 for ConvOp {
             geometry: self.geometry(arg.dims())?,
         };
         grad.contiguous()?.apply_op1(op).map(Some)
+    }
+}
+
+/// [`ConvOp`] plus an addend (`per_channel`: one value per image and output channel; else
+/// output-shaped) in one op.
+struct ConvAddOp {
+    conv: ConvOp,
+    per_channel: bool,
+}
+
+impl ConvAddOp {
+    fn run<T: Element + candle_core::WithDType>(
+        &self,
+        g: &Geometry,
+        x: &[T],
+        addend: &[T],
+    ) -> Result<Vec<T>> {
+        let expected = if self.per_channel {
+            g.batch * g.c_out
+        } else {
+            g.output_len()
+        };
+        if addend.len() != expected {
+            candle_core::bail!(
+                "conv2d: an addend of {} values for {} ({})",
+                addend.len(),
+                expected,
+                if self.per_channel {
+                    "one per image and output channel"
+                } else {
+                    "the output's shape"
+                }
+            );
+        }
+        self.conv.run_from(g, x, Some((addend, self.per_channel)))
+    }
+}
+
+impl CustomOp2 for ConvAddOp {
+    fn name(&self) -> &'static str {
+        "conv2d-frozen-add"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.conv.geometry(l1.dims())?;
+        let name = self.name();
+        let y = match s2 {
+            CpuStorage::F32(_) => {
+                let a = super::contiguous_slice::<f32>(s2, l2, name)?;
+                super::cpu_forward(
+                    s1,
+                    l1,
+                    name,
+                    |x| self.run(&g, x, a),
+                    |_| candle_core::bail!("{name}: an f64 input with an f32 addend"),
+                )?
+            }
+            CpuStorage::F64(_) => {
+                let a = super::contiguous_slice::<f64>(s2, l2, name)?;
+                super::cpu_forward(
+                    s1,
+                    l1,
+                    name,
+                    |_| candle_core::bail!("{name}: an f32 input with an f64 addend"),
+                    |x| self.run(&g, x, a),
+                )?
+            }
+            _ => candle_core::bail!("{name}: only f32 and f64"),
+        };
+        Ok((y, Shape::from((g.batch, g.c_out, g.h_out(), g.w_out()))))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        addend: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = if x.track_op() {
+            self.conv.bwd(x, res, grad)?
+        } else {
+            None
+        };
+        let da = if !addend.track_op() {
+            None
+        } else if self.per_channel {
+            Some(grad.sum((2, 3))?.reshape(addend.shape())?)
+        } else {
+            Some(grad.clone())
+        };
+        Ok((dx, da))
     }
 }
 
@@ -381,6 +572,75 @@ mod tests {
             let lin = candle_nn::Linear::new(r(&[4, 6]), Some(r(&[4])));
             check(&Linear(lin.clone()), &lin, r(&[3, 6]));
             check(&Linear(lin.clone()), &lin, r(&[2, 3, 6]));
+        }
+    }
+
+    /// `forward_add` equals the convolution followed by candle's addition, with the own ops on
+    /// and off: values and the gradients of the input and of the addend (per image and channel,
+    /// and output-shaped), in f64 and f32, over a batch shared out by images and a single image.
+    #[test]
+    fn fused_addends_equal_the_separate_addition() {
+        let dev = Device::Cpu;
+        for dtype in [DType::F64, DType::F32] {
+            let tol = if dtype == DType::F64 { 1e-12 } else { 1e-4 };
+            let r = |shape: &[usize]| {
+                Tensor::randn(0f64, 1.0, shape, &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let cfg = candle_nn::Conv2dConfig {
+                padding: 1,
+                ..Default::default()
+            };
+            for (batch, bias) in [(4, true), (1, false), (3, true)] {
+                let conv = Conv2d(candle_nn::Conv2d::new(
+                    r(&[5, 3, 3, 3]),
+                    bias.then(|| r(&[5])),
+                    cfg,
+                ));
+                let x = Var::from_tensor(&r(&[batch, 3, 6, 7])).unwrap();
+                let per_channel = Var::from_tensor(&r(&[batch, 5])).unwrap();
+                let full = Var::from_tensor(&r(&[batch, 5, 6, 7])).unwrap();
+                let w = r(&[batch, 5, 6, 7]);
+                for addend in [per_channel.as_tensor(), full.as_tensor()] {
+                    let fused = |on: bool| {
+                        crate::layers::set_own_ops(on);
+                        let a = if addend.rank() == 2 {
+                            Addend::PerChannel(addend)
+                        } else {
+                            Addend::Full(addend)
+                        };
+                        let y = conv.forward_add(x.as_tensor(), a).unwrap();
+                        crate::layers::set_own_ops(true);
+                        let g = backward_of_weighted_sum(y.clone(), &w);
+                        let grads = [x.as_tensor(), addend].map(|t| g.get(t).unwrap().clone());
+                        (y, grads)
+                    };
+                    let ((y, g), (y_ref, g_ref)) = (fused(true), fused(false));
+                    let separate = if addend.rank() == 2 {
+                        conv.forward(x.as_tensor())
+                            .unwrap()
+                            .broadcast_add(&addend.reshape((batch, 5, 1, 1)).unwrap())
+                            .unwrap()
+                    } else {
+                        (conv.forward(x.as_tensor()).unwrap() + addend).unwrap()
+                    };
+                    assert!(max_abs((&y - &separate).unwrap()) < tol);
+                    assert!(max_abs((&y - &y_ref).unwrap()) < tol);
+                    for (a, b) in g.iter().zip(&g_ref) {
+                        assert_eq!(a.dims(), b.dims());
+                        assert!(max_abs((a - b).unwrap()) < tol * 10.0);
+                    }
+                }
+                // A wrong addend is named.
+                let bad = r(&[batch, 4]);
+                crate::layers::set_own_ops(true);
+                let e = conv
+                    .forward_add(x.as_tensor(), Addend::PerChannel(&bad))
+                    .unwrap_err();
+                assert!(e.to_string().contains("addend"), "{e}");
+            }
         }
     }
 }

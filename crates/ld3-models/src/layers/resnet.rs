@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{group_norm, linear, Conv2d, GroupNorm, Linear};
+use super::{group_norm, linear, Addend, Conv2d, GroupNorm, Linear};
 
 use super::conv::{conv, divided};
 
@@ -64,33 +64,36 @@ impl ResnetBlock {
     /// `x` [B, C_in, H, W] and the time embedding `temb` [B, T] (`None` for a block without
     /// time).
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.conv1.forward(&super::silu(&self.norm1.forward(x)?)?)?;
+        let h = super::silu(&self.norm1.forward(x)?)?;
         let t = match (&self.time_emb_proj, temb) {
-            (Some(proj), Some(temb)) => Some(
-                proj.forward(&super::silu(temb)?)?
-                    .unsqueeze(2)?
-                    .unsqueeze(3)?,
-            ),
+            (Some(proj), Some(temb)) => Some(proj.forward(&super::silu(temb)?)?),
             (None, _) => None,
             (Some(_), None) => candle_core::bail!("this ResNet block needs a time embedding"),
         };
         let h = match t {
             Some(t) if self.scale_shift => {
-                let c = h.dim(1)?;
+                let (b, c) = (t.dim(0)?, t.dim(1)? / 2);
+                let t = t.reshape((b, 2 * c, 1, 1))?;
                 let (scale, shift) = (t.narrow(1, 0, c)?, t.narrow(1, c, c)?);
                 self.norm2
-                    .forward(&h)?
+                    .forward(&self.conv1.forward(&h)?)?
                     .broadcast_mul(&(scale + 1.0)?)?
                     .broadcast_add(&shift)?
             }
-            Some(t) => self.norm2.forward(&h.broadcast_add(&t)?)?,
-            None => self.norm2.forward(&h)?,
+            // The time embedding added per image and channel inside the convolution.
+            Some(t) => self
+                .norm2
+                .forward(&self.conv1.forward_add(&h, Addend::PerChannel(&t))?)?,
+            None => self.norm2.forward(&self.conv1.forward(&h)?)?,
         };
-        let h = self.conv2.forward(&super::silu(&h)?)?;
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
-        divided((skip + h)?, self.output_scale_factor)
+        // The residual added inside the second convolution.
+        let out = self
+            .conv2
+            .forward_add(&super::silu(&h)?, Addend::Full(&skip))?;
+        divided(out, self.output_scale_factor)
     }
 }
