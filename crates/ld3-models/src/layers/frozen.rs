@@ -235,6 +235,27 @@ impl ConvOp {
         self.run_from(g, x, None)
     }
 
+    /// `f` on the bias's values (checked to be one per output channel), if there is a bias.
+    fn with_bias<T: candle_core::WithDType, R>(
+        &self,
+        g: &Geometry,
+        f: impl FnOnce(Option<&[T]>) -> Result<R>,
+    ) -> Result<R> {
+        let Some(b) = &self.bias else {
+            return f(None);
+        };
+        with_host_slice(b, "conv2d", |bias: &[T]| {
+            if bias.len() != g.c_out {
+                candle_core::bail!(
+                    "conv2d: a bias of {} values for {} output channels",
+                    bias.len(),
+                    g.c_out
+                );
+            }
+            f(Some(bias))
+        })?
+    }
+
     /// The convolution plus its bias and `addend` (per image and channel, or output-shaped).
     fn run_from<T: Element + candle_core::WithDType>(
         &self,
@@ -242,21 +263,8 @@ impl ConvOp {
         x: &[T],
         addend: Option<(&[T], bool)>,
     ) -> Result<Vec<T>> {
-        let with_bias = |f: &dyn Fn(Option<&[T]>) -> Result<Vec<T>>| match &self.bias {
-            None => f(None),
-            Some(b) => with_host_slice(b, "conv2d", |bias: &[T]| {
-                if bias.len() != g.c_out {
-                    candle_core::bail!(
-                        "conv2d: a bias of {} values for {} output channels",
-                        bias.len(),
-                        g.c_out
-                    );
-                }
-                f(Some(bias))
-            })?,
-        };
         with_host_slice(&self.weight, "conv2d", |weight| {
-            with_bias(&|bias| {
+            self.with_bias(g, |bias| {
                 let start = match addend {
                     None => Start {
                         bias,
