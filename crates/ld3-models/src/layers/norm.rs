@@ -112,8 +112,18 @@ pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> R
     GroupNorm::new(weight, bias, channels, groups, eps)
 }
 
-impl Module for GroupNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl GroupNorm {
+    /// `silu(self.forward(x))`: with the own ops on, one op (one pass forward and backward, one
+    /// tensor in the graph), as every ResNet block normalises and then activates.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        match self.fused(x, true)? {
+            Some(y) => Ok(y),
+            None => super::silu(&self.composite.forward(x)?),
+        }
+    }
+
+    /// The fused op on `x` (followed by SiLU if `silu`), or `None` off its path.
+    fn fused(&self, x: &Tensor, silu: bool) -> Result<Option<Tensor>> {
         let fused = super::own_ops()
             && x.device().is_cpu()
             && matches!(x.dtype(), DType::F32 | DType::F64)
@@ -121,7 +131,7 @@ impl Module for GroupNorm {
             && !self.weight.track_op()
             && !self.bias.track_op();
         if !fused {
-            return self.composite.forward(x);
+            return Ok(None);
         }
         let c = x.dim(1)?;
         if c != self.weight.dim(0)? {
@@ -143,12 +153,22 @@ impl Module for GroupNorm {
             bias,
             groups: self.groups,
             eps: self.eps,
+            silu,
         };
         let x = x.contiguous()?;
         if x.track_op() {
-            x.apply_op1(op)
+            x.apply_op1(op).map(Some)
         } else {
-            x.apply_op1_no_bwd(&op)
+            x.apply_op1_no_bwd(&op).map(Some)
+        }
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self.fused(x, false)? {
+            Some(y) => Ok(y),
+            None => self.composite.forward(x),
         }
     }
 }
@@ -157,12 +177,32 @@ fn to_f64_vec(t: &Tensor) -> Result<Arc<[f64]>> {
     Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?.into())
 }
 
-/// The fused GroupNorm; weight and bias are constants.
+/// The fused GroupNorm, followed by SiLU if `silu`; weight and bias are constants.
 struct GroupNormOp {
     weight: Arc<[f64]>,
     bias: Arc<[f64]>,
     groups: usize,
     eps: f64,
+    silu: bool,
+}
+
+/// σ(z) in the element type's own precision (the f32 one is the vectorised `exp`).
+trait Sigmoid {
+    fn sigmoid(z: f64) -> f64;
+}
+
+impl Sigmoid for f32 {
+    #[inline(always)]
+    fn sigmoid(z: f64) -> f64 {
+        (1.0 / (1.0 + super::activation::exp_f32(-z as f32))) as f64
+    }
+}
+
+impl Sigmoid for f64 {
+    #[inline(always)]
+    fn sigmoid(z: f64) -> f64 {
+        1.0 / (1.0 + (-z).exp())
+    }
 }
 
 /// Lanes of the f64 sums below: eight partial sums side by side vectorise, one running sum (a
@@ -224,46 +264,75 @@ impl GroupNormOp {
 
     /// Group `i` (of the flattened batch × groups) of the forward, `s` elements per channel.
     #[inline(always)]
-    fn forward_group<T: WithDType>(&self, i: usize, x: &[T], y: &mut [T], s: usize) {
+    fn forward_group<T: WithDType + Sigmoid>(&self, i: usize, x: &[T], y: &mut [T], s: usize) {
         let (mean, rstd) = group_stats(x, self.eps);
         let first = (i % self.groups) * (x.len() / s);
         for (j, (yc, xc)) in y.chunks_mut(s).zip(x.chunks(s)).enumerate() {
             let a = rstd * self.weight[first + j];
             let b = self.bias[first + j] - mean * a;
-            for (yi, xi) in yc.iter_mut().zip(xc) {
-                *yi = T::from_f64(xi.to_f64() * a + b);
+            if self.silu {
+                for (yi, xi) in yc.iter_mut().zip(xc) {
+                    let z = xi.to_f64() * a + b;
+                    *yi = T::from_f64(z * T::sigmoid(z));
+                }
+            } else {
+                for (yi, xi) in yc.iter_mut().zip(xc) {
+                    *yi = T::from_f64(xi.to_f64() * a + b);
+                }
             }
         }
     }
 
     /// Group `i` of the backward.
     #[inline(always)]
-    fn backward_group<T: WithDType>(&self, i: usize, x: &[T], dy: &[T], dx: &mut [T], s: usize) {
+    fn backward_group<T: WithDType + Sigmoid>(
+        &self,
+        i: usize,
+        x: &[T],
+        dy: &[T],
+        dx: &mut [T],
+        s: usize,
+    ) {
         let (mean, rstd) = group_stats(x, self.eps);
         let first = (i % self.groups) * (x.len() / s);
+        // dx first holds the gradient of the normalised output: dy, or through SiLU
+        // dy·σ(z)·(1 + z·(1 − σ(z))) with z recomputed.
+        if self.silu {
+            for (j, (dxc, (xc, dyc))) in dx
+                .chunks_mut(s)
+                .zip(x.chunks(s).zip(dy.chunks(s)))
+                .enumerate()
+            {
+                let a = rstd * self.weight[first + j];
+                let b = self.bias[first + j] - mean * a;
+                for (d, (xi, gi)) in dxc.iter_mut().zip(xc.iter().zip(dyc)) {
+                    let z = xi.to_f64() * a + b;
+                    let sg = T::sigmoid(z);
+                    *d = T::from_f64(gi.to_f64() * sg * (1.0 + z * (1.0 - sg)));
+                }
+            }
+        } else {
+            dx.copy_from_slice(dy);
+        }
         let (mut sum_g, mut sum_gx) = (0.0, 0.0);
-        for (j, (xc, dyc)) in x.chunks(s).zip(dy.chunks(s)).enumerate() {
+        for (j, (xc, gc)) in x.chunks(s).zip(dx.chunks(s)).enumerate() {
             let w = self.weight[first + j];
-            let (g, gx) = moments_of(xc, dyc, mean);
+            let (g, gx) = moments_of(xc, gc, mean);
             sum_g += w * g;
             sum_gx += w * gx * rstd;
         }
         let n = x.len() as f64;
         let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
-        for (j, (dxc, (xc, dyc))) in dx
-            .chunks_mut(s)
-            .zip(x.chunks(s).zip(dy.chunks(s)))
-            .enumerate()
-        {
+        for (j, (dxc, xc)) in dx.chunks_mut(s).zip(x.chunks(s)).enumerate() {
             let w = self.weight[first + j];
-            for (d, (xi, gi)) in dxc.iter_mut().zip(xc.iter().zip(dyc)) {
+            for (d, xi) in dxc.iter_mut().zip(xc) {
                 let x_hat = (xi.to_f64() - mean) * rstd;
-                *d = T::from_f64(rstd * (gi.to_f64() * w - mean_g - x_hat * mean_gx));
+                *d = T::from_f64(rstd * (d.to_f64() * w - mean_g - x_hat * mean_gx));
             }
         }
     }
 
-    fn forward<T: WithDType>(&self, x: &[T], dims: &[usize]) -> Vec<T> {
+    fn forward<T: WithDType + Sigmoid>(&self, x: &[T], dims: &[usize]) -> Vec<T> {
         let (s, len) = self.sizes(dims);
         let mut y = vec![T::zero(); x.len()];
         for_each_chunk(&mut y, len, |(i, y)| {
@@ -276,7 +345,7 @@ impl GroupNormOp {
     }
 
     /// ∂x = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) per group, with ĝ = ∂y·γ and x̂ the normalised x.
-    fn backward<T: WithDType>(&self, x: &[T], dy: &[T], dims: &[usize]) -> Vec<T> {
+    fn backward<T: WithDType + Sigmoid>(&self, x: &[T], dy: &[T], dims: &[usize]) -> Vec<T> {
         let (s, len) = self.sizes(dims);
         let mut dx = vec![T::zero(); x.len()];
         for_each_chunk(&mut dx, len, |(i, dx)| {
@@ -294,7 +363,11 @@ impl GroupNormOp {
 
 impl CustomOp1 for GroupNormOp {
     fn name(&self) -> &'static str {
-        "group-norm"
+        if self.silu {
+            "group-norm-silu"
+        } else {
+            "group-norm"
+        }
     }
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = layout.dims();
@@ -362,6 +435,42 @@ mod tests {
             let x = r(&[2, 5, 4, 6], 0.0).transpose(1, 3).unwrap();
             let diff = (norm.forward(&x).unwrap() - norm.composite().forward(&x).unwrap()).unwrap();
             assert!(max_abs(diff) < tol);
+        }
+    }
+
+    /// GroupNorm followed by SiLU as one op equals candle's composite followed by candle's SiLU,
+    /// in value (tracked or not) and the input's gradient, in f64 and f32.
+    #[test]
+    fn fused_group_norm_silu_equals_the_composite() {
+        let dev = Device::Cpu;
+        for dtype in [DType::F64, DType::F32] {
+            let tol = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
+            let r = |shape: &[usize], mean: f64| {
+                Tensor::randn(mean, 2.0, shape, &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let norm = GroupNorm::new(r(&[6], 1.0), r(&[6], 0.0), 6, 3, 1e-5).unwrap();
+            for shape in [&[2, 6, 5, 4][..], &[3, 6, 7]] {
+                let (x, w) = (r(shape, 3.0), r(shape, 0.0));
+                let var = Var::from_tensor(&x).unwrap();
+                let ours = norm.forward_silu(var.as_tensor()).unwrap();
+                let theirs = norm
+                    .composite()
+                    .forward(var.as_tensor())
+                    .unwrap()
+                    .silu()
+                    .unwrap();
+                assert!(max_abs((&ours - &theirs).unwrap()) < tol);
+                assert!(max_abs((norm.forward_silu(&x).unwrap() - &theirs).unwrap()) < tol);
+                let (ga, gb) = (
+                    backward_of_weighted_sum(ours, &w),
+                    backward_of_weighted_sum(theirs, &w),
+                );
+                let (ga, gb) = (ga.get(&var).unwrap(), gb.get(&var).unwrap());
+                assert!(max_abs((ga - gb).unwrap()) < tol * 10.0);
+            }
         }
     }
 

@@ -64,36 +64,38 @@ impl ResnetBlock {
     /// `x` [B, C_in, H, W] and the time embedding `temb` [B, T] (`None` for a block without
     /// time).
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = super::silu(&self.norm1.forward(x)?)?;
+        let h = self.norm1.forward_silu(x)?;
         let t = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => Some(proj.forward(&super::silu(temb)?)?),
             (None, _) => None,
             (Some(_), None) => candle_core::bail!("this ResNet block needs a time embedding"),
         };
+        // The second normalisation, its conditioning and SiLU.
         let h = match t {
             Some(t) if self.scale_shift => {
                 let (b, c) = (t.dim(0)?, t.dim(1)? / 2);
                 let t = t.reshape((b, 2 * c, 1, 1))?;
                 let (scale, shift) = (t.narrow(1, 0, c)?, t.narrow(1, c, c)?);
-                self.norm2
-                    .forward(&self.conv1.forward(&h)?)?
-                    .broadcast_mul(&(scale + 1.0)?)?
-                    .broadcast_add(&shift)?
+                super::silu(
+                    &self
+                        .norm2
+                        .forward(&self.conv1.forward(&h)?)?
+                        .broadcast_mul(&(scale + 1.0)?)?
+                        .broadcast_add(&shift)?,
+                )?
             }
             // The time embedding added per image and channel inside the convolution.
             Some(t) => self
                 .norm2
-                .forward(&self.conv1.forward_add(&h, Addend::PerChannel(&t))?)?,
-            None => self.norm2.forward(&self.conv1.forward(&h)?)?,
+                .forward_silu(&self.conv1.forward_add(&h, Addend::PerChannel(&t))?)?,
+            None => self.norm2.forward_silu(&self.conv1.forward(&h)?)?,
         };
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
         // The residual added inside the second convolution.
-        let out = self
-            .conv2
-            .forward_add(&super::silu(&h)?, Addend::Full(&skip))?;
+        let out = self.conv2.forward_add(&h, Addend::Full(&skip))?;
         divided(out, self.output_scale_factor)
     }
 }
