@@ -495,23 +495,17 @@ pub fn linear_no_bias(c_in: usize, c_out: usize, vb: candle_nn::VarBuilder) -> R
 mod tests {
     use super::*;
     use crate::layers::testing::{
-        assert_directional_derivative, backward_of_weighted_sum, max_abs,
+        assert_directional_derivative, backward_of_weighted_sum, max_abs, randn,
     };
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     /// Values and input gradients equal candle's own modules', in f64 and f32, for strided and
     /// padded convolutions and for linear maps on 2- and 3-dimensional inputs.
     #[test]
     fn input_only_layers_equal_candles() {
-        let dev = Device::Cpu;
         for dtype in [DType::F64, DType::F32] {
             let tol = if dtype == DType::F64 { 1e-12 } else { 1e-4 };
-            let r = |shape: &[usize]| {
-                Tensor::randn(0f64, 1.0, shape, &dev)
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap()
-            };
+            let r = |shape: &[usize]| randn(shape, 0.0, 1.0, dtype);
             let check = |ours: &dyn Module, theirs: &dyn Module, x: Tensor| {
                 let var = Var::from_tensor(&x).unwrap();
                 let (a, b) = (
@@ -583,20 +577,15 @@ mod tests {
         }
     }
 
-    /// `forward_add` equals the convolution followed by candle's addition, with the own ops on
-    /// and off: values and the gradients of the input and of the addend (per image and channel,
-    /// and output-shaped), in f64 and f32, over a batch shared out by images and a single image.
+    /// `forward_add` equals the convolution followed by candle's addition: values and the
+    /// gradients of the input and of the addend (per image and channel, and output-shaped), in f64
+    /// and f32, over a batch shared out by images and a single image. (The own ops stay on: the
+    /// switch is global, and other tests run alongside.)
     #[test]
     fn fused_addends_equal_the_separate_addition() {
-        let dev = Device::Cpu;
         for dtype in [DType::F64, DType::F32] {
             let tol = if dtype == DType::F64 { 1e-12 } else { 1e-4 };
-            let r = |shape: &[usize]| {
-                Tensor::randn(0f64, 1.0, shape, &dev)
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap()
-            };
+            let r = |shape: &[usize]| randn(shape, 0.0, 1.0, dtype);
             let cfg = candle_nn::Conv2dConfig {
                 padding: 1,
                 ..Default::default()
@@ -612,38 +601,34 @@ mod tests {
                 let full = Var::from_tensor(&r(&[batch, 5, 6, 7])).unwrap();
                 let w = r(&[batch, 5, 6, 7]);
                 for addend in [per_channel.as_tensor(), full.as_tensor()] {
-                    let fused = |on: bool| {
-                        crate::layers::set_own_ops(on);
-                        let a = if addend.rank() == 2 {
-                            Addend::PerChannel(addend)
-                        } else {
-                            Addend::Full(addend)
-                        };
-                        let y = conv.forward_add(x.as_tensor(), a).unwrap();
-                        crate::layers::set_own_ops(true);
-                        let g = backward_of_weighted_sum(y.clone(), &w);
-                        let grads = [x.as_tensor(), addend].map(|t| g.get(t).unwrap().clone());
-                        (y, grads)
-                    };
-                    let ((y, g), (y_ref, g_ref)) = (fused(true), fused(false));
-                    let separate = if addend.rank() == 2 {
-                        conv.forward(x.as_tensor())
-                            .unwrap()
-                            .broadcast_add(&addend.reshape((batch, 5, 1, 1)).unwrap())
-                            .unwrap()
+                    let (fused, separate) = if addend.rank() == 2 {
+                        let y = conv.forward(x.as_tensor()).unwrap();
+                        let t = addend.reshape((batch, 5, 1, 1)).unwrap();
+                        (
+                            conv.forward_add(x.as_tensor(), Addend::PerChannel(addend)),
+                            y.broadcast_add(&t).unwrap(),
+                        )
                     } else {
-                        (conv.forward(x.as_tensor()).unwrap() + addend).unwrap()
+                        let y = conv.forward(x.as_tensor()).unwrap();
+                        (
+                            conv.forward_add(x.as_tensor(), Addend::Full(addend)),
+                            (y + addend).unwrap(),
+                        )
                     };
-                    assert!(max_abs((&y - &separate).unwrap()) < tol);
-                    assert!(max_abs((&y - &y_ref).unwrap()) < tol);
-                    for (a, b) in g.iter().zip(&g_ref) {
+                    let fused = fused.unwrap();
+                    assert!(max_abs((&fused - &separate).unwrap()) < tol);
+                    let (g, g_ref) = (
+                        backward_of_weighted_sum(fused, &w),
+                        backward_of_weighted_sum(separate, &w),
+                    );
+                    for t in [x.as_tensor(), addend] {
+                        let (a, b) = (g.get(t).unwrap(), g_ref.get(t).unwrap());
                         assert_eq!(a.dims(), b.dims());
                         assert!(max_abs((a - b).unwrap()) < tol * 10.0);
                     }
                 }
                 // A wrong addend is named.
                 let bad = r(&[batch, 4]);
-                crate::layers::set_own_ops(true);
                 let e = conv
                     .forward_add(x.as_tensor(), Addend::PerChannel(&bad))
                     .unwrap_err();

@@ -396,81 +396,48 @@ impl CustomOp1 for GroupNormOp {
 mod tests {
     use super::*;
     use crate::layers::testing::{
-        assert_directional_derivative, backward_of_weighted_sum, max_abs,
+        assert_directional_derivative, backward_of_weighted_sum, max_abs, randn,
     };
     use candle_core::{Device, Var};
 
     /// The fused GroupNorm equals candle's composite in value (tracked or not) and in the input's
-    /// gradient, in f64 and f32, on [B, C, H, W] and [B, C, L] inputs with an offset mean; a
+    /// gradient, in f64 and f32, on [B, C, H, W] and [B, C, L] inputs with an offset mean; so does
+    /// the fused GroupNorm + SiLU against the composite followed by candle's SiLU. A
     /// non-contiguous input is taken too, and an input of the wrong width is refused by name.
     #[test]
     fn fused_group_norm_equals_the_composite() {
-        let dev = Device::Cpu;
         for dtype in [DType::F64, DType::F32] {
             let tol = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
-            let r = |shape: &[usize], mean: f64| {
-                Tensor::randn(mean, 2.0, shape, &dev)
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap()
-            };
+            let r = |shape: &[usize], mean: f64| randn(shape, mean, 2.0, dtype);
             let norm = GroupNorm::new(r(&[6], 1.0), r(&[6], 0.0), 6, 3, 1e-5).unwrap();
-            for shape in [&[2, 6, 5, 4][..], &[3, 6, 7]] {
-                let x = r(shape, 3.0);
-                let w = r(shape, 0.0);
-                let var = Var::from_tensor(&x).unwrap();
-                let ours = norm.forward(var.as_tensor()).unwrap();
-                let theirs = norm.composite().forward(var.as_tensor()).unwrap();
-                assert!(max_abs((&ours - &theirs).unwrap()) < tol);
-                assert!(max_abs((norm.forward(&x).unwrap() - &theirs).unwrap()) < tol);
-                let (ga, gb) = (
-                    backward_of_weighted_sum(ours, &w),
-                    backward_of_weighted_sum(theirs, &w),
-                );
-                let (ga, gb) = (ga.get(&var).unwrap(), gb.get(&var).unwrap());
-                assert!(max_abs((ga - gb).unwrap()) < tol * 10.0);
+            let plain = |x: &Tensor| norm.forward(x).unwrap();
+            let composite = |x: &Tensor| norm.composite().forward(x).unwrap();
+            let with_silu = |x: &Tensor| norm.forward_silu(x).unwrap();
+            let composite_silu = |x: &Tensor| composite(x).silu().unwrap();
+            type Pair<'a> = (&'a dyn Fn(&Tensor) -> Tensor, &'a dyn Fn(&Tensor) -> Tensor);
+            let pairs: [Pair; 2] = [(&plain, &composite), (&with_silu, &composite_silu)];
+            for (ours_of, theirs_of) in pairs {
+                for shape in [&[2, 6, 5, 4][..], &[3, 6, 7]] {
+                    let x = r(shape, 3.0);
+                    let w = r(shape, 0.0);
+                    let var = Var::from_tensor(&x).unwrap();
+                    let ours = ours_of(var.as_tensor());
+                    let theirs = theirs_of(var.as_tensor());
+                    assert!(max_abs((&ours - &theirs).unwrap()) < tol);
+                    assert!(max_abs((ours_of(&x) - &theirs).unwrap()) < tol);
+                    let (ga, gb) = (
+                        backward_of_weighted_sum(ours, &w),
+                        backward_of_weighted_sum(theirs, &w),
+                    );
+                    let (ga, gb) = (ga.get(&var).unwrap(), gb.get(&var).unwrap());
+                    assert!(max_abs((ga - gb).unwrap()) < tol * 10.0);
+                }
             }
             let err = norm.forward(&r(&[2, 4, 3], 0.0)).unwrap_err().to_string();
             assert!(err.contains("over 6 channels got an input of 4"), "{err}");
             let x = r(&[2, 5, 4, 6], 0.0).transpose(1, 3).unwrap();
             let diff = (norm.forward(&x).unwrap() - norm.composite().forward(&x).unwrap()).unwrap();
             assert!(max_abs(diff) < tol);
-        }
-    }
-
-    /// GroupNorm followed by SiLU as one op equals candle's composite followed by candle's SiLU,
-    /// in value (tracked or not) and the input's gradient, in f64 and f32.
-    #[test]
-    fn fused_group_norm_silu_equals_the_composite() {
-        let dev = Device::Cpu;
-        for dtype in [DType::F64, DType::F32] {
-            let tol = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
-            let r = |shape: &[usize], mean: f64| {
-                Tensor::randn(mean, 2.0, shape, &dev)
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap()
-            };
-            let norm = GroupNorm::new(r(&[6], 1.0), r(&[6], 0.0), 6, 3, 1e-5).unwrap();
-            for shape in [&[2, 6, 5, 4][..], &[3, 6, 7]] {
-                let (x, w) = (r(shape, 3.0), r(shape, 0.0));
-                let var = Var::from_tensor(&x).unwrap();
-                let ours = norm.forward_silu(var.as_tensor()).unwrap();
-                let theirs = norm
-                    .composite()
-                    .forward(var.as_tensor())
-                    .unwrap()
-                    .silu()
-                    .unwrap();
-                assert!(max_abs((&ours - &theirs).unwrap()) < tol);
-                assert!(max_abs((norm.forward_silu(&x).unwrap() - &theirs).unwrap()) < tol);
-                let (ga, gb) = (
-                    backward_of_weighted_sum(ours, &w),
-                    backward_of_weighted_sum(theirs, &w),
-                );
-                let (ga, gb) = (ga.get(&var).unwrap(), gb.get(&var).unwrap());
-                assert!(max_abs((ga - gb).unwrap()) < tol * 10.0);
-            }
         }
     }
 

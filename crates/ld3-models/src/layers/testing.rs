@@ -48,3 +48,11 @@ pub fn assert_directional_derivative(layer: &dyn Module, x: &Tensor, v: &Tensor,
 pub fn backward_of_weighted_sum(y: Tensor, w: &Tensor) -> candle_core::backprop::GradStore {
     (y * w).unwrap().sum_all().unwrap().backward().unwrap()
 }
+
+/// Normal samples of `shape` with `mean` and `std`, in `dtype`, on the CPU.
+pub fn randn(shape: &[usize], mean: f64, std: f64, dtype: DType) -> Tensor {
+    Tensor::randn(mean, std, shape, &candle_core::Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
