@@ -363,28 +363,17 @@ impl CustomOp2 for ConvAddOp {
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.conv.geometry(l1.dims())?;
         let name = self.name();
-        let y = match s2 {
-            CpuStorage::F32(_) => {
-                let a = super::contiguous_slice::<f32>(s2, l2, name)?;
-                super::cpu_forward(
-                    s1,
-                    l1,
-                    name,
-                    |x| self.run(&g, x, a),
-                    |_| candle_core::bail!("{name}: an f64 input with an f32 addend"),
-                )?
+        use super::contiguous_slice as slices;
+        let y = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(self.run(&g, slices(s1, l1, name)?, slices(s2, l2, name)?)?)
             }
-            CpuStorage::F64(_) => {
-                let a = super::contiguous_slice::<f64>(s2, l2, name)?;
-                super::cpu_forward(
-                    s1,
-                    l1,
-                    name,
-                    |_| candle_core::bail!("{name}: an f32 input with an f64 addend"),
-                    |x| self.run(&g, x, a),
-                )?
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(self.run(&g, slices(s1, l1, name)?, slices(s2, l2, name)?)?)
             }
-            _ => candle_core::bail!("{name}: only f32 and f64"),
+            _ => {
+                candle_core::bail!("{name}: the input and the addend must be both f32 or both f64")
+            }
         };
         Ok((y, Shape::from((g.batch, g.c_out, g.h_out(), g.w_out()))))
     }
