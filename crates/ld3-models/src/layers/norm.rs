@@ -205,44 +205,18 @@ impl Sigmoid for f64 {
     }
 }
 
-/// Lanes of the f64 sums below: eight partial sums side by side vectorise, one running sum (a
-/// chain of dependent additions) does not.
-const LANES: usize = 8;
-
-/// Σ f(xᵢ) in f64.
+/// Σ f(xᵢ) in f64, in lanes (vectorises).
 #[inline(always)]
 fn sum_of<T: WithDType>(x: &[T], f: impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let blocks = x.chunks_exact(LANES);
-    let rest: f64 = blocks.remainder().iter().map(|v| f(v.to_f64())).sum();
-    for block in blocks {
-        for (a, v) in acc.iter_mut().zip(block) {
-            *a += f(v.to_f64());
-        }
-    }
-    acc.iter().sum::<f64>() + rest
+    super::parallel::sum_map(x, |v| f(v.to_f64()))
 }
 
 /// (Σ gᵢ, Σ gᵢ·(xᵢ − mean)) in f64.
 #[inline(always)]
 fn moments_of<T: WithDType>(x: &[T], g: &[T], mean: f64) -> (f64, f64) {
-    let (mut sg, mut sgx) = ([0.0f64; LANES], [0.0f64; LANES]);
-    let (xb, gb) = (x.chunks_exact(LANES), g.chunks_exact(LANES));
-    let (mut rest_g, mut rest_gx) = (0.0, 0.0);
-    for (xi, gi) in xb.remainder().iter().zip(gb.remainder()) {
-        rest_g += gi.to_f64();
-        rest_gx += gi.to_f64() * (xi.to_f64() - mean);
-    }
-    for (xs, gs) in xb.zip(gb) {
-        for k in 0..LANES {
-            let gk = gs[k].to_f64();
-            sg[k] += gk;
-            sgx[k] += gk * (xs[k].to_f64() - mean);
-        }
-    }
     (
-        sg.iter().sum::<f64>() + rest_g,
-        sgx.iter().sum::<f64>() + rest_gx,
+        sum_of(g, |v| v),
+        super::parallel::sum_zip(x, g, |xi, gi| gi.to_f64() * (xi.to_f64() - mean)),
     )
 }
 

@@ -113,38 +113,60 @@ pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
 /// additions) does not vectorise; sixteen independent ones do.
 const LANES: usize = 16;
 
+/// Σ f(xᵢ), in sixteen partial sums.
+#[inline(always)]
+pub fn sum_map<T: Copy, S: Copy + Default + std::ops::Add<Output = S>>(
+    x: &[T],
+    f: impl Fn(T) -> S,
+) -> S {
+    let mut acc = [S::default(); LANES];
+    let blocks = x.chunks_exact(LANES);
+    let total = blocks
+        .remainder()
+        .iter()
+        .fold(S::default(), |s, &v| s + f(v));
+    for xs in blocks {
+        for k in 0..LANES {
+            acc[k] = acc[k] + f(xs[k]);
+        }
+    }
+    acc.into_iter().fold(total, |s, a| s + a)
+}
+
+/// Σ f(xᵢ, yᵢ) over the pairs of `x` and `y`, in sixteen partial sums.
+#[inline(always)]
+pub fn sum_zip<T: Copy, U: Copy, S: Copy + Default + std::ops::Add<Output = S>>(
+    x: &[T],
+    y: &[U],
+    f: impl Fn(T, U) -> S,
+) -> S {
+    let mut acc = [S::default(); LANES];
+    let (xb, yb) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let mut total = S::default();
+    for (&a, &b) in xb.remainder().iter().zip(yb.remainder()) {
+        total = total + f(a, b);
+    }
+    for (xs, ys) in xb.zip(yb) {
+        for k in 0..LANES {
+            acc[k] = acc[k] + f(xs[k], ys[k]);
+        }
+    }
+    acc.into_iter().fold(total, |s, a| s + a)
+}
+
 /// Σ xᵢ·yᵢ, in sixteen partial sums.
 #[inline(always)]
 pub fn dot<T: Copy + Default + std::ops::Add<Output = T> + std::ops::Mul<Output = T>>(
     x: &[T],
     y: &[T],
 ) -> T {
-    let mut acc = [T::default(); LANES];
-    let (xb, yb) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
-    let mut total = T::default();
-    for (a, b) in xb.remainder().iter().zip(yb.remainder()) {
-        total = total + *a * *b;
-    }
-    for (xs, ys) in xb.zip(yb) {
-        for k in 0..LANES {
-            acc[k] = acc[k] + xs[k] * ys[k];
-        }
-    }
-    acc.into_iter().fold(total, |s, a| s + a)
+    sum_zip(x, y, |a, b| a * b)
 }
 
 /// Σ xᵢ, in sixteen partial sums.
 #[inline(always)]
 pub fn sum<T: Copy + Default + std::ops::Add<Output = T>>(x: &[T]) -> T {
-    let mut acc = [T::default(); LANES];
-    let blocks = x.chunks_exact(LANES);
-    let total = blocks.remainder().iter().fold(T::default(), |s, &v| s + v);
-    for xs in blocks {
-        for k in 0..LANES {
-            acc[k] = acc[k] + xs[k];
-        }
-    }
-    acc.into_iter().fold(total, |s, a| s + a)
+    sum_map(x, |v| v)
 }
 
 /// The largest xᵢ and `floor` (NaNs are passed over, as `f32::max` does).
