@@ -197,7 +197,8 @@ pub struct TrainArgs {
     prompts: crate::sample::PromptArgs,
     #[command(flatten)]
     teacher: TeacherArgs,
-    /// Seed of the noise and of the shuffling.
+    /// Seed of the teacher pairs (each seed draws its own noise, disjoint from other seeds') and
+    /// of the shuffling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Where θ starts: both uniform θ and the best hand-made schedule (two runs, the better on

@@ -41,6 +41,14 @@ impl SplitMix64 {
     }
 }
 
+/// The per-sample seed of sample 0 of the noise set that run seed `seed` draws (sample b:
+/// this + b), a well-mixed 64-bit value: the sets of different run seeds do not overlap. (With
+/// `seed + b` itself, the 100 pairs of seeds 0 and 1 would share 99 noises, and runs with
+/// "different" seeds would be nearly the same run.)
+pub fn set_seed(seed: u64) -> u64 {
+    SplitMix64::new(seed ^ 0x5e75_eed5_5e75_eed5).next_u64()
+}
+
 /// Standard-normal noise [batch, ...shape]; sample b uses seed `seed + b`.
 pub fn standard_normal(
     seed: u64,
@@ -77,5 +85,17 @@ mod tests {
         let a2: Vec<f64> = a.get(2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let b0: Vec<f64> = b.get(0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(a2, b0);
+    }
+
+    #[test]
+    fn the_sets_of_neighbouring_run_seeds_are_disjoint() {
+        let bases: Vec<u64> = (0..64).map(set_seed).collect();
+        for (i, a) in bases.iter().enumerate() {
+            for b in &bases[i + 1..] {
+                // 10^6 samples per set would still not reach the next set.
+                assert!(a.abs_diff(*b) > 1_000_000, "{a} {b}");
+            }
+        }
+        assert_eq!(set_seed(3), set_seed(3));
     }
 }

@@ -2,14 +2,16 @@
 //! solutions (run from the repository root):
 //! `cargo run --release -p ld3-train --example gmm_fixture_eval -- FIXTURE SOLVER ORDER NFE
 //! [SEED] [TEACHER_NFE] [SAMPLES]`, FIXTURE a name under fixtures/gmm or a directory with a
-//! gmm.json. Environment:
+//! gmm.json. Prints each schedule against the exact solutions of the fixture's noise and the
+//! learned one against the teacher on the run's own pairs (the training objective). Environment:
 //! - VARIANT=bh1|bh2|taylor|reference (the solver's variant; UniPC defaults to bh2 here),
 //! - SPLIT (the paper's train/validation split), TRIMMED or MEDIAN (validation statistic),
 //!   INIT_UNIFORM or INIT_HAND_MADE (one start), BATCH=n, RADIUS=r, TRAIN=n / VALID=n (pair
 //!   counts), ROUNDS=n (θ+ξ rounds), MODE=lambda|time, RAWLOGITS (the official ξ window);
 //! - WORST: the five largest per-sample errors of every schedule and how many exceed 0.2;
-//! - OFFICIAL=FILE.json (with HELDOUT): also score the schedule (`t_steps`, `tc_steps`) the
-//!   official code learned, as written by fixtures/gen/official_ld3_gmm.py;
+//! - OFFICIAL=FILE.json: also score the schedule (`t_steps`, `tc_steps`) the official code
+//!   learned, as written by fixtures/gen/official_ld3_gmm.py (on the run's own teacher pairs,
+//!   and with HELDOUT on the fresh noises);
 //! - HELDOUT=n: also score every schedule on n fresh noises against a near-exact reference
 //!   (DPM-Solver++-3 at 2000 NFE on log-SNR steps, itself checked against the fixture's exact
 //!   solutions).
@@ -145,6 +147,43 @@ fn main() {
     let (solver, steps) = sc.build_for_nfe(nfe).unwrap();
     let s = gmm.noise_schedule();
     let worst = std::env::var("WORST").is_ok();
+    // The training objective itself: each schedule against the teacher on the run's own pairs.
+    let stored =
+        candle_core::safetensors::load(run.join("teacher.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let pairs = GmmFixture {
+        noise: stored["noise"].to_dtype(candle_core::DType::F64).unwrap(),
+        exact_at_sigma_min: stored["target"].to_dtype(candle_core::DType::F64).unwrap(),
+        exact: serde_json::Value::Null,
+        ..case.clone()
+    };
+    println!(
+        "teacher pairs: {} (relative RMS to the teacher)",
+        pairs.noise.dim(0).unwrap()
+    );
+    report(
+        &pairs,
+        "ld3",
+        &pairs
+            .solve(solver.as_ref(), &out.schedule.t, &out.schedule.t_net)
+            .unwrap(),
+        false,
+    );
+    // A schedule the official code learned, from a file of fixtures/gen/official_ld3_gmm.py.
+    let official_file = std::env::var("OFFICIAL").ok().map(|path| {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let times = |k: &str| -> Vec<f64> { serde_json::from_value(v[k].clone()).unwrap() };
+        (times("t_steps"), times("tc_steps"))
+    });
+    if let Some((t, t_net)) = &official_file {
+        report(
+            &pairs,
+            "official (file)",
+            &pairs.solve(solver.as_ref(), t, t_net).unwrap(),
+            false,
+        );
+    }
     report(
         &case,
         "teacher",
@@ -217,17 +256,8 @@ fn main() {
     if let Some((t, t_net)) = case.official_ld3(&key).unwrap() {
         report(&held, "official seed 0", &run_z(&t, &t_net), worst);
     }
-    // A schedule the official code learned, from a file of fixtures/gen/official_ld3_gmm.py.
-    if let Ok(path) = std::env::var("OFFICIAL") {
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let times = |k: &str| -> Vec<f64> { serde_json::from_value(v[k].clone()).unwrap() };
-        report(
-            &held,
-            "official (file)",
-            &run_z(&times("t_steps"), &times("tc_steps")),
-            worst,
-        );
+    if let Some((t, t_net)) = &official_file {
+        report(&held, "official (file)", &run_z(t, t_net), worst);
     }
     for rule in ld3_train::trainer::hand_made(name) {
         let t = rule.times(s, steps).unwrap();

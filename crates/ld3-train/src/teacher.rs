@@ -242,7 +242,8 @@ pub struct PairsMeta {
     pub model: String,
     /// The teacher.
     pub teacher: TeacherConfig,
-    /// Noise seed (sample b uses seed + b).
+    /// The run seed: pair b's noise uses per-sample seed `rng::set_seed(seed) + b`, its
+    /// conditioning `seed + b`.
     pub seed: u64,
     /// Number of pairs.
     pub count: usize,
@@ -258,8 +259,9 @@ pub fn unconditional() -> String {
 }
 
 impl TeacherPairs {
-    /// Draws `meta.count` noises (and conditionings, from `conditioner`) from `meta.seed` and
-    /// solves them with the teacher.
+    /// Draws `meta.count` noises (the set of run seed `meta.seed`: [`rng::set_seed`], so runs
+    /// with different seeds train on disjoint noise) and conditionings (from `conditioner`, with
+    /// `meta.seed`), and solves them with the teacher.
     pub fn generate(
         model: &dyn Denoiser,
         meta: &PairsMeta,
@@ -268,7 +270,7 @@ impl TeacherPairs {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let noise = rng::standard_normal(
-            meta.seed,
+            rng::set_seed(meta.seed),
             meta.count,
             model.sample_shape(),
             dtype,
