@@ -1,34 +1,48 @@
 """Markdown table of scripts/gmm-choices.sh's runs: per setting and configuration, the learned
-schedule's RMS and median relative error averaged over seeds, the best hand-made schedule's,
-and in how many seeds the learned RMS error is below the best hand-made one.
+schedule's RMS and median relative error averaged over seeds (in brackets: in how many seeds
+the learned RMS error is below the best hand-made one's), and the best hand-made schedule's.
     python3 scripts/gmm-choices-table.py runs.txt"""
 import collections
 import sys
 
+SOLVER = {"dpm-solver++": "DPM-Solver++", "ipndm": "iPNDM", "unipc": "UniPC"}
+HAND_MADE = {"gits-dpm-solver": "GITS", "gits-ipndm": "GITS", "logsnr": "log-SNR", "edm": "Karras"}
+
+
+def setting_name(mixture, setting):
+    """`gmm-other/vp-a`, `dpm-solver++-3@6` -> `vp-a, DPM-Solver++-3 @6`."""
+    solver_order, nfe = setting.split("@")
+    solver, order = solver_order.rsplit("-", 1)
+    return f"{mixture.split('/')[-1]}, {SOLVER.get(solver, solver)}-{order} @{nfe}"
+
+
 runs = collections.defaultdict(list)
-configs, settings = [], []
+configs, settings, skipped = [], [], 0
 for line in open(sys.argv[1]):
     f = line.split()
     if len(f) != 9:
-        continue  # a failed run prints fewer fields
-    config, mixture, setting, _seed = f[:4]
-    rms, med, best_rms, best_med = map(float, f[4:8])
-    key = (mixture.split("/")[-1] + ", " + setting.replace("-", " ", 1))
-    runs[(config, key)].append((rms, med, best_rms, best_med, f[8]))
+        skipped += 1  # a failed run prints fewer fields
+        continue
+    config, key = f[0], setting_name(f[1], f[2])
+    runs[(config, key)].append([float(x) for x in f[4:8]] + [HAND_MADE.get(f[8], f[8])])
     if config not in configs:
         configs.append(config)
     if key not in settings:
         settings.append(key)
+if skipped:
+    print(f"{skipped} runs without scores (failed) left out", file=sys.stderr)
+
 
 def mean(xs):
     return sum(xs) / len(xs)
+
 
 print("| setting | " + " | ".join(configs) + " | best hand-made |")
 print("|---|" + "---|" * (len(configs) + 1))
 for key in settings:
     cells, best = [], ""
     for config in configs:
-        r = runs.get((config, key))
+        r = runs.get((config, key), [])
         if not r:
             cells.append("")
             continue

@@ -17,6 +17,7 @@ use ld3::train::{TeacherConfig, TrainConfig, Trainer};
 
 /// (RMS, median) relative errors on the fresh noises.
 struct Scores {
+    /// The learned schedules' mean over seeds 0, 1 and 2.
     learned: (f64, f64),
     /// (name, RMS, median) of every hand-made schedule.
     baselines: Vec<(String, f64, f64)>,
@@ -24,29 +25,49 @@ struct Scores {
     official: Vec<(f64, f64)>,
 }
 
-/// The scores of seeds 0, 1 and 2 (`official`: the official code's schedules to score too),
-/// averaged: (RMS, median) of the learned schedule, and of each hand-made and official one.
+/// Trains seeds 0, 1 and 2 and scores them on the same 1000 fresh noises — the learned
+/// schedules averaged — beside every hand-made schedule and the official code's `official`.
 fn mean_over_seeds(
     f: &Fixture,
     solver: SolverConfig,
     nfe: usize,
     official: &[(Vec<f64>, Vec<f64>)],
 ) -> Scores {
-    let runs: Vec<Scores> = (0..3)
-        .map(|seed| train_and_score(f, solver.clone(), nfe, seed, official))
-        .collect();
-    let mean = |pick: &dyn Fn(&Scores) -> (f64, f64)| {
-        let (a, b) = runs
-            .iter()
-            .map(pick)
-            .fold((0.0, 0.0), |s, x| (s.0 + x.0, s.1 + x.1));
-        (a / runs.len() as f64, b / runs.len() as f64)
+    let case = name(f);
+    // A 1000-NFE reference: equal to the 2000-NFE one of docs/ld3.md to 4 decimals here.
+    let fresh = f.fresh(1000, 9_000_000, 1000).unwrap();
+    let (s, steps) = solver.build_for_nfe(nfe).unwrap();
+    let score = |t: &[f64], t_net: &[f64]| {
+        let x = fresh.solve(s.as_ref(), t, t_net).unwrap();
+        (
+            fresh.relative_error(&x).unwrap(),
+            fresh.median_relative_error(&x).unwrap(),
+        )
     };
+    let mut learned = (0.0, 0.0);
+    for seed in 0..3 {
+        let (t, t_net) = train(f, &solver, nfe, seed);
+        let (rms, med) = score(&t, &t_net);
+        eprintln!(
+            "{case} {} {nfe} seed {seed}: learned ({rms}, {med})",
+            solver.solver.as_str()
+        );
+        learned = (learned.0 + rms / 3.0, learned.1 + med / 3.0);
+    }
+    let baselines = hand_made(solver.solver)
+        .iter()
+        .map(|rule| {
+            let t = rule.times(f.gmm.noise_schedule(), steps).unwrap();
+            let (rms, med) = score(&t, &t);
+            (rule.name(), rms, med)
+        })
+        .collect();
+    let official = official.iter().map(|(t, t_net)| score(t, t_net)).collect();
+    eprintln!("{case}: mean {learned:?}, official {official:?}, hand-made {baselines:?}");
     Scores {
-        learned: mean(&|s| s.learned),
-        // The same noises for every seed: the hand-made and official scores do not change.
-        baselines: runs[0].baselines.clone(),
-        official: runs[0].official.clone(),
+        learned,
+        baselines,
+        official,
     }
 }
 
@@ -56,19 +77,11 @@ fn official_schedule(name: &str) -> (Vec<f64>, Vec<f64>) {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/official-ld3")
         .join(format!("{name}.json"));
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let times = |k: &str| serde_json::from_value(v[k].clone()).unwrap();
-    (times("t_steps"), times("tc_steps"))
+    ld3_testing::official_ld3_run(&path).unwrap()
 }
 
-fn train_and_score(
-    f: &Fixture,
-    solver: SolverConfig,
-    nfe: usize,
-    seed: u64,
-    official: &[(Vec<f64>, Vec<f64>)],
-) -> Scores {
+/// LD3 with the defaults and `seed`: the learned (t, t_net).
+fn train(f: &Fixture, solver: &SolverConfig, nfe: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
     let case = name(f);
     let teacher = TeacherConfig::default_for(&f.gmm, 20).unwrap();
     let dir = std::env::temp_dir().join(format!(
@@ -80,40 +93,12 @@ fn train_and_score(
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = TrainConfig::new(solver.clone(), nfe, teacher);
     config.seed = seed;
-    let out = Trainer::new(&f.gmm, case.clone(), config, &dir)
+    let out = Trainer::new(&f.gmm, case, config, &dir)
         .unwrap()
         .run(false, None)
         .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
-    // A 1000-NFE reference: equal to the 2000-NFE one of docs/ld3.md to 4 decimals here.
-    let fresh = f.fresh(1000, 9_000_000, 1000).unwrap();
-    let (s, steps) = solver.build_for_nfe(nfe).unwrap();
-    let score = |t: &[f64], t_net: &[f64]| {
-        let x = fresh.solve(s.as_ref(), t, t_net).unwrap();
-        (
-            fresh.relative_error(&x).unwrap(),
-            fresh.median_relative_error(&x).unwrap(),
-        )
-    };
-    let learned = score(&out.schedule.t, &out.schedule.t_net);
-    let baselines = hand_made(solver.solver)
-        .iter()
-        .map(|rule| {
-            let t = rule.times(f.gmm.noise_schedule(), steps).unwrap();
-            let (rms, med) = score(&t, &t);
-            (rule.name(), rms, med)
-        })
-        .collect();
-    let official = official.iter().map(|(t, t_net)| score(t, t_net)).collect();
-    eprintln!(
-        "{case} {} {nfe} seed {seed}: learned {learned:?}, official {official:?}, hand-made {baselines:?}",
-        solver.solver.as_str()
-    );
-    Scores {
-        learned,
-        baselines,
-        official,
-    }
+    (out.schedule.t, out.schedule.t_net)
 }
 
 /// The hand-made schedule with the lowest RMS error: (name, RMS, median).

@@ -141,24 +141,14 @@ impl GmmFixture {
         if !path.exists() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            cause: source,
-        })?;
-        let all: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
-            what: format!("{} is not JSON", path.display()),
-            cause: source,
-        })?;
+        let all = read_json(&path)?;
         let Some(entry) = all.get(key) else {
             return Ok(None);
         };
-        let times = |k: &str| -> Result<Vec<f64>> {
-            serde_json::from_value(entry[k].clone()).map_err(|source| Error::Json {
-                what: format!("{}: {key}.{k} must be a list of numbers", path.display()),
-                cause: source,
-            })
-        };
-        Ok(Some((times("t_steps")?, times("tc_steps")?)))
+        Ok(Some(learned_times(
+            entry,
+            &format!("{}: {key}.", path.display()),
+        )?))
     }
 
     /// ‖x − x*‖/‖x*‖ over all samples, x* the exact solution at σ_min.
@@ -183,6 +173,34 @@ impl GmmFixture {
         let k = r.len();
         Ok(0.5 * (r[(k - 1) / 2] + r[k / 2]))
     }
+}
+
+/// One run of the official LD3 code as `fixtures/gen/official_ld3_gmm.py` writes it (the files
+/// of `fixtures/official-ld3/`): its learned solver times `t_steps` and network times `tc_steps`.
+pub fn official_ld3_run(path: &Path) -> Result<(Vec<f64>, Vec<f64>)> {
+    learned_times(&read_json(path)?, &format!("{}: ", path.display()))
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        cause: source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| Error::Json {
+        what: format!("{} is not JSON", path.display()),
+        cause: source,
+    })
+}
+
+/// `t_steps` and `tc_steps` of an official run's record (`at`: where, for errors).
+fn learned_times(entry: &serde_json::Value, at: &str) -> Result<(Vec<f64>, Vec<f64>)> {
+    let times = |k: &str| -> Result<Vec<f64>> {
+        serde_json::from_value(entry[k].clone()).map_err(|source| Error::Json {
+            what: format!("{at}{k} must be a list of numbers"),
+            cause: source,
+        })
+    };
+    Ok((times("t_steps")?, times("tc_steps")?))
 }
 
 /// ‖x − x*‖ / ‖x*‖ over the whole batch, in f64.

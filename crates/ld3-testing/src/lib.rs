@@ -8,4 +8,4 @@
 mod gmm;
 pub mod weights;
 
-pub use gmm::{reference_solution, reference_solver, relative_error, GmmFixture};
+pub use gmm::{official_ld3_run, reference_solution, reference_solver, relative_error, GmmFixture};

@@ -170,12 +170,9 @@ fn main() {
         false,
     );
     // A schedule the official code learned, from a file of fixtures/gen/official_ld3_gmm.py.
-    let official_file = std::env::var("OFFICIAL").ok().map(|path| {
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let times = |k: &str| -> Vec<f64> { serde_json::from_value(v[k].clone()).unwrap() };
-        (times("t_steps"), times("tc_steps"))
-    });
+    let official_file = std::env::var("OFFICIAL")
+        .ok()
+        .map(|path| ld3_testing::official_ld3_run(std::path::Path::new(&path)).unwrap());
     if let Some((t, t_net)) = &official_file {
         report(
             &pairs,
