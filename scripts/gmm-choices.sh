@@ -8,14 +8,15 @@
 # Environment:
 #   SEEDS    "0 1 2"
 #   CONFIGS  "name:ENV=1 ..." pairs, ENV the example's switches (SPLIT, INIT_UNIFORM, TRIMMED, ...)
-#            [default: "default: split:SPLIT=1 uniform:INIT_UNIFORM=1 official:SPLIT=1,INIT_UNIFORM=1"]
+#            [default: "default: t-layout-for-VP:MODE=official split:SPLIT=1 uniform:INIT_UNIFORM=1
+#            official:SPLIT=1,INIT_UNIFORM=1,MODE=official"]
 #   SETTINGS "mixture:solver:order:nfe ..." (mixture: a folder under fixtures/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet -p ld3-train --example gmm_fixture_eval
 E=${CARGO_TARGET_DIR:-target}/release/examples/gmm_fixture_eval
 SEEDS=${SEEDS:-"0 1 2"}
-CONFIGS=${CONFIGS:-"default: split:SPLIT=1 uniform:INIT_UNIFORM=1 official:SPLIT=1,INIT_UNIFORM=1"}
+CONFIGS=${CONFIGS:-"default: t-layout-for-VP:MODE=official split:SPLIT=1 uniform:INIT_UNIFORM=1 official:SPLIT=1,INIT_UNIFORM=1,MODE=official"}
 SETTINGS=${SETTINGS:-"gmm/edm-public:ipndm:3:4 gmm/edm-public:dpm-solver++:3:6 gmm/vp-public:unipc:2:5 gmm-other/vp-a:dpm-solver++:3:6 gmm-other/vp-b:dpm-solver++:3:6 gmm-other/edm-a:dpm-solver++:3:6 gmm-other/vp-b:unipc:2:5"}
 for seed in $SEEDS; do
   for cfg in $CONFIGS; do

@@ -160,12 +160,13 @@ fn unipc_2_bh2_at_5_nfe_on_the_sd_vp_mixture() {
         &[official],
     );
     let (hand, rms, med) = best(&s).clone();
-    // Measured, seeds 0–2: 0.107 / 0.015 against logSNR 0.089 / 0.055 and the official seed-0
-    // schedule 0.107 / 0.007. The known gap (docs/ld3.md): on this VP mixture the learned
-    // schedule, like the official one, trades the rare samples that switch components (which
-    // decide the RMS error, and which 100 pairs barely sample) for a 3.6× lower median.
+    // Measured (λ layout, the default), seeds 0–2: 0.099 / 0.012 against logSNR 0.089 / 0.055
+    // and the official seed-0 schedule 0.107 / 0.007; over seeds 0–5 0.087, below logSNR. Seeds
+    // 0–2 are the unlucky half (docs/ld3.md): on this VP mixture the learned schedule, like the
+    // official one, trades the rare samples that switch components (which decide the RMS
+    // error, and which 100 pairs barely sample) for a 4.7× lower median.
     assert!(
-        s.learned.0 < 1.25 * rms && s.learned.1 < 0.5 * med,
+        s.learned.0 < 1.15 * rms && s.learned.1 < 0.5 * med,
         "learned {:?}, best hand-made {hand} ({rms}, {med})",
         s.learned
     );
@@ -211,8 +212,9 @@ fn ipndm_3_at_4_nfe_on_the_edm_mixture() {
 fn dpm_solver_pp_3_at_6_nfe_on_other_mixtures() {
     // (mixture, bound on the learned RMS error as a multiple of the best hand-made one's, on
     // its median likewise). Measured, seeds 0–2: edm-b 0.112 / 0.032 against GITS 0.172 /
-    // 0.129; vp-b 0.074 / 0.028 against time-quadratic 0.084 / 0.051; vp-a 0.086 / 0.017
-    // against GITS 0.084 / 0.042 — level in RMS there (the same trade as on vp-public).
+    // 0.129; vp-b 0.076 / 0.031 against time-quadratic 0.084 / 0.051; vp-a 0.085 / 0.017
+    // against GITS 0.084 / 0.042 — level in RMS there (the same trade as on vp-public; over
+    // seeds 0–5 0.079, below GITS).
     for (case, rms_bound, median_bound) in
         [("edm-b", 0.9, 1.0), ("vp-b", 1.0, 1.0), ("vp-a", 1.1, 0.5)]
     {

@@ -205,7 +205,8 @@ pub struct TrainArgs {
     /// all teacher pairs wins), only the best hand-made schedule, or only uniform θ (official).
     #[arg(long, value_enum, default_value = "both")]
     init: InitName,
-    /// Variable θ lays the steps out in [default: lambda for EDM models, time for VP].
+    /// Variable θ lays the steps out in [default: lambda, for every model; the official code
+    /// uses time for VP and latent models, which docs/ld3.md measures as worse at 4-6 NFE].
     #[arg(long, value_enum)]
     time_mode: Option<ModeName>,
     /// How the window of the decoupled network times is measured.

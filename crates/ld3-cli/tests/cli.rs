@@ -1476,7 +1476,7 @@ fn registry_sd_names_load_their_hub_snapshot() {
 }
 
 /// LD3 on a latent text-to-image model, end to end from a prompt file: teacher pairs with a
-/// prompt each (their prompts written beside them), losses on decoded images, time-mode steps,
+/// prompt each (their prompts written beside them), losses on decoded images, λ-mode steps,
 /// batch 1; the learned schedule beats the best hand-made one on held-out prompts' pairs and
 /// samples; a prompt file with no prompts and a schedule made for another model are refused.
 #[test]
@@ -1516,7 +1516,7 @@ fn trains_a_text_to_image_schedule_from_a_prompt_file() {
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let p = &file["provenance"];
-    assert_eq!(p["time_mode"], "time");
+    assert_eq!(p["time_mode"], "lambda");
     assert!(p["conditioning"].as_str().unwrap().starts_with("3 prompts"));
     assert!(file["model"].as_str().unwrap().ends_with("(guidance 7.5)"));
     let heldout = p["heldout"].as_array().unwrap();

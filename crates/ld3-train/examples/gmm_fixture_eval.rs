@@ -7,7 +7,8 @@
 //! - VARIANT=bh1|bh2|taylor|reference (the solver's variant; UniPC defaults to bh2 here),
 //! - SPLIT (the paper's train/validation split), TRIMMED or MEDIAN (validation statistic),
 //!   INIT_UNIFORM or INIT_HAND_MADE (one start), BATCH=n, RADIUS=r, TRAIN=n / VALID=n (pair
-//!   counts), ROUNDS=n (θ+ξ rounds), MODE=lambda|time, RAWLOGITS (the official ξ window);
+//!   counts), ROUNDS=n (θ+ξ rounds), MODE=lambda|time|official (official: λ for EDM
+//!   mixtures, t for VP ones, the official code's layout), RAWLOGITS (the official ξ window);
 //! - WORST: the five largest per-sample errors of every schedule and how many exceed 0.2;
 //! - OFFICIAL=FILE.json: also score the schedule (`t_steps`, `tc_steps`) the official code
 //!   learned, as written by fixtures/gen/official_ld3_gmm.py (on the run's own teacher pairs,
@@ -102,10 +103,17 @@ fn main() {
         cfg.valid_samples = n;
     }
     if let Ok(m) = std::env::var("MODE") {
-        cfg.mode = Some(if m == "lambda" {
-            ld3_train::TimeMode::Lambda
-        } else {
-            ld3_train::TimeMode::Time
+        let edm = matches!(
+            gmm.noise_schedule().config(),
+            ld3_solvers::noise::NoiseScheduleConfig::Edm { .. }
+        );
+        cfg.mode = Some(match m.as_str() {
+            "lambda" => ld3_train::TimeMode::Lambda,
+            "time" => ld3_train::TimeMode::Time,
+            // The official code's layout: λ for EDM models, t for VP ones.
+            "official" if edm => ld3_train::TimeMode::Lambda,
+            "official" => ld3_train::TimeMode::Time,
+            other => panic!("MODE={other}: expected lambda, time or official"),
         });
     }
     if std::env::var("RAWLOGITS").is_ok() {

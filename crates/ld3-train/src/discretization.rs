@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TimeMode {
-    /// Steps in λ (half log-SNR); uniform θ = logSNR-uniform. The pixel/EDM default.
+    /// Steps in λ (half log-SNR); uniform θ = logSNR-uniform. The default for every model
+    /// (docs/ld3.md measures it against t on VP mixtures and the embedded MNIST DDPM).
     Lambda,
-    /// Steps in t; uniform θ = time-uniform. The VP/latent default.
+    /// Steps in t; uniform θ = time-uniform. The official code's layout for VP and latent
+    /// models.
     Time,
 }
 

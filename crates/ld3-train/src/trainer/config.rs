@@ -105,7 +105,7 @@ pub struct TrainConfig {
     pub solver: SolverConfig,
     /// Student NFE.
     pub nfe: usize,
-    /// θ layout (default: λ for EDM schedules, t for VP).
+    /// θ layout (default: λ for every model; the official code uses t for VP ones).
     pub mode: Option<TimeMode>,
     /// How ξ's window is measured.
     pub window: WindowRule,

@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use ld3_models::Denoiser;
-use ld3_solvers::noise::NoiseScheduleConfig;
 use ld3_solvers::rng::SplitMix64;
 use ld3_solvers::{Error, Result, ScheduleFile};
 
@@ -158,12 +157,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn mode(&self) -> TimeMode {
-        self.config
-            .mode
-            .unwrap_or(match self.model.noise_schedule().config() {
-                NoiseScheduleConfig::Edm { .. } => TimeMode::Lambda,
-                _ => TimeMode::Time,
-            })
+        self.config.mode.unwrap_or(TimeMode::Lambda)
     }
 
     fn distance(&self) -> Result<Arc<dyn Distance>> {
