@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use ld3_models::GaussianMixture;
 use ld3_solvers::{SolverConfig, SolverName, SolverVariant};
-use ld3_train::{PairUse, TeacherConfig, TrainConfig, Trainer};
+use ld3_train::{PairUse, TeacherConfig, TimeMode, TrainConfig, Trainer};
 
 fn gmm() -> GaussianMixture {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gmm/edm-public");
@@ -208,6 +208,52 @@ fn pooled_pairs_train_on_all_pairs_and_old_runs_read_as_split() {
     for d in [split_dir, pooled_dir] {
         std::fs::remove_dir_all(d).unwrap();
     }
+}
+
+/// Run directories record the layout they train in. One from before λ became every model's
+/// default recorded a VP model's t layout as no mode: it is read as t, so the new default
+/// refuses to continue it (naming the layout) and `mode: time` continues it.
+#[test]
+fn a_run_from_before_the_lambda_default_keeps_its_layout() {
+    let vp = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gmm/vp-public");
+    let g = GaussianMixture::from_file(&vp.join("gmm.json")).unwrap();
+    let mut c = config(SolverName::Ddim, 1, 4);
+    c.init = ld3_train::Init::Uniform;
+    c.rounds_theta = 1;
+    c.rounds_joint = 0;
+    let dir = run_dir("legacy-mode");
+    let timed = TrainConfig {
+        mode: Some(TimeMode::Time),
+        ..c.clone()
+    };
+    let first = Trainer::new(&g, "vp-public", timed.clone(), &dir)
+        .unwrap()
+        .run(false, None)
+        .unwrap();
+    assert_eq!(first.schedule.provenance["time_mode"], "time");
+    for file in ["run.json", "checkpoint.json"] {
+        let path = dir.join(file);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["config"]["mode"], "time", "{file} records the layout");
+        v["config"]["mode"] = serde_json::Value::Null;
+        std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+    }
+    let e = Trainer::new(&g, "vp-public", c.clone(), &dir)
+        .unwrap()
+        .run(true, None)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(r#"mode: "time" there, "lambda" now"#),
+        "{e}"
+    );
+    let again = Trainer::new(&g, "vp-public", timed, &dir)
+        .unwrap()
+        .run(true, None)
+        .unwrap();
+    assert_eq!(again.schedule.t, first.schedule.t);
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use ld3_models::Denoiser;
+use ld3_solvers::noise::NoiseScheduleConfig;
 use ld3_solvers::rng::SplitMix64;
 use ld3_solvers::{Error, Result, ScheduleFile};
 
@@ -160,6 +161,15 @@ impl<'a> Trainer<'a> {
         self.config.mode.unwrap_or(TimeMode::Lambda)
     }
 
+    /// The layout this model's runs had by default before λ became every model's (2026-12-04),
+    /// when run directories recorded the default as no mode: how those directories are read.
+    fn legacy_mode(&self) -> TimeMode {
+        match self.model.noise_schedule().config() {
+            NoiseScheduleConfig::Edm { .. } => TimeMode::Lambda,
+            _ => TimeMode::Time,
+        }
+    }
+
     fn distance(&self) -> Result<Arc<dyn Distance>> {
         let name = self.config.loss.name();
         match (&self.distance, self.config.loss) {
@@ -182,14 +192,19 @@ impl<'a> Trainer<'a> {
     /// way it is reached — before anything in it changes.
     pub fn run(&mut self, resume: bool, max_rounds: Option<usize>) -> Result<Outcome> {
         let conditioner = self.conditioner()?;
+        // The layout is recorded resolved, so that a later change of default cannot continue a
+        // run in another layout.
         let manifest = run_dir::Manifest {
-            config: self.config.clone(),
+            config: TrainConfig {
+                mode: Some(self.mode()),
+                ..self.config.clone()
+            },
             model: self.model_name.clone(),
             conditioning: conditioner
                 .as_ref()
                 .map_or_else(crate::teacher::unconditional, |c| c.describe()),
         };
-        let top = RunDir::new(self.run_dir.clone());
+        let top = RunDir::new(self.run_dir.clone(), self.legacy_mode());
         top.check_settings(&manifest)?;
         if resume && !top.holds_run()? {
             return Err(Error::Invalid(format!(
@@ -214,7 +229,7 @@ impl<'a> Trainer<'a> {
                 },
                 ..manifest.clone()
             };
-            let dir = RunDir::new(self.run_dir.join(sub));
+            let dir = RunDir::new(self.run_dir.join(sub), self.legacy_mode());
             let outcome = self.run_start(&start, conditioner.as_deref(), &dir, max_rounds)?;
             if !outcome.finished {
                 // Stopped early (max_rounds): resume later continues here.

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{config_differences, TrainConfig};
 use crate::lock::{io, Lock};
 use crate::optim::RmsProp;
+use crate::TimeMode;
 
 /// The best parameters so far and their validation statistic.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -112,11 +113,20 @@ impl Manifest {
 /// One run's directory.
 pub(crate) struct RunDir {
     pub path: PathBuf,
+    /// The layout of a run recorded without one: runs from before 2026-12-04 stored the
+    /// model's default then (λ for EDM schedules, t otherwise) as no mode at all.
+    legacy_mode: TimeMode,
 }
 
 impl RunDir {
-    pub fn new(path: PathBuf) -> Self {
-        Self { path }
+    pub fn new(path: PathBuf, legacy_mode: TimeMode) -> Self {
+        Self { path, legacy_mode }
+    }
+
+    /// Stored settings with the layout they ran with made explicit.
+    fn resolved(&self, mut m: Manifest) -> Manifest {
+        m.config.mode.get_or_insert(self.legacy_mode);
+        m
     }
 
     fn manifest_path(&self) -> PathBuf {
@@ -133,7 +143,7 @@ impl RunDir {
                 what: format!("{} is not an ld3 run manifest", path.display()),
                 cause: source,
             })?;
-            return Ok(Some(m));
+            return Ok(Some(self.resolved(m)));
         }
         for (sub, init) in [
             (None, None),
@@ -152,7 +162,7 @@ impl RunDir {
             })?;
             let mut settings = c.settings;
             settings.config.init = init.unwrap_or(settings.config.init);
-            return Ok(Some(settings));
+            return Ok(Some(self.resolved(settings)));
         }
         Ok(None)
     }
@@ -204,6 +214,10 @@ impl RunDir {
             what: format!("{} is not an ld3 checkpoint", path.display()),
             cause: source,
         })?;
+        let cp = Checkpoint {
+            settings: self.resolved(cp.settings),
+            ..cp
+        };
         now.refuse_other(&cp.settings, &self.path)?;
         Ok(Some(cp))
     }
