@@ -206,7 +206,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "both")]
     init: InitName,
     /// Variable θ lays the steps out in [default: lambda, for every model; the official code
-    /// uses time for VP and latent models, which docs/ld3.md measures as worse at 4-6 NFE].
+    /// uses time for VP and latent models; docs/ld3.md compares the two].
     #[arg(long, value_enum)]
     time_mode: Option<ModeName>,
     /// How the window of the decoupled network times is measured.
