@@ -103,16 +103,10 @@ fn main() {
         cfg.valid_samples = n;
     }
     if let Ok(m) = std::env::var("MODE") {
-        let edm = matches!(
-            gmm.noise_schedule().config(),
-            ld3_solvers::noise::NoiseScheduleConfig::Edm { .. }
-        );
         cfg.mode = Some(match m.as_str() {
             "lambda" => ld3_train::TimeMode::Lambda,
             "time" => ld3_train::TimeMode::Time,
-            // The official code's layout: λ for EDM models, t for VP ones.
-            "official" if edm => ld3_train::TimeMode::Lambda,
-            "official" => ld3_train::TimeMode::Time,
+            "official" => ld3_train::TimeMode::official(gmm.noise_schedule()),
             other => panic!("MODE={other}: expected lambda, time or official"),
         });
     }

@@ -18,6 +18,17 @@ pub enum TimeMode {
     Time,
 }
 
+impl TimeMode {
+    /// The official code's layout for a model: λ for EDM schedules, t for every other (VP,
+    /// latent). This project's default before λ became every model's (2026-12-04).
+    pub fn official(schedule: &dyn NoiseSchedule) -> Self {
+        match schedule.config() {
+            ld3_solvers::noise::NoiseScheduleConfig::Edm { .. } => Self::Lambda,
+            _ => Self::Time,
+        }
+    }
+}
+
 /// How the window w of the decoupled shifts, |ξ̃_k| ≤ w, is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use ld3_models::Denoiser;
-use ld3_solvers::noise::NoiseScheduleConfig;
 use ld3_solvers::rng::SplitMix64;
 use ld3_solvers::{Error, Result, ScheduleFile};
 
@@ -164,10 +163,7 @@ impl<'a> Trainer<'a> {
     /// The layout this model's runs had by default before λ became every model's (2026-12-04),
     /// when run directories recorded the default as no mode: how those directories are read.
     fn legacy_mode(&self) -> TimeMode {
-        match self.model.noise_schedule().config() {
-            NoiseScheduleConfig::Edm { .. } => TimeMode::Lambda,
-            _ => TimeMode::Time,
-        }
+        TimeMode::official(self.model.noise_schedule())
     }
 
     fn distance(&self) -> Result<Arc<dyn Distance>> {
