@@ -215,6 +215,14 @@ pub struct TrainArgs {
     /// Rounds training θ only, then rounds training θ and ξ.
     #[arg(long, default_value_t = 2)]
     rounds_theta: usize,
+    /// RMSprop learning rate of θ (the paper's 0.005); it decays by 0.8 after every 5
+    /// validations without improvement.
+    #[arg(long, default_value_t = 0.005, allow_negative_numbers = true)]
+    lr_theta: f64,
+    /// SGD learning rate of ξ, the decoupled network times [default: 0.1/N in the λ layout,
+    /// 0.001/N in the t layout].
+    #[arg(long, allow_negative_numbers = true)]
+    lr_xi: Option<f64>,
     /// Rounds training θ and ξ.
     #[arg(long, default_value_t = 5)]
     rounds_joint: usize,
@@ -389,6 +397,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     config.seed = args.seed;
     config.rounds_theta = args.rounds_theta;
     config.rounds_joint = args.rounds_joint;
+    config.lr_theta = args.lr_theta;
+    config.lr_xi = args.lr_xi;
     config.recompute = match args.recompute {
         Switch::Auto => ld3_train::recompute_by_default(model.as_ref()),
         Switch::On => true,

@@ -333,6 +333,8 @@ fn train_writes_a_schedule_that_sample_uses_and_refuses_bad_input() {
     for (extra, want) in [
         (vec!["--resume", "/nonexistent-run"], "no run to resume"),
         (vec!["--radius", "-1"], "radius must be ≥ 0"),
+        (vec!["--lr-theta", "-1"], "learning rate of θ must be"),
+        (vec!["--lr-xi", "nan"], "learning rate of ξ must be"),
         (
             vec!["--heldout-samples", "0"],
             "held-out pairs must be at least 1",

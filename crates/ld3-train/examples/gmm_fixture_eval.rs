@@ -8,7 +8,8 @@
 //! - SPLIT (the paper's train/validation split), TRIMMED or MEDIAN (validation statistic),
 //!   INIT_UNIFORM or INIT_HAND_MADE (one start), BATCH=n, RADIUS=r, TRAIN=n / VALID=n (pair
 //!   counts), ROUNDS=n (θ+ξ rounds), MODE=lambda|time|official (official: λ for EDM
-//!   mixtures, t for VP ones, the official code's layout), RAWLOGITS (the official ξ window);
+//!   mixtures, t for VP ones, the official code's layout), RAWLOGITS (the official ξ window),
+//!   LR_THETA=v / LR_XI=v (learning rates of θ and ξ);
 //! - WORST: the five largest per-sample errors of every schedule and how many exceed 0.2;
 //! - OFFICIAL=FILE.json: also score the schedule (`t_steps`, `tc_steps`) the official code
 //!   learned, as written by fixtures/gen/official_ld3_gmm.py (on the run's own teacher pairs,
@@ -113,6 +114,12 @@ fn main() {
     if std::env::var("RAWLOGITS").is_ok() {
         cfg.window = ld3_train::WindowRule::RawLogits;
     }
+    if let Ok(v) = std::env::var("LR_THETA") {
+        cfg.lr_theta = v.parse().unwrap();
+    }
+    if let Ok(v) = std::env::var("LR_XI") {
+        cfg.lr_xi = Some(v.parse().unwrap());
+    }
     if let Ok(n) = std::env::var("ROUNDS") {
         cfg.rounds_joint = n.parse().unwrap();
     }
@@ -136,9 +143,10 @@ fn main() {
     let mut tr = Trainer::new(gmm, fx.clone(), cfg, &run).unwrap();
     let out = tr.run(false, None).unwrap();
     println!(
-        "train {:.1}s  init {:?}",
+        "train {:.1}s  init {:?}  pairs loss {:?}",
         t0.elapsed().as_secs_f64(),
-        out.schedule.provenance["initial_schedule"]
+        out.schedule.provenance["initial_schedule"],
+        out.schedule.provenance["pairs_loss_at_noise"]
     );
     for r in &out.table {
         println!(

@@ -220,6 +220,17 @@ impl TrainConfig {
                 return Err(Error::Invalid(format!("{name} must be at least 1")));
             }
         }
+        for (name, v) in [
+            ("the learning rate of θ", Some(self.lr_theta)),
+            ("the learning rate of ξ", self.lr_xi),
+            ("the learning rate of the starts", self.shift_lr),
+        ] {
+            if let Some(v) = v.filter(|v| !(*v >= 0.0 && v.is_finite())) {
+                return Err(Error::Invalid(format!(
+                    "{name} must be a finite number ≥ 0, got {v}"
+                )));
+            }
+        }
         if !(self.decay > 0.0 && self.decay <= 1.0) {
             return Err(Error::Invalid(format!(
                 "the decay factor must lie in (0, 1], got {}",
