@@ -1,8 +1,8 @@
 #!/bin/bash
 # LD3 on a real network (issue 15's study): for each setting, learn a schedule on the embedded
 # ld3-mnist-32 DDPM for each seed, then score the learned schedules and every hand-made one on
-# fresh noises against a near-exact solve, and print a Markdown table (RMS distance per sample:
-# mean and median).
+# fresh noises against a near-exact solve (solved once, kept for every setting), and print a
+# Markdown table (RMS distance per sample: mean and median).
 #
 #   scripts/mnist-study.sh [LD3]        (LD3: the ld3 binary; default: built here, release)
 #
@@ -51,6 +51,7 @@ for setting in $SETTINGS; do
   done
   "$LD3" eval samples --model ld3-mnist-32 "${files[@]}" --num-samples "$HELDOUT" \
     --teacher-solver unipc --teacher-order 3 --teacher-nfe "$REF_NFE" --device "$DEVICE" \
+    --teacher-cache "$work/reference-$REF_NFE-$HELDOUT-$DEVICE.safetensors" \
     --quiet --json "$work/$tag-eval.json" > /dev/null 2>&1
   python3 - "$work/$tag-eval.json" "$tag" <<'PY'
 import json, sys

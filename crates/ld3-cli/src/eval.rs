@@ -268,6 +268,12 @@ struct SamplesArgs {
     /// No teacher distances.
     #[arg(long)]
     no_teacher: bool,
+    /// Keep the teacher's outputs in this safetensors file (described by FILE.json) and reuse
+    /// them while model, teacher, seed, sample count and conditioning stay the same — scoring
+    /// other schedules on the same noise then skips the teacher's solve; a file of other
+    /// settings is refused.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_teacher")]
+    teacher_cache: Option<PathBuf>,
     /// LPIPS to the teacher too (image models; needs the backbone).
     #[arg(long)]
     lpips: bool,
@@ -280,6 +286,95 @@ struct SamplesArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// What a `--teacher-cache` file holds the teacher's outputs of (its FILE.json).
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct TeacherCache {
+    model: String,
+    teacher: ld3_train::teacher::TeacherConfig,
+    seed: u64,
+    num_samples: usize,
+    conditioning: String,
+}
+
+impl TeacherCache {
+    /// The outputs stored at `path` for these settings, or `solve`'s, then stored there
+    /// (atomically, data before description); a file of other settings is an error.
+    fn load_or_solve(
+        &self,
+        path: &Path,
+        device: &Device,
+        solve: impl FnOnce() -> Result<candle_core::Tensor>,
+    ) -> Result<candle_core::Tensor> {
+        let mut json = path.as_os_str().to_owned();
+        json.push(".json");
+        let json = PathBuf::from(json);
+        if json.exists() {
+            let text = std::fs::read_to_string(&json)
+                .with_context(|| format!("reading {}", json.display()))?;
+            let stored: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+                format!("{} is not a teacher-cache description", json.display())
+            })?;
+            let now = serde_json::to_value(self)?;
+            if stored != now {
+                let differ: Vec<String> = now
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, v)| stored.get(k.as_str()) != Some(*v))
+                    .map(|(k, v)| {
+                        let there = stored.get(k.as_str()).map_or("—".into(), |v| v.to_string());
+                        format!("{k}: {there} there, {v} now")
+                    })
+                    .collect();
+                bail!(
+                    "--teacher-cache {} holds the teacher of other settings ({}); give another file",
+                    path.display(),
+                    differ.join("; ")
+                );
+            }
+            let mut t = candle_core::safetensors::load(path, device).with_context(|| {
+                format!(
+                    "reading {} (delete it and its .json to solve again)",
+                    path.display()
+                )
+            })?;
+            let teacher = t.remove("teacher").with_context(|| {
+                format!(
+                    "{} lacks the tensor `teacher`; delete it and its .json",
+                    path.display()
+                )
+            })?;
+            if teacher.dim(0)? != self.num_samples {
+                bail!(
+                    "{} holds {} teacher outputs, its description says {}; delete both files",
+                    path.display(),
+                    teacher.dim(0)?,
+                    self.num_samples
+                );
+            }
+            eprintln!(
+                "teacher: {} outputs from {}",
+                self.num_samples,
+                path.display()
+            );
+            return Ok(teacher);
+        }
+        let teacher = solve()?;
+        let tensors = std::collections::HashMap::from([("teacher".to_string(), teacher.clone())]);
+        write_atomic(path, |tmp| {
+            Ok(candle_core::safetensors::save(&tensors, tmp)?)
+        })?;
+        let text = serde_json::to_string_pretty(self)?;
+        write_atomic(&json, |tmp| {
+            std::fs::write(tmp, text).map_err(|source| ld3_solvers::Error::Io {
+                path: tmp.display().to_string(),
+                cause: source,
+            })
+        })?;
+        Ok(teacher)
+    }
 }
 
 /// One scored schedule.
@@ -344,27 +439,42 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
     )?;
     // Each noise's conditioning (class models: labels drawn from the same seed; text models:
     // prompt (seed + b) mod P of --prompts, as training draws them).
-    let cond = match args
+    let conditioner: Option<Box<dyn Conditioner>> = match args
         .prompts
         .for_model(model.as_ref(), "scoring it needs prompts")?
     {
-        Some(list) => ld3_train::teacher::PromptConditioner::new(
+        Some(list) => Some(Box::new(ld3_train::teacher::PromptConditioner::new(
             model.as_ref(),
             list,
             args.prompts.negative_prompt.clone(),
-        )?
-        .draw(args.seed, args.num_samples)?,
-        None => match ld3_train::teacher::default_conditioner(model.as_ref())? {
-            Some(c) => c.draw(args.seed, args.num_samples)?,
-            None => Conditioning::None,
-        },
+        )?)),
+        None => ld3_train::teacher::default_conditioner(model.as_ref())?,
+    };
+    let cond = match &conditioner {
+        Some(c) => c.draw(args.seed, args.num_samples)?,
+        None => Conditioning::None,
     };
     let teacher = if args.no_teacher {
         None
     } else {
         let config = args.teacher.config(model.as_ref())?;
-        eprintln!("teacher: {} at NFE {} ...", config.solver, config.nfe);
-        Some(model.decode(&config.solve(model.as_ref(), &z, &cond, &mut |_, _| {})?)?)
+        let meta = TeacherCache {
+            model: args.solver.model_name(&spec),
+            teacher: config.clone(),
+            seed: args.seed,
+            num_samples: args.num_samples,
+            conditioning: conditioner
+                .as_ref()
+                .map_or_else(ld3_train::teacher::unconditional, |c| c.describe()),
+        };
+        let solve = || -> Result<candle_core::Tensor> {
+            eprintln!("teacher: {} at NFE {} ...", config.solver, config.nfe);
+            Ok(model.decode(&config.solve(model.as_ref(), &z, &cond, &mut |_, _| {})?)?)
+        };
+        Some(match &args.teacher_cache {
+            Some(path) => meta.load_or_solve(path, model.device(), solve)?,
+            None => solve()?,
+        })
     };
     let lpips: Option<Arc<dyn Distance>> = if args.lpips {
         let net = match args.lpips_net {

@@ -596,6 +596,34 @@ mod eval {
             assert!(l2 > 0.0 && l2.is_finite(), "{r}");
             assert!(r["fid"].is_null());
         }
+        // The teacher kept in a cache: the same scores from the stored outputs, other settings
+        // refused.
+        let cache = tmp(&dir, "teacher.safetensors");
+        let cached = |seed: &str| {
+            ld3("eval")
+                .args(&["samples", "--solver", "ipndm", "--nfe", "4"])
+                .args(&["--num-samples", "16", "--seed", seed])
+                .gmm("edm-public")
+                .path("--schedule-file", &schedule)
+                .args(&["--with-hand-made"])
+                .path("--teacher-cache", &cache)
+        };
+        let rows_of = |path: &Path| -> serde_json::Value {
+            serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(path).unwrap())
+                .unwrap()["rows"]
+                .clone()
+        };
+        let (first, second) = (tmp(&dir, "first.json"), tmp(&dir, "second.json"));
+        let o = cached("1000000").path("--json", &first).run();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("teacher: unipc"), "{}", stderr(&o));
+        assert!(cache.exists());
+        let o = cached("1000000").path("--json", &second).run();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("16 outputs from"), "{}", stderr(&o));
+        assert_eq!(rows_of(&first), rows_of(&second));
+        assert_eq!(rows_of(&first), v["rows"]);
+        cached("7").fails_with("holds the teacher of other settings (seed: 1000000 there, 7 now)");
         ld3("eval")
             .args(&["samples", "--nfe", "4"])
             .gmm("edm-public")
