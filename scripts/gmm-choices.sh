@@ -13,8 +13,8 @@
 #   SETTINGS "mixture:solver:order:nfe ..." (mixture: a folder under fixtures/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p ld3-train --example gmm_fixture_eval
-E=${CARGO_TARGET_DIR:-target}/release/examples/gmm_fixture_eval
+. scripts/gmm-eval-lib.sh
+gmm_eval_build
 SEEDS=${SEEDS:-"0 1 2"}
 CONFIGS=${CONFIGS:-"default: t-layout-for-VP:MODE=official split:SPLIT=1 uniform:INIT_UNIFORM=1 official:SPLIT=1,INIT_UNIFORM=1,MODE=official"}
 SETTINGS=${SETTINGS:-"gmm/edm-public:ipndm:3:4 gmm/edm-public:dpm-solver++:3:6 gmm/vp-public:unipc:2:5 gmm-other/vp-a:dpm-solver++:3:6 gmm-other/vp-b:dpm-solver++:3:6 gmm-other/edm-a:dpm-solver++:3:6 gmm-other/vp-b:unipc:2:5"}
@@ -24,13 +24,11 @@ for seed in $SEEDS; do
     for setting in $SETTINGS; do
       IFS=: read -r mixture solver order nfe <<< "$setting"
       IFS=, read -r -a envs <<< "${cfg#*:}"
-      # The official code's DPM-Solver++ form, UniPC as bh2; iPNDM has no variant.
-      case $solver in dpm-solver++) envs+=(VARIANT=reference) ;; unipc) envs+=(VARIANT=bh2) ;; esac
+      envs+=($(gmm_eval_variant "$solver"))
       out=$(env "${envs[@]}" HELDOUT=1000 "$E" "fixtures/$mixture" "$solver" "$order" "$nfe" \
-        "$seed" 2>&1 | sed -n '/held-out:/,$p')
-      ld3=$(echo "$out" | awk '/vs exact: ld3 /{print $4, $6}')
-      best=$(echo "$out" | grep "vs exact:" | grep -v "teacher\|ld3 \|official" \
-        | awk '{print $4, $6, $3}' | sort -g | head -1)
+        "$seed" 2>&1)
+      ld3=$(gmm_eval_ld3 <<< "$out")
+      best=$(gmm_eval_best <<< "$out")
       echo "$name $mixture $solver-$order@$nfe $seed $ld3 $best"
     done
   done

@@ -9,24 +9,22 @@
 # Environment: SEEDS ["0 1 2 3 4 5"], SETTINGS ["mixture:solver:order:nfe ...", the nine VP ones].
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p ld3-train --example gmm_fixture_eval
-E=${CARGO_TARGET_DIR:-target}/release/examples/gmm_fixture_eval
+. scripts/gmm-eval-lib.sh
+gmm_eval_build
 SEEDS=${SEEDS:-"0 1 2 3 4 5"}
 SETTINGS=${SETTINGS:-"gmm/vp-public:ipndm:3:4 gmm/vp-public:dpm-solver++:3:6 gmm/vp-public:unipc:2:5 gmm-other/vp-a:ipndm:3:4 gmm-other/vp-a:dpm-solver++:3:6 gmm-other/vp-a:unipc:2:5 gmm-other/vp-b:ipndm:3:4 gmm-other/vp-b:dpm-solver++:3:6 gmm-other/vp-b:unipc:2:5"}
 for seed in $SEEDS; do
   for setting in $SETTINGS; do
     IFS=: read -r mixture solver order nfe <<< "$setting"
     # The official code's DPM-Solver++ form, UniPC as bh2; iPNDM has no variant.
-    variant=(); case $solver in dpm-solver++) variant=(VARIANT=reference) ;; unipc) variant=(VARIANT=bh2) ;; esac
+    variant=($(gmm_eval_variant "$solver"))
     for start in INIT_UNIFORM INIT_HAND_MADE; do
       for layout in lambda time; do
         out=$(env "${variant[@]}" "$start=1" MODE=$layout HELDOUT=1000 "$E" "fixtures/$mixture" \
           "$solver" "$order" "$nfe" "$seed" 2>&1)
-        pairs=$(echo "$out" | sed -n 's/.*pairs loss Number(\([0-9.e-]*\)).*/\1/p')
-        held=$(echo "$out" | sed -n '/held-out:/,$p')
-        ld3=$(echo "$held" | awk '/vs exact: ld3 /{print $4, $6}')
-        best=$(echo "$held" | grep "vs exact:" | grep -v "teacher\|ld3 \|official" \
-          | awk '{print $4}' | sort -g | head -1)
+        pairs=$(sed -n 's/.*pairs loss Number(\([0-9.e-]*\)).*/\1/p' <<< "$out")
+        ld3=$(gmm_eval_ld3 <<< "$out")
+        best=$(gmm_eval_best <<< "$out" | cut -d' ' -f1)
         echo "$mixture:$solver-$order@$nfe $seed ${start#INIT_} $layout $pairs $ld3 $best"
       done
     done
