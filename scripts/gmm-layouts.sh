@@ -21,8 +21,8 @@ for seed in $SEEDS; do
     for start in INIT_UNIFORM INIT_HAND_MADE; do
       for layout in lambda time; do
         out=$(env "${variant[@]}" "$start=1" MODE=$layout HELDOUT=1000 "$E" "fixtures/$mixture" \
-          "$solver" "$order" "$nfe" "$seed" 2>&1)
-        pairs=$(sed -n 's/.*pairs loss Number(\([0-9.e-]*\)).*/\1/p' <<< "$out")
+          "$solver" "$order" "$nfe" "$seed" 2>&1) || true  # a failed run prints fewer fields
+        pairs=$(sed -n 's/.*pairs loss \([0-9.e-]*\).*/\1/p' <<< "$out")
         ld3=$(gmm_eval_ld3 <<< "$out")
         best=$(gmm_eval_best <<< "$out" | cut -d' ' -f1)
         echo "$mixture:$solver-$order@$nfe $seed ${start#INIT_} $layout $pairs $ld3 $best"

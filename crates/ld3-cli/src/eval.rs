@@ -299,67 +299,37 @@ struct TeacherCache {
 }
 
 impl TeacherCache {
-    /// The outputs stored at `path` for these settings, or `solve`'s, then stored there
-    /// (atomically, data before description); a file of other settings is an error.
+    /// The outputs stored at `path` for these settings (`shape` per sample), or `solve`'s, then
+    /// stored there (atomically, data before description); a file of other settings, or one
+    /// without its description, is an error.
     fn load_or_solve(
         &self,
         path: &Path,
+        shape: &[usize],
         device: &Device,
         solve: impl FnOnce() -> Result<candle_core::Tensor>,
     ) -> Result<candle_core::Tensor> {
         let mut json = path.as_os_str().to_owned();
         json.push(".json");
         let json = PathBuf::from(json);
-        if json.exists() {
-            let text = std::fs::read_to_string(&json)
-                .with_context(|| format!("reading {}", json.display()))?;
-            let stored: serde_json::Value = serde_json::from_str(&text).with_context(|| {
-                format!("{} is not a teacher-cache description", json.display())
-            })?;
-            let now = serde_json::to_value(self)?;
-            if stored != now {
-                let differ: Vec<String> = now
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .filter(|(k, v)| stored.get(k.as_str()) != Some(*v))
-                    .map(|(k, v)| {
-                        let there = stored.get(k.as_str()).map_or("—".into(), |v| v.to_string());
-                        format!("{k}: {there} there, {v} now")
-                    })
-                    .collect();
-                bail!(
-                    "--teacher-cache {} holds the teacher of other settings ({}); give another file",
-                    path.display(),
-                    differ.join("; ")
-                );
-            }
-            let mut t = candle_core::safetensors::load(path, device).with_context(|| {
-                format!(
-                    "reading {} (delete it and its .json to solve again)",
-                    path.display()
-                )
-            })?;
-            let teacher = t.remove("teacher").with_context(|| {
-                format!(
-                    "{} lacks the tensor `teacher`; delete it and its .json",
-                    path.display()
-                )
-            })?;
-            if teacher.dim(0)? != self.num_samples {
-                bail!(
-                    "{} holds {} teacher outputs, its description says {}; delete both files",
-                    path.display(),
-                    teacher.dim(0)?,
-                    self.num_samples
-                );
-            }
-            eprintln!(
-                "teacher: {} outputs from {}",
-                self.num_samples,
-                path.display()
-            );
-            return Ok(teacher);
+        let delete = || {
+            format!(
+                "delete {} and {} to solve the teacher again",
+                path.display(),
+                json.display()
+            )
+        };
+        match (path.exists(), json.exists()) {
+            (true, true) => return self.load(path, &json, shape, device, &delete()),
+            (true, false) => bail!(
+                "--teacher-cache {} exists without its description {}: not a teacher cache \
+                 (give another file), or one whose writing was cut short ({})",
+                path.display(),
+                json.display(),
+                delete()
+            ),
+            // Nothing stored, or a description left without its data: solve and store.
+            _ => {}
         }
         let teacher = solve()?;
         let tensors = std::collections::HashMap::from([("teacher".to_string(), teacher.clone())]);
@@ -373,6 +343,65 @@ impl TeacherCache {
                 cause: source,
             })
         })?;
+        Ok(teacher)
+    }
+
+    fn load(
+        &self,
+        path: &Path,
+        json: &Path,
+        shape: &[usize],
+        device: &Device,
+        delete: &str,
+    ) -> Result<candle_core::Tensor> {
+        let text =
+            std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+        let stored: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a teacher-cache description", json.display()))?;
+        let now = serde_json::to_value(self)?;
+        if stored != now {
+            let mut differ: Vec<String> = now
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, v)| stored.get(k.as_str()) != Some(*v))
+                .map(|(k, v)| {
+                    let there = stored.get(k.as_str()).map_or("—".into(), |v| v.to_string());
+                    format!("{k}: {there} there, {v} now")
+                })
+                .collect();
+            if differ.is_empty() {
+                differ.push(format!(
+                    "{} describes more than these settings",
+                    json.display()
+                ));
+            }
+            bail!(
+                "--teacher-cache {} holds the teacher of other settings ({}); give another file",
+                path.display(),
+                differ.join("; ")
+            );
+        }
+        let mut t = candle_core::safetensors::load(path, device)
+            .with_context(|| format!("reading {} ({delete})", path.display()))?;
+        let teacher = t
+            .remove("teacher")
+            .with_context(|| format!("{} lacks the tensor `teacher` ({delete})", path.display()))?;
+        let want: Vec<usize> = std::iter::once(self.num_samples)
+            .chain(shape.iter().copied())
+            .collect();
+        if teacher.dims() != want.as_slice() {
+            bail!(
+                "{} holds teacher outputs of shape {:?}, these settings make {want:?} ({delete})",
+                path.display(),
+                teacher.dims()
+            );
+        }
+        eprintln!(
+            "teacher: {} outputs from {}",
+            self.num_samples,
+            path.display()
+        );
         Ok(teacher)
     }
 }
@@ -403,6 +432,9 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
     }
     if let Some(path) = &args.json {
         crate::outputs::check_file("--json", path)?;
+    }
+    if let Some(path) = &args.teacher_cache {
+        crate::outputs::check_file("--teacher-cache", path)?;
     }
     let (spec, model) = args.solver.load_model()?;
     let shape = model.decoded_shape();
@@ -472,7 +504,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
             Ok(model.decode(&config.solve(model.as_ref(), &z, &cond, &mut |_, _| {})?)?)
         };
         Some(match &args.teacher_cache {
-            Some(path) => meta.load_or_solve(path, model.device(), solve)?,
+            Some(path) => meta.load_or_solve(path, &shape, model.device(), solve)?,
             None => solve()?,
         })
     };

@@ -215,17 +215,17 @@ pub struct TrainArgs {
     /// Rounds training θ only, then rounds training θ and ξ.
     #[arg(long, default_value_t = 2)]
     rounds_theta: usize,
-    /// RMSprop learning rate of θ (the paper's 0.005); it decays by 0.8 after every 5
-    /// validations without improvement.
-    #[arg(long, default_value_t = 0.005, allow_negative_numbers = true)]
-    lr_theta: f64,
-    /// SGD learning rate of ξ, the decoupled network times [default: 0.1/N in the λ layout,
-    /// 0.001/N in the t layout].
-    #[arg(long, allow_negative_numbers = true)]
-    lr_xi: Option<f64>,
     /// Rounds training θ and ξ.
     #[arg(long, default_value_t = 5)]
     rounds_joint: usize,
+    /// RMSprop learning rate of θ (the paper's 0.005); after every 5 validations without
+    /// improvement it decays by 0.8, down to 5e-5 (or the starting rate, if lower).
+    #[arg(long, default_value_t = 0.005, allow_negative_numbers = true)]
+    lr_theta: f64,
+    /// SGD learning rate of ξ, the decoupled network times [default: 0.1/N in the λ layout,
+    /// 0.001/N in the t layout]; it decays with θ's, down to 1e-6 (or the starting rate).
+    #[arg(long, allow_negative_numbers = true)]
+    lr_xi: Option<f64>,
     /// Summary of the validation losses that picks the best parameters.
     #[arg(long, value_enum, default_value = "mean")]
     validation: ValidationName,

@@ -624,6 +624,17 @@ mod eval {
         assert_eq!(rows_of(&first), rows_of(&second));
         assert_eq!(rows_of(&first), v["rows"]);
         cached("7").fails_with("holds the teacher of other settings (seed: 1000000 there, 7 now)");
+        // A file that is not a cache is never overwritten; a description without its data is
+        // solved again.
+        let json_of = dir.path().join("teacher.safetensors.json");
+        std::fs::remove_file(&json_of).unwrap();
+        cached("1000000").fails_with("exists without its description");
+        std::fs::remove_file(&cache).unwrap();
+        std::fs::write(&json_of, "{}").unwrap();
+        let third = tmp(&dir, "third.json");
+        cached("1000000").path("--json", &third).ok();
+        assert_eq!(rows_of(&first), rows_of(&third));
+        assert!(cache.exists());
         ld3("eval")
             .args(&["samples", "--nfe", "4"])
             .gmm("edm-public")

@@ -143,10 +143,12 @@ fn main() {
     let mut tr = Trainer::new(gmm, fx.clone(), cfg, &run).unwrap();
     let out = tr.run(false, None).unwrap();
     println!(
-        "train {:.1}s  init {:?}  pairs loss {:?}",
+        "train {:.1}s  init {:?}  pairs loss {}",
         t0.elapsed().as_secs_f64(),
         out.schedule.provenance["initial_schedule"],
         out.schedule.provenance["pairs_loss_at_noise"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
     );
     for r in &out.table {
         println!(

@@ -272,7 +272,12 @@ fn bad_input_is_a_clear_error_and_loses_nothing() {
     c.radius = Some(-1.0);
     let e = Trainer::new(&g, "x", c, run_dir("e2")).err().unwrap();
     assert!(e.to_string().contains("radius must be ≥ 0"), "{e}");
-    for (lr_theta, lr_xi) in [(-0.1, None), (f64::NAN, None), (0.005, Some(f64::INFINITY))] {
+    for (lr_theta, lr_xi) in [
+        (-0.1, None),
+        (0.0, None),
+        (f64::NAN, None),
+        (0.005, Some(f64::INFINITY)),
+    ] {
         let mut c = config(SolverName::Ddim, 1, 4);
         c.lr_theta = lr_theta;
         c.lr_xi = lr_xi;

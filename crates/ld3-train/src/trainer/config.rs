@@ -141,9 +141,9 @@ pub struct TrainConfig {
     pub patience: usize,
     /// Learning-rate decay factor.
     pub decay: f64,
-    /// Floor of the θ learning rate.
+    /// Floor of the θ learning rate (the starting rate, if that is lower).
     pub min_lr_theta: f64,
-    /// Floor of the ξ learning rate.
+    /// Floor of the ξ learning rate (a given starting rate, if that is lower).
     pub min_lr_xi: f64,
     /// Stop after this many patience events with ξ's rate at its floor.
     pub xi_floor_patience: usize,
@@ -225,9 +225,9 @@ impl TrainConfig {
             ("the learning rate of ξ", self.lr_xi),
             ("the learning rate of the starts", self.shift_lr),
         ] {
-            if let Some(v) = v.filter(|v| !(*v >= 0.0 && v.is_finite())) {
+            if let Some(v) = v.filter(|v| !(*v > 0.0 && v.is_finite())) {
                 return Err(Error::Invalid(format!(
-                    "{name} must be a finite number ≥ 0, got {v}"
+                    "{name} must be a finite number > 0, got {v}"
                 )));
             }
         }
@@ -258,6 +258,19 @@ pub(crate) fn config_differences(stored: &TrainConfig, now: &TrainConfig) -> Vec
             format!("{k}: {v} there, {now} now")
         })
         .collect()
+}
+
+impl TrainConfig {
+    /// The floor θ's learning rate decays to: `min_lr_theta`, or the starting rate if lower.
+    pub(crate) fn lr_theta_floor(&self) -> f64 {
+        self.min_lr_theta.min(self.lr_theta)
+    }
+
+    /// The floor ξ's learning rate decays to: `min_lr_xi`, or a given starting rate if lower.
+    pub(crate) fn lr_xi_floor(&self) -> f64 {
+        self.lr_xi
+            .map_or(self.min_lr_xi, |lr| self.min_lr_xi.min(lr))
+    }
 }
 
 pub(crate) fn mean(v: &[f64]) -> f64 {

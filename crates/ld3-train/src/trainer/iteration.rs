@@ -123,10 +123,10 @@ impl Ld3<'_> {
         if st.counter >= c.patience {
             st.counter = 0;
             st.reload_best();
-            st.opt_theta.lr = (st.opt_theta.lr * c.decay).max(c.min_lr_theta);
+            st.opt_theta.lr = (st.opt_theta.lr * c.decay).max(c.lr_theta_floor());
             if joint {
-                st.lr_xi = (st.lr_xi * c.decay).max(c.min_lr_xi);
-                if st.lr_xi <= c.min_lr_xi {
+                st.lr_xi = (st.lr_xi * c.decay).max(c.lr_xi_floor());
+                if st.lr_xi <= c.lr_xi_floor() {
                     st.xi_floor_hits += 1;
                 }
             }
