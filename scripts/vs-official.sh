@@ -6,8 +6,8 @@
 #   scripts/vs-official.sh [FILTER]   (FILTER: a substring of the file names, e.g. dpm_solver++-3-6)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p ld3-train --example gmm_fixture_eval
-E=${CARGO_TARGET_DIR:-target}/release/examples/gmm_fixture_eval
+. scripts/gmm-eval-lib.sh
+gmm_eval_build
 for f in fixtures/official-ld3/*${1:-}*.json; do
   read -r dir solver order nfe seed variant < <(python3 - "$f" <<'PY'
 import json, os, sys
@@ -20,11 +20,9 @@ for root in ("fixtures/gmm", "fixtures/gmm-other"):
 PY
 )
   out=$( (if [ "$variant" != - ]; then export VARIANT=$variant; fi
-          OFFICIAL=$f HELDOUT=1000 "$E" "$dir" "$solver" "$order" "$nfe" "$seed" 2>&1) \
-        | sed -n '/held-out:/,$p')
-  ours=$(echo "$out" | awk '/vs exact: ld3 /{print $4"/"$6}')
-  official=$(echo "$out" | awk '/official \(file\)/{print $5"/"$7}')
-  best=$(echo "$out" | grep "vs exact:" | grep -v "teacher\|ld3 \|official" \
-    | awk '{print $4"/"$6, $3}' | sort -g | head -1)
+          OFFICIAL=$f HELDOUT=1000 "$E" "$dir" "$solver" "$order" "$nfe" "$seed" 2>&1) || true)
+  ours=$(gmm_eval_ld3 <<< "$out" | tr ' ' /)
+  official=$(sed -n '/held-out:/,$p' <<< "$out" | awk '/official \(file\)/{print $5"/"$7}')
+  best=$(gmm_eval_best <<< "$out" | sed 's| |/|')
   echo "$(basename "$f" .json) ours=$ours official=$official best_hand_made=$best"
 done
