@@ -14,7 +14,7 @@ use ld3_metrics::fid_sets::{open_set, FeatureSet, FidExtractor};
 use ld3_metrics::inception::{default_weights, FidMode};
 use ld3_metrics::LpipsNet;
 use ld3_models::{registry, Conditioning};
-use ld3_solvers::schedule_file::write_atomic;
+use ld3_solvers::schedule_file::{write_atomic, write_text_atomic};
 use ld3_solvers::{rng, ScheduleFile, Times};
 use ld3_train::teacher::{solve_in_batches, Conditioner};
 use ld3_train::Distance;
@@ -336,13 +336,7 @@ impl TeacherCache {
         write_atomic(path, |tmp| {
             Ok(candle_core::safetensors::save(&tensors, tmp)?)
         })?;
-        let text = serde_json::to_string_pretty(self)?;
-        write_atomic(&json, |tmp| {
-            std::fs::write(tmp, text).map_err(|source| ld3_solvers::Error::Io {
-                path: tmp.display().to_string(),
-                cause: source,
-            })
-        })?;
+        write_text_atomic(&json, &serde_json::to_string_pretty(self)?)?;
         Ok(teacher)
     }
 
@@ -360,16 +354,7 @@ impl TeacherCache {
             .with_context(|| format!("{} is not a teacher-cache description", json.display()))?;
         let now = serde_json::to_value(self)?;
         if stored != now {
-            let mut differ: Vec<String> = now
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter(|(k, v)| stored.get(k.as_str()) != Some(*v))
-                .map(|(k, v)| {
-                    let there = stored.get(k.as_str()).map_or("—".into(), |v| v.to_string());
-                    format!("{k}: {there} there, {v} now")
-                })
-                .collect();
+            let mut differ = ld3_train::setting_differences(&stored, &now);
             if differ.is_empty() {
                 differ.push(format!(
                     "{} describes more than these settings",
@@ -657,13 +642,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
                 "kid": r.kid.map(|(mean, std)| serde_json::json!({ "mean": mean, "std": std })),
             })).collect::<Vec<_>>(),
         });
-        let text = serde_json::to_string_pretty(&json)?;
-        write_atomic(path, |tmp| {
-            std::fs::write(tmp, &text).map_err(|source| ld3_solvers::Error::Io {
-                path: tmp.display().to_string(),
-                cause: source,
-            })
-        })?;
+        write_text_atomic(path, &serde_json::to_string_pretty(&json)?)?;
         println!("wrote {}", path.display());
     }
     Ok(())

@@ -163,13 +163,18 @@ impl ScheduleFile {
             what: "serialising the schedule".into(),
             cause: source,
         })?;
-        write_atomic(path, |tmp| {
-            std::fs::write(tmp, text.as_bytes()).map_err(|source| Error::Io {
-                path: tmp.display().to_string(),
-                cause: source,
-            })
-        })
+        write_text_atomic(path, &text)
     }
+}
+
+/// Writes `text` to `path` atomically ([`write_atomic`]).
+pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
+    write_atomic(path, |tmp| {
+        std::fs::write(tmp, text).map_err(|source| Error::Io {
+            path: tmp.display().to_string(),
+            cause: source,
+        })
+    })
 }
 
 /// Gives `file` the mode a plainly created file gets here (0666 less the umask), whatever the

@@ -20,6 +20,6 @@ pub use distance::{Distance, LpipsDistance, L1, L2};
 pub use lock::Lock;
 pub use teacher::{Conditioner, TeacherConfig, UniformClasses};
 pub use trainer::{
-    recompute_by_default, Event, Init, Loss, Outcome, PairUse, TableRow, TrainConfig, Trainer,
-    ValidationStat, RECOMPUTE_FROM_PARAMETERS,
+    recompute_by_default, setting_differences, Event, Init, Loss, Outcome, PairUse, TableRow,
+    TrainConfig, Trainer, ValidationStat, RECOMPUTE_FROM_PARAMETERS,
 };

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 use ld3_models::{Conditioning, ConditioningKind, Denoiser, DenoiserPredictor};
-use ld3_solvers::schedule_file::write_atomic;
+use ld3_solvers::schedule_file::{write_atomic, write_text_atomic};
 use ld3_solvers::steps::{Karras, StepSchedule};
 use ld3_solvers::{
     rng, sample, Error, NoiseScheduleConfig, Result, Solver, SolverConfig, SolverName,
@@ -333,12 +333,7 @@ impl TeacherPairs {
         pairs.save(meta, stem)?;
         if let Some(labels) = conditioner.and_then(|c| c.pair_labels(meta.seed, meta.count)) {
             let text = serde_json::to_string_pretty(&labels).expect("strings serialise");
-            write_atomic(&stem.with_extension("prompts.json"), |tmp| {
-                std::fs::write(tmp, text).map_err(|source| Error::Io {
-                    path: tmp.display().to_string(),
-                    cause: source,
-                })
-            })?;
+            write_text_atomic(&stem.with_extension("prompts.json"), &text)?;
         }
         Ok(pairs)
     }
@@ -352,12 +347,7 @@ impl TeacherPairs {
             Ok(candle_core::safetensors::save(&tensors, tmp)?)
         })?;
         let text = serde_json::to_string_pretty(meta).expect("metadata serialises");
-        write_atomic(&stem.with_extension("json"), |tmp| {
-            std::fs::write(tmp, text).map_err(|source| Error::Io {
-                path: tmp.display().to_string(),
-                cause: source,
-            })
-        })
+        write_text_atomic(&stem.with_extension("json"), &text)
     }
 
     /// Samples `start..start+len`.

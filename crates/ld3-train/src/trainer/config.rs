@@ -243,20 +243,27 @@ impl TrainConfig {
 
 /// "field: stored there, given now" for every setting (but recomputation) that differs.
 pub(crate) fn config_differences(stored: &TrainConfig, now: &TrainConfig) -> Vec<String> {
-    let as_map = |c: &TrainConfig| match serde_json::to_value(TrainConfig {
-        recompute: false,
-        ..c.clone()
-    }) {
-        Ok(serde_json::Value::Object(m)) => m,
-        _ => serde_json::Map::new(),
-    };
-    let (a, b) = (as_map(stored), as_map(now));
-    a.iter()
-        .filter(|(k, v)| b.get(*k) != Some(*v))
-        .map(|(k, v)| {
-            let now = b.get(k).map_or("—".to_string(), |v| v.to_string());
-            format!("{k}: {v} there, {now} now")
+    let as_map = |c: &TrainConfig| {
+        serde_json::to_value(TrainConfig {
+            recompute: false,
+            ..c.clone()
         })
+        .unwrap_or_default()
+    };
+    setting_differences(&as_map(stored), &as_map(now))
+}
+
+/// "field: stored there, given now" for every field of two JSON objects that differs (— where
+/// one lacks it); nothing for values that are not objects.
+pub fn setting_differences(stored: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    let (Some(a), Some(b)) = (stored.as_object(), now.as_object()) else {
+        return Vec::new();
+    };
+    let shown = |v: Option<&serde_json::Value>| v.map_or("—".to_string(), |v| v.to_string());
+    a.keys()
+        .chain(b.keys().filter(|k| !a.contains_key(*k)))
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: {} there, {} now", shown(a.get(k)), shown(b.get(k))))
         .collect()
 }
 

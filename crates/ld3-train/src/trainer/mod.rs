@@ -23,7 +23,7 @@ use ld3_solvers::rng::SplitMix64;
 use ld3_solvers::{Error, Result, ScheduleFile};
 
 pub use config::{
-    recompute_by_default, Init, Loss, PairUse, TrainConfig, ValidationStat,
+    recompute_by_default, setting_differences, Init, Loss, PairUse, TrainConfig, ValidationStat,
     RECOMPUTE_FROM_PARAMETERS,
 };
 pub use ld3_solvers::steps::hand_made;
