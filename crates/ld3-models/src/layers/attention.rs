@@ -1,5 +1,7 @@
-//! Attention: scores a chunk of query rows at a time, under a gradient one op whose backward
-//! recomputes the probabilities; candle's fused softmax only where no gradient can be asked for.
+//! Attention: without a graph on the CPU the fused kernel of [`attention_kernel`] (a block of
+//! query rows at a time, nothing N·Lq·Lk large; self-attention over an image read and written in
+//! NCHW); under a gradient one op whose backward recomputes the probabilities chunk by chunk;
+//! candle's fused softmax only where no gradient can be asked for.
 
 use std::sync::Mutex;
 
@@ -8,8 +10,10 @@ use candle_core::{
 };
 use candle_nn::VarBuilder;
 
+use super::attention_kernel;
 use super::frozen::take_output;
-use super::{group_norm, linear, GroupNorm, Linear};
+use super::with_host_slice;
+use super::{group_norm, linear, Addend, Conv2d, GroupNorm, Linear};
 
 use super::conv::divided;
 use super::resnet::Norms;
@@ -23,6 +27,9 @@ pub struct SelfAttention {
     to_k: Linear,
     to_v: Linear,
     to_out: Linear,
+    /// The three projections as one pointwise convolution (weights stacked) and the output
+    /// projection as another: the own CPU path without a graph works on the image's NCHW layout.
+    pointwise: (Conv2d, Conv2d),
     heads: usize,
     rescale: f64,
 }
@@ -43,15 +50,25 @@ impl SelfAttention {
             ["to_q", "to_k", "to_v", "to_out.0"]
         };
         let lin = |n: &str| linear(channels, channels, vb.pp(n));
+        let (to_q, to_k, to_v, to_out) = (
+            lin(names[0])?,
+            lin(names[1])?,
+            lin(names[2])?,
+            lin(names[3])?,
+        );
+        if head_dim == 0 || !channels.is_multiple_of(head_dim) {
+            candle_core::bail!("attention: {channels} channels in heads of {head_dim}");
+        }
         Ok(Self {
             group_norm: match norms {
                 Some(n) => Some(group_norm(n.groups, channels, n.eps, vb.pp("group_norm"))?),
                 None => None,
             },
-            to_q: lin(names[0])?,
-            to_k: lin(names[1])?,
-            to_v: lin(names[2])?,
-            to_out: lin(names[3])?,
+            pointwise: (pointwise(&[&to_q, &to_k, &to_v])?, pointwise(&[&to_out])?),
+            to_q,
+            to_k,
+            to_v,
+            to_out,
             heads: channels / head_dim,
             rescale,
         })
@@ -64,6 +81,17 @@ impl SelfAttention {
             Some(n) => n.forward(x)?,
             None => x.clone(),
         };
+        if !x.track_op() && own_cpu(x) {
+            // No graph: q, k and v in one pointwise convolution, the attention read and written
+            // in NCHW, the output projection with the residual inside it. (Weights that are
+            // variables take the path below, which differentiates them.)
+            let (qkv, out) = &self.pointwise;
+            let qkv = qkv.forward(&normed)?.reshape((b, 3 * c, h * w))?;
+            if !qkv.track_op() && !out.0.weight().track_op() {
+                let y = kernel_self_attention(&qkv, self.heads)?.reshape((b, c, h, w))?;
+                return divided(out.forward_add(&y, Addend::Full(x))?, self.rescale);
+            }
+        }
         let tokens = normed
             .reshape((b, c, h * w))?
             .transpose(1, 2)?
@@ -84,6 +112,71 @@ impl SelfAttention {
     }
 }
 
+/// The linear maps `maps` (weights [C_out, C_in] and biases) stacked into one pointwise
+/// convolution: their outputs side by side in its channels.
+fn pointwise(maps: &[&Linear]) -> Result<Conv2d> {
+    let weights = maps.iter().map(|m| m.0.weight()).collect::<Vec<_>>();
+    let biases = maps
+        .iter()
+        .map(|m| match m.0.bias() {
+            Some(b) => Ok(b.clone()),
+            None => m.0.weight().narrow(1, 0, 1)?.squeeze(1)?.zeros_like(),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let w = Tensor::cat(&weights, 0)?;
+    let (c_out, c_in) = w.dims2()?;
+    Ok(Conv2d(candle_nn::Conv2d::new(
+        w.reshape((c_out, c_in, 1, 1))?,
+        Some(Tensor::cat(&biases, 0)?),
+        Default::default(),
+    )))
+}
+
+/// softmax(QKᵀ/√d)V by the CPU kernel for q, k and v stacked in the channels of `qkv`
+/// [B, 3·C, L] (C = heads·d, each head's d channels together), in and out channels first:
+/// [B, C, L], no graph.
+fn kernel_self_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, c3, l) = qkv.dims3()?;
+    let c = c3 / 3;
+    let s = attention_kernel::Shape {
+        batch: b,
+        heads,
+        lq: l,
+        lk: l,
+        d: c / heads,
+    };
+    let qkv = qkv.contiguous()?;
+    fn run<T: attention_kernel::Real + candle_core::WithDType>(
+        s: attention_kernel::Shape,
+        qkv: &Tensor,
+    ) -> Result<Tensor> {
+        let (c, l) = (s.heads * s.d, s.lq);
+        let cf = attention_kernel::Heads {
+            batch: 3 * c * l,
+            head: s.d * l,
+            row: 1,
+            col: l,
+        };
+        let scale = T::from_f64(1.0 / (s.d as f64).sqrt());
+        let out = with_host_slice(qkv, "attention", |x: &[T]| {
+            attention_kernel::attention(
+                s,
+                (x, cf),
+                (&x[c * l..], cf),
+                (&x[2 * c * l..], cf),
+                scale,
+                attention_kernel::Out::ChannelFirst,
+            )
+        })?;
+        Tensor::from_vec(out, (s.batch, c, l), &candle_core::Device::Cpu)
+    }
+    match qkv.dtype() {
+        DType::F32 => run::<f32>(s, &qkv),
+        DType::F64 => run::<f64>(s, &qkv),
+        other => candle_core::bail!("attention kernel: {other:?} (only f32 and f64)"),
+    }
+}
+
 /// Multi-head scaled dot-product attention: queries `q` [B, Lq, C], keys `k` and values `v`
 /// [B, Lk, C], `heads` heads of C/heads channels, softmax(QKᵀ/√d)V per head, heads joined back
 /// to [B, Lq, C]. `causal` masks every key after its query (CLIP's text encoder, never
@@ -99,6 +192,10 @@ pub fn multi_head_attention(
     let (b, lq, c) = q.dims3()?;
     let lk = k.dim(1)?;
     let d = c / heads;
+    let tracked = q.track_op() || k.track_op() || v.track_op();
+    if !causal && !tracked && own_cpu(q) {
+        return kernel_attention(q, k, v, heads, 1.0 / (d as f64).sqrt());
+    }
     let split = |t: &Tensor, l: usize| -> Result<Tensor> {
         t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()
     };
@@ -168,8 +265,12 @@ fn row_chunks(
     (0..lq).step_by(rows).map(move |r| (r, rows.min(lq - r)))
 }
 
-/// The attention's value without a graph, chunk by chunk (fused softmax).
+/// The attention's value without a graph: the CPU kernel, elsewhere chunk by chunk (fused
+/// softmax).
 fn chunked_attention(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) -> Result<Tensor> {
+    if own_cpu(q) {
+        return kernel_attention(q, k, v, 1, 1.0);
+    }
     let (n, lq, _) = q.dims3()?;
     // Kᵀ as a strided view: the matrix product reads it in place.
     let kt = k.t()?;
@@ -180,6 +281,71 @@ fn chunked_attention(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) -> Resul
         return Ok(outs.remove(0));
     }
     Tensor::cat(&outs, 1)
+}
+
+/// softmax(scale·QKᵀ)V by the CPU kernel ([`attention_kernel`]) for `q` [B, Lq, C], `k` and `v`
+/// [B, Lk, C] with `heads` heads side by side in the channels: [B, Lq, C], no graph.
+fn kernel_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, lq, c) = q.dims3()?;
+    let lk = k.dim(1)?;
+    if k.dims() != [b, lk, c] || v.dims() != [b, lk, c] || heads == 0 || !c.is_multiple_of(heads) {
+        candle_core::bail!(
+            "attention: queries {:?}, keys {:?} and values {:?} do not fit {heads} heads",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    let s = attention_kernel::Shape {
+        batch: b,
+        heads,
+        lq,
+        lk,
+        d: c / heads,
+    };
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    fn run<T: attention_kernel::Real + candle_core::WithDType>(
+        s: attention_kernel::Shape,
+        [q, k, v]: [&Tensor; 3],
+        scale: f64,
+    ) -> Result<Tensor> {
+        use attention_kernel::Heads;
+        let (qs, ks) = (
+            Heads::joined(s.lq, s.heads, s.d),
+            Heads::joined(s.lk, s.heads, s.d),
+        );
+        let name = "attention";
+        let out = with_host_slice(q, name, |q: &[T]| {
+            with_host_slice(k, name, |k: &[T]| {
+                with_host_slice(v, name, |v: &[T]| {
+                    attention_kernel::attention(
+                        s,
+                        (q, qs),
+                        (k, ks),
+                        (v, ks),
+                        T::from_f64(scale),
+                        attention_kernel::Out::Joined,
+                    )
+                })
+            })
+        })???;
+        Tensor::from_vec(
+            out,
+            (s.batch, s.lq, s.heads * s.d),
+            &candle_core::Device::Cpu,
+        )
+    }
+    match q.dtype() {
+        DType::F32 => run::<f32>(s, [&q, &k, &v], scale),
+        DType::F64 => run::<f64>(s, [&q, &k, &v], scale),
+        other => candle_core::bail!("attention kernel: {other:?} (only f32 and f64)"),
+    }
 }
 
 /// Attention whose backward recomputes the probabilities P of each chunk of query rows:

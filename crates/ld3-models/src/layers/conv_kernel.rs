@@ -19,51 +19,13 @@
 //! and products live in per-thread scratch buffers reused between calls.
 
 use candle_core::Result;
-use gemm::Parallelism;
 
+use super::matmul::{product, Element, Strided};
 use super::parallel::{self, chunks, for_each_chunk};
 
 /// The most elements one tile's patch matrix holds (16 MB in f32), unless a single output row
 /// needs more.
 const TILE_ELEMENTS: usize = 1 << 22;
-
-/// The element types the kernels run in.
-pub(crate) trait Element:
-    Copy + Send + Sync + 'static + std::ops::AddAssign + std::ops::Add<Output = Self>
-{
-    const ZERO: Self;
-    const ONE: Self;
-    /// Runs `f` on this thread's two scratch buffers (the patch matrix and the product), kept
-    /// between calls: a fresh allocation of that size is a fresh mapping, and its page faults
-    /// cost as much as the copies.
-    fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>, &mut Vec<Self>) -> R) -> R;
-}
-
-macro_rules! element {
-    ($t:ty, $scratch:ident) => {
-        thread_local! {
-            static $scratch: std::cell::RefCell<(Vec<$t>, Vec<$t>)> =
-                const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-        }
-        impl Element for $t {
-            const ZERO: Self = 0.0;
-            const ONE: Self = 1.0;
-            fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>, &mut Vec<Self>) -> R) -> R {
-                $scratch.with(|cell| match cell.try_borrow_mut() {
-                    Ok(mut pair) => {
-                        let (a, b) = &mut *pair;
-                        f(a, b)
-                    }
-                    // Re-entered on this thread (a kernel called inside another's task): fresh
-                    // buffers.
-                    Err(_) => f(&mut Vec::new(), &mut Vec::new()),
-                })
-            }
-        }
-    };
-}
-element!(f32, SCRATCH_F32);
-element!(f64, SCRATCH_F64);
 
 /// Shapes and hyper-parameters of one convolution (groups 1, the same padding on every side).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,158 +181,6 @@ impl Tile {
     }
 }
 
-/// Below this many multiply-adds a product runs on the calling thread: handing it to the pool
-/// (waking threads) costs more than it saves.
-const PARALLEL_PRODUCT: usize = 1 << 21;
-
-/// A strided matrix view: `rows × cols` elements at `data[r·row_stride + c·col_stride]`.
-struct Strided<S> {
-    data: S,
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<T> Strided<&[T]> {
-    /// The same view, borrowed again (for each of several products).
-    fn reborrow(&self) -> Strided<&[T]> {
-        Strided {
-            data: self.data,
-            rows: self.rows,
-            cols: self.cols,
-            row_stride: self.row_stride,
-            col_stride: self.col_stride,
-        }
-    }
-}
-
-impl<S> Strided<S> {
-    /// A view of `rows` rows `row_stride` apart, each of `cols` consecutive elements.
-    fn rows(data: S, rows: usize, cols: usize, row_stride: usize) -> Self {
-        Self {
-            data,
-            rows,
-            cols,
-            row_stride,
-            col_stride: 1,
-        }
-    }
-    /// The elements the view reaches, from its first.
-    fn extent(&self) -> usize {
-        if self.rows == 0 || self.cols == 0 {
-            0
-        } else {
-            (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
-        }
-    }
-}
-
-/// `dst (+)= lhs·rhs`; with `parallel` and enough work, the rows of `dst` are shared out between
-/// the pool's threads in blocks (each block a product of its own).
-fn product<T: Element>(
-    dst: Strided<&mut [T]>,
-    accumulate: bool,
-    lhs: Strided<&[T]>,
-    rhs: Strided<&[T]>,
-    parallel: bool,
-) {
-    let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
-    let disjoint_rows = dst.cols == 0 || dst.row_stride > (dst.cols - 1) * dst.col_stride;
-    let split = parallel
-        && disjoint_rows
-        && lhs.rows == m
-        && m >= 2
-        && m * n * k >= PARALLEL_PRODUCT
-        && parallel::can_fork();
-    if !split {
-        return product_here(dst, accumulate, lhs, rhs);
-    }
-    let block = m.div_ceil(parallel::threads());
-    let extent = dst.extent().min(dst.data.len());
-    let (row_stride, col_stride) = (dst.row_stride, dst.col_stride);
-    chunks(
-        &mut dst.data[..extent],
-        block * row_stride,
-        true,
-        |(i, piece)| {
-            let (r0, rows) = (i * block, block.min(m - i * block));
-            let lhs = Strided {
-                data: lhs.data.get(r0 * lhs.row_stride..).unwrap_or(&[]),
-                rows,
-                cols: k,
-                row_stride: lhs.row_stride,
-                col_stride: lhs.col_stride,
-            };
-            let dst = Strided {
-                data: piece,
-                rows,
-                cols: n,
-                row_stride,
-                col_stride,
-            };
-            product_here(dst, accumulate, lhs, rhs.reborrow());
-        },
-    );
-}
-
-/// `dst (+)= lhs·rhs` on this thread by the `gemm` crate (candle's own CPU matrix product), on
-/// strided views whose shapes and extents are checked here; the borrows keep `dst` apart from
-/// the operands.
-// One of the workspace's two `unsafe` sites (the other: `Checkpoint::map_safetensors`): the one
-// call into gemm, on views checked to lie inside their slices.
-#[allow(unsafe_code)]
-fn product_here<T: Element>(
-    dst: Strided<&mut [T]>,
-    accumulate: bool,
-    lhs: Strided<&[T]>,
-    rhs: Strided<&[T]>,
-) {
-    let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
-    assert!(
-        lhs.rows == m && rhs.rows == k && rhs.cols == n,
-        "conv2d kernels: a {m}×{n} product of {}×{} and {}×{}",
-        lhs.rows,
-        lhs.cols,
-        rhs.rows,
-        rhs.cols
-    );
-    assert!(
-        dst.extent() <= dst.data.len()
-            && lhs.extent() <= lhs.data.len()
-            && rhs.extent() <= rhs.data.len(),
-        "conv2d kernels: a matrix view outside its slice"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    // SAFETY: every element gemm reads or writes lies inside the extents checked above; `dst` is
-    // an exclusive borrow, so it overlaps neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.data.as_mut_ptr(),
-            dst.col_stride as isize,
-            dst.row_stride as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.col_stride as isize,
-            lhs.row_stride as isize,
-            rhs.data.as_ptr(),
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
-            T::ONE,
-            T::ONE,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
-}
-
 /// For kernel column `kj`: the output columns whose input column lies inside the image, and the
 /// input column of the first one (stride and dilation apart).
 fn valid_columns(g: &Geometry, kj: usize) -> (std::ops::Range<usize>, usize) {
@@ -472,9 +282,12 @@ fn shifted_rows<T: Element>(
     if len > 0 {
         out[a + skip..][..len].copy_from_slice(&plane[src_start..][..len]);
     }
-    for line in out[a..b].chunks_mut(w) {
-        line[..valid.start].fill(T::ZERO);
-        line[valid.end..].fill(T::ZERO);
+    // Column by column down the lines (a column or two: a fill per line is a call per line).
+    let lines = &mut out[a..b];
+    for c in (0..valid.start).chain(valid.end..w) {
+        for v in lines.iter_mut().skip(c).step_by(w) {
+            *v = T::ZERO;
+        }
     }
 }
 
@@ -540,14 +353,28 @@ fn forward_tiled<T: Element>(
     tile_elements: usize,
 ) -> Vec<T> {
     let pixels_out = g.pixels_out();
-    let mut y = match start.residual {
-        Some(r) => r.to_vec(),
-        None => vec![T::ZERO; g.output_len()],
+    // The output starts as the residual, or the bias planes (written once: zeros first would be
+    // a second pass), or zeros.
+    let mut y = match (start.residual, start.bias) {
+        (Some(r), _) => r.to_vec(),
+        (None, Some(bias)) => {
+            let mut y = Vec::with_capacity(g.output_len());
+            for plane in 0..g.batch * g.c_out {
+                y.extend(std::iter::repeat_n(bias[plane % bias.len()], pixels_out));
+            }
+            y
+        }
+        (None, None) => vec![T::ZERO; g.output_len()],
     };
     if g.batch == 0 || pixels_out == 0 {
         return y;
     }
     let accumulate = !start.is_zero();
+    // The bias is in already, unless it goes onto a residual.
+    let start = Start {
+        bias: start.residual.and(start.bias),
+        ..start
+    };
     if let Some(images) = images_per_task(g, tile_elements) {
         // One task per group of images, each on one thread with its own scratch, products
         // and copies single-threaded: the patch matrix stays in that core's cache.

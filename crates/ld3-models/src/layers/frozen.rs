@@ -20,7 +20,8 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Storage, Tensor,
 };
 
-use super::conv_kernel::{self, Element, Geometry, Start};
+use super::conv_kernel::{self, Geometry, Start};
+use super::matmul::Element;
 use super::with_host_slice;
 
 /// Whether `x` takes the input-only path.

@@ -5,10 +5,12 @@
 
 mod activation;
 mod attention;
+mod attention_kernel;
 mod conv;
 mod conv_kernel;
 mod embeddings;
 mod frozen;
+mod matmul;
 mod norm;
 pub mod parallel;
 mod resample;
@@ -34,8 +36,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 static OWN_OPS: AtomicU8 = AtomicU8::new(0);
 
 /// Whether the layers take this crate's own CPU ops where they apply — the fused GroupNorm (alone
-/// or with SiLU), SiLU and ReLU, the chunked attention that recomputes its probabilities in the
-/// backward, the frozen-weight convolution (alone or with a fused addend) and linear maps, the
+/// or with SiLU), SiLU and ReLU, the fused attention kernel without a graph and the chunked
+/// attention that recomputes its probabilities in the backward, the frozen-weight convolution (alone or with a fused addend) and linear maps, the
 /// softmax with a backward. On by default; off when the environment sets `LD3_GENERIC_OPS=1` or after [`set_own_ops`]`(false)`: every layer is then
 /// candle's generic composite, the reference the own ops are tested against.
 pub fn own_ops() -> bool {

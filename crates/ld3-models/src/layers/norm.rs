@@ -186,24 +186,40 @@ struct GroupNormOp {
     silu: bool,
 }
 
-/// σ(z) in the element type's own precision (the f32 one is the vectorised `exp`).
-trait Sigmoid {
+/// σ(z) in the element type's own precision (the f32 one is the vectorised `exp`), and the
+/// forward's per-channel y = a·x + b (then SiLU) in the element type's own arithmetic (f32 lanes
+/// hold twice as many as f64 ones).
+trait Sigmoid: Sized {
     fn sigmoid(z: f64) -> f64;
+    fn scale_shift(y: &mut [Self], x: &[Self], a: f64, b: f64, silu: bool);
 }
 
-impl Sigmoid for f32 {
-    #[inline(always)]
-    fn sigmoid(z: f64) -> f64 {
-        (1.0 / (1.0 + super::activation::exp_f32(-z as f32))) as f64
-    }
+macro_rules! sigmoid {
+    ($t:ty, $exp:expr) => {
+        impl Sigmoid for $t {
+            #[inline(always)]
+            fn sigmoid(z: f64) -> f64 {
+                (1.0 / (1.0 + $exp(-z as $t))) as f64
+            }
+            #[inline(always)]
+            fn scale_shift(y: &mut [Self], x: &[Self], a: f64, b: f64, silu: bool) {
+                let (a, b) = (a as $t, b as $t);
+                if silu {
+                    for (yi, &xi) in y.iter_mut().zip(x) {
+                        let z = xi * a + b;
+                        *yi = z / (1.0 + $exp(-z));
+                    }
+                } else {
+                    for (yi, &xi) in y.iter_mut().zip(x) {
+                        *yi = xi * a + b;
+                    }
+                }
+            }
+        }
+    };
 }
-
-impl Sigmoid for f64 {
-    #[inline(always)]
-    fn sigmoid(z: f64) -> f64 {
-        1.0 / (1.0 + (-z).exp())
-    }
-}
+sigmoid!(f32, super::activation::exp_f32);
+sigmoid!(f64, f64::exp);
 
 /// Σ f(xᵢ) in f64, in lanes (vectorises).
 #[inline(always)]
@@ -244,16 +260,7 @@ impl GroupNormOp {
         for (j, (yc, xc)) in y.chunks_mut(s).zip(x.chunks(s)).enumerate() {
             let a = rstd * self.weight[first + j];
             let b = self.bias[first + j] - mean * a;
-            if self.silu {
-                for (yi, xi) in yc.iter_mut().zip(xc) {
-                    let z = xi.to_f64() * a + b;
-                    *yi = T::from_f64(z * T::sigmoid(z));
-                }
-            } else {
-                for (yi, xi) in yc.iter_mut().zip(xc) {
-                    *yi = T::from_f64(xi.to_f64() * a + b);
-                }
-            }
+            T::scale_shift(yc, xc, a, b, self.silu);
         }
     }
 
