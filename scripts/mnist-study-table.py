@@ -8,7 +8,14 @@ import os
 import sys
 
 HAND_MADE = ["time-uniform", "time-quadratic", "logsnr", "edm", "time-edm", "gits"]
+HEADER = {"logsnr": "log-SNR", "gits": "GITS"}
 LABEL = {"ipndm": "iPNDM", "dpm-solver++": "DPM-Solver++", "unipc": "UniPC"}
+
+
+def setting_key(tag):
+    """Rows by NFE, then iPNDM, DPM-Solver++, UniPC."""
+    solver = next((i for i, name in enumerate(LABEL) if tag.startswith(name)), len(LABEL))
+    return int(tag.rsplit("-", 1)[-1]), solver
 
 
 def setting_label(tag):
@@ -25,10 +32,11 @@ def setting_label(tag):
 
 
 out = sys.argv[1]
-print("| setting | LD3 (seeds) | " + " | ".join(HAND_MADE) + " |")
+print("| setting | LD3 (seeds) | " + " | ".join(HEADER.get(h, h) for h in HAND_MADE) + " |")
 print("|---" * (len(HAND_MADE) + 2) + "|")
-for path in sorted(glob.glob(os.path.join(out, "*-eval.json"))):
-    tag = os.path.basename(path)[: -len("-eval.json")]
+tags = [os.path.basename(p)[: -len("-eval.json")] for p in glob.glob(os.path.join(out, "*-eval.json"))]
+for tag in sorted(tags, key=setting_key):
+    path = os.path.join(out, tag + "-eval.json")
     rows = {}
     for r in json.load(open(path))["rows"]:
         name = os.path.basename(r["schedule"])[:-5].replace(tag + "-", "")
