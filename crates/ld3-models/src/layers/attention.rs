@@ -81,16 +81,23 @@ impl SelfAttention {
             Some(n) => n.forward(x)?,
             None => x.clone(),
         };
-        if !x.track_op() && own_cpu(x) {
-            // No graph: q, k and v in one pointwise convolution, the attention read and written
-            // in NCHW, the output projection with the residual inside it. (Weights that are
-            // variables take the path below, which differentiates them.)
-            let (qkv, out) = &self.pointwise;
-            let qkv = qkv.forward(&normed)?.reshape((b, 3 * c, h * w))?;
-            if !qkv.track_op() && !out.0.weight().track_op() {
-                let y = kernel_self_attention(&qkv, self.heads)?.reshape((b, c, h, w))?;
-                return divided(out.forward_add(&y, Addend::Full(x))?, self.rescale);
-            }
+        let (qkv_map, out_map) = &self.pointwise;
+        if own_cpu(x) && !qkv_map.0.weight().track_op() && !out_map.0.weight().track_op() {
+            // q, k and v in one pointwise convolution, the attention read and written in NCHW
+            // (under a gradient one op whose backward recomputes the probabilities), the output
+            // projection with the residual inside it. (Weights that are variables take the path
+            // below, which differentiates them.)
+            let qkv = qkv_map
+                .forward(&normed)?
+                .reshape((b, 3 * c, h * w))?
+                .contiguous()?;
+            let y = if qkv.track_op() {
+                qkv.apply_op1(SelfAttentionOp { heads: self.heads })?
+            } else {
+                kernel_self_attention(&qkv, self.heads)?
+            };
+            let y = y.reshape((b, c, h, w))?;
+            return divided(out_map.forward_add(&y, Addend::Full(x))?, self.rescale);
         }
         let tokens = normed
             .reshape((b, c, h * w))?
@@ -174,6 +181,74 @@ fn kernel_self_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
         DType::F32 => run::<f32>(s, &qkv),
         DType::F64 => run::<f64>(s, &qkv),
         other => candle_core::bail!("attention kernel: {other:?} (only f32 and f64)"),
+    }
+}
+
+/// Self-attention over q, k and v stacked in the channels of [B, 3·C, L] (see
+/// [`kernel_self_attention`]) as one op: the graph keeps its input only, and the backward
+/// recomputes the probabilities block by block ([`attention_kernel::self_attention_backward`]).
+struct SelfAttentionOp {
+    heads: usize,
+}
+
+impl SelfAttentionOp {
+    fn shape(&self, dims: &[usize]) -> Result<attention_kernel::Shape> {
+        let &[batch, c3, l] = dims else {
+            candle_core::bail!("self-attention: input {dims:?}, not [B, 3·C, L]");
+        };
+        let c = c3 / 3;
+        if !c3.is_multiple_of(3) || self.heads == 0 || !c.is_multiple_of(self.heads) {
+            candle_core::bail!(
+                "self-attention: {c3} channels are not q, k, v of {} heads",
+                self.heads
+            );
+        }
+        Ok(attention_kernel::Shape {
+            batch,
+            heads: self.heads,
+            lq: l,
+            lk: l,
+            d: c / self.heads,
+        })
+    }
+}
+
+impl CustomOp1 for SelfAttentionOp {
+    fn name(&self) -> &'static str {
+        "self-attention"
+    }
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let s = self.shape(layout.dims())?;
+        fn run<T: attention_kernel::Real + candle_core::WithDType>(
+            s: attention_kernel::Shape,
+            x: &[T],
+        ) -> Result<Vec<T>> {
+            let (hs, c, l) = (attention_kernel::stacked_heads(s), s.heads * s.d, s.lq);
+            let scale = T::ONE / T::from_f64((s.d as f64).sqrt());
+            Ok(attention_kernel::attention(
+                s,
+                (x, hs),
+                (&x[c * l..], hs),
+                (&x[2 * c * l..], hs),
+                scale,
+                attention_kernel::Out::ChannelFirst,
+            ))
+        }
+        let out = super::cpu_forward(storage, layout, self.name(), |x| run(s, x), |x| run(s, x))?;
+        Ok((out, Shape::from((s.batch, s.heads * s.d, s.lq))))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let s = self.shape(arg.dims())?;
+        let arg = arg.detach().contiguous()?;
+        let scale = 1.0 / (s.d as f64).sqrt();
+        super::cpu_input_gradient(
+            &arg,
+            grad,
+            "self-attention backward",
+            |x, g, _| attention_kernel::self_attention_backward(s, x, g, scale as f32),
+            |x, g, _| attention_kernel::self_attention_backward(s, x, g, scale),
+        )
+        .map(Some)
     }
 }
 
@@ -593,6 +668,59 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The self-attention op over stacked q, k, v in NCHW and its recomputing backward equal
+    /// the composite softmax(QKᵀ/√d)V and its gradient, in f64 and f32, for one head and
+    /// several, few rows and enough to be shared out between threads in blocks.
+    #[test]
+    fn stacked_self_attention_equals_the_composite() {
+        let dev = Device::Cpu;
+        for dtype in [DType::F64, DType::F32] {
+            let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+            for (b, heads, d, l) in [(2, 1, 3, 7), (3, 2, 4, 300), (1, 3, 2, 40)] {
+                let c = heads * d;
+                let r = |shape: (usize, usize, usize)| {
+                    Tensor::randn(0f64, 1.0, shape, &dev)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap()
+                };
+                let (qkv, w) = (r((b, 3 * c, l)), r((b, c, l)));
+                let var = Var::from_tensor(&qkv).unwrap();
+                let ours = var.apply_op1(SelfAttentionOp { heads }).unwrap();
+                let plain = kernel_self_attention(&qkv, heads).unwrap();
+                let part = |i: usize| -> Tensor {
+                    var.narrow(1, i * c, c)
+                        .unwrap()
+                        .reshape((b, heads, d, l))
+                        .unwrap()
+                        .transpose(2, 3)
+                        .unwrap()
+                };
+                let scores =
+                    (part(0).matmul(&part(1).t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+                let theirs = candle_nn::ops::softmax(&scores, D::Minus1)
+                    .unwrap()
+                    .matmul(&part(2))
+                    .unwrap()
+                    .transpose(2, 3)
+                    .unwrap()
+                    .reshape((b, c, l))
+                    .unwrap();
+                assert!(max_abs((&ours - &theirs).unwrap()) < tol);
+                assert!(max_abs((&plain - &theirs).unwrap()) < tol);
+                let (ga, gb) = (
+                    backward_of_weighted_sum(ours, &w),
+                    backward_of_weighted_sum(theirs, &w),
+                );
+                let (a, g) = (ga.get(&var).unwrap(), gb.get(&var).unwrap());
+                assert!(
+                    max_abs((a - g).unwrap()) < tol * 10.0,
+                    "{dtype:?} {b} {heads} {d} {l}"
+                );
             }
         }
     }

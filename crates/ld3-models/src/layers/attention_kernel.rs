@@ -241,6 +241,172 @@ fn probabilities<'a, T: Real>(
     scores
 }
 
+/// Self-attention over images in NCHW: q, k and v stacked in the channels of one
+/// [B, 3·H·d, L] (each head's d channels together), the output [B, H·d, L].
+pub(crate) fn stacked_heads(s: Shape) -> Heads {
+    Heads {
+        batch: 3 * s.heads * s.d * s.lq,
+        head: s.d * s.lq,
+        row: 1,
+        col: s.lq,
+    }
+}
+
+/// The gradient of [`attention`] over a stacked `qkv` ([`stacked_heads`], Lq = Lk = L, output
+/// channels first) in `qkv`, from the output's gradient `dy` [B, H·d, L], laid out as `qkv`. Each
+/// block of query rows has its probabilities P recomputed (nothing L×L is kept), then
+/// ∂V += Pᵀ∂O, ∂S = scale·P ⊙ (∂O Vᵀ − rowsum(P ⊙ ∂O Vᵀ)), ∂Q = ∂S K, ∂K += ∂Sᵀ Q.
+pub(crate) fn self_attention_backward<T: Real>(s: Shape, qkv: &[T], dy: &[T], scale: T) -> Vec<T> {
+    let (c, l) = (s.heads * s.d, s.lq);
+    let hs = stacked_heads(s);
+    assert!(
+        s.lq == s.lk
+            && hs.extent(s.batch, s.heads, l, s.d) + 2 * c * l <= qkv.len()
+            && dy.len() == s.batch * c * l,
+        "attention backward: shapes do not fit"
+    );
+    let mut dqkv = vec![T::ZERO; qkv.len()];
+    if dqkv.is_empty() {
+        return dqkv;
+    }
+    let plane_len = s.d * l;
+    let block = (BLOCK_SCORES / l.max(1)).clamp(MIN_ROWS, l.max(MIN_ROWS));
+    // Planes of d channels: (image, part q/k/v, head) in order; a task (image, head) takes its
+    // three, each behind its own (never contended) lock.
+    let planes: Vec<std::sync::Mutex<&mut [T]>> = dqkv
+        .chunks_mut(plane_len)
+        .map(std::sync::Mutex::new)
+        .collect();
+    let task = |i: usize| {
+        let (b, h) = (i / s.heads, i % s.heads);
+        let lock = |part: usize| {
+            planes[(b * 3 + part) * s.heads + h]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let (mut dq, mut dk, mut dv) = (lock(0), lock(1), lock(2));
+        // [rows, d] of a head's channels-first plane, from row `r0`.
+        let view = |data, r0, rows| plane(data, r0, rows, s.d, l);
+        let base = hs.at(b, h, 0);
+        let (k, v) = (&qkv[base + c * l..], &qkv[base + 2 * c * l..]);
+        let d_out = &dy[(b * c + h * s.d) * l..];
+        T::with_scratch(|p_buf, ds_buf| {
+            for first in (0..l).step_by(block) {
+                let m = block.min(l - first);
+                p_buf.resize(m * l, T::ZERO);
+                ds_buf.resize(m * l, T::ZERO);
+                let p = probabilities(
+                    s,
+                    b,
+                    h,
+                    first,
+                    m,
+                    (qkv, hs),
+                    (&qkv[c * l..], hs),
+                    scale,
+                    p_buf,
+                );
+                let g = view(d_out, first, m);
+                // ∂V += Pᵀ ∂O.
+                let pt = Strided {
+                    data: p,
+                    rows: l,
+                    cols: m,
+                    row_stride: 1,
+                    col_stride: l,
+                };
+                product(
+                    view_mut(&mut dv[..], 0, l, s.d, l),
+                    true,
+                    pt,
+                    g.reborrow(),
+                    false,
+                );
+                // ∂P = ∂O Vᵀ.
+                let ds = &mut ds_buf[..m * l];
+                let vt = Strided {
+                    data: v,
+                    rows: s.d,
+                    cols: l,
+                    row_stride: l,
+                    col_stride: 1,
+                };
+                product(Strided::rows(&mut *ds, m, l, l), false, g, vt, false);
+                parallel::vectorized(
+                    #[inline(always)]
+                    || {
+                        for (dsr, pr) in ds.chunks_mut(l).zip(p.chunks(l)) {
+                            let dot = parallel::dot(&*dsr, pr);
+                            for (d, &pi) in dsr.iter_mut().zip(pr) {
+                                *d = scale * pi * (*d - dot);
+                            }
+                        }
+                    },
+                );
+                let ds = &ds_buf[..m * l];
+                // ∂Q = ∂S K (these rows), ∂K += ∂Sᵀ Q.
+                product(
+                    view_mut(&mut dq[..], first, m, s.d, l),
+                    false,
+                    Strided::rows(ds, m, l, l),
+                    view(k, 0, l),
+                    false,
+                );
+                let dst = Strided {
+                    data: ds,
+                    rows: l,
+                    cols: m,
+                    row_stride: 1,
+                    col_stride: l,
+                };
+                product(
+                    view_mut(&mut dk[..], 0, l, s.d, l),
+                    true,
+                    dst,
+                    view(&qkv[base..], first, m),
+                    false,
+                );
+            }
+        });
+    };
+    let work = s.batch * s.heads * l * l * s.d;
+    if work >= PARALLEL_WORK {
+        parallel::for_each_index(s.batch * s.heads, task);
+    } else {
+        (0..s.batch * s.heads).for_each(task);
+    }
+    drop(planes);
+    dqkv
+}
+
+/// `rows` × `cols` of a channels-first plane (`stride` between channels), from row `r0`.
+fn plane<T>(data: &[T], r0: usize, rows: usize, cols: usize, stride: usize) -> Strided<&[T]> {
+    Strided {
+        data: &data[r0..],
+        rows,
+        cols,
+        row_stride: 1,
+        col_stride: stride,
+    }
+}
+
+/// [`plane`], writable.
+fn view_mut<T>(
+    data: &mut [T],
+    r0: usize,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+) -> Strided<&mut [T]> {
+    Strided {
+        data: &mut data[r0..],
+        rows,
+        cols,
+        row_stride: 1,
+        col_stride: stride,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
