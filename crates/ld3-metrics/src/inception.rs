@@ -342,7 +342,7 @@ impl Conv {
         }
         Ok(Self {
             weight: weight.broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?,
-            bias: (beta - (mean * &scale)?)?.reshape((1, c, 1, 1))?,
+            bias: (beta - (mean * &scale)?)?,
             stride: spec.stride,
             pad: spec.pad,
         })
@@ -350,14 +350,16 @@ impl Conv {
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (ph, pw) = self.pad;
-        // The shared frozen-weight convolution (im2col/gemm kernels on the CPU).
-        let y = if ph == pw {
-            ld3_models::layers::conv2d(x, &self.weight, ph, self.stride, 1)?
-        } else {
-            let x = x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?;
-            ld3_models::layers::conv2d(&x, &self.weight, 0, self.stride, 1)?
+        // The shared frozen-weight convolution (im2col/gemm kernels on the CPU), with the
+        // folded batch norm's shift and the ReLU inside it.
+        let conv = |x: &Tensor, pad| {
+            ld3_models::layers::conv2d_relu(x, &self.weight, Some(&self.bias), pad, self.stride, 1)
         };
-        y.broadcast_add(&self.bias)?.relu()
+        if ph == pw {
+            conv(x, ph)
+        } else {
+            conv(&x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?, 0)
+        }
     }
 }
 

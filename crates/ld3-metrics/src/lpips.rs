@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use ld3_models::layers::Conv2d;
 use ld3_models::Checkpoint;
@@ -221,7 +221,7 @@ impl Lpips {
         for op in &self.ops {
             h = match op {
                 Op::Conv(conv, tap) => {
-                    let h = ld3_models::layers::relu(&conv.forward(&h)?)?;
+                    let h = conv.forward_relu(&h)?;
                     if *tap {
                         taps.push(h.clone());
                     }

@@ -1,10 +1,11 @@
-//! The CPU kernel of unmasked attention without a graph: softmax(s·QKᵀ)V for every image and
-//! head, a block of query rows at a time. A block's scores live in a per-thread scratch buffer
-//! that stays in the core's cache (never all N·Lq·Lk of them: at batch 50 on a 16×16 layer a
-//! fresh 13 MB mapping per call, whose page faults cost more than the products), the softmax
-//! runs on them in place, and the product with V is written straight into the output, heads
-//! side by side. Q, K and V are read through strides, so heads split out of [B, L, C] need no
-//! copies.
+//! The CPU kernels of unmasked attention: softmax(s·QKᵀ)V for every image and head, a block of
+//! query rows at a time. A block's scores live in a per-thread scratch buffer that stays in the
+//! core's cache (never all N·Lq·Lk of them: at batch 50 on a 16×16 layer a fresh 13 MB mapping
+//! per call, whose page faults cost more than the products), the softmax runs on them in place,
+//! and the product with V is written straight into the output, heads side by side or channels
+//! first. Q, K and V are read through strides, so heads split out of [B, L, C] or out of an NCHW
+//! image need no copies. The backward of self-attention over an NCHW image recomputes each
+//! block's probabilities the same way and writes the gradients of q, k and v in place.
 
 use super::activation::exp_f32;
 use super::matmul::{product, Element, Strided};

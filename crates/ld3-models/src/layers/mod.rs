@@ -23,7 +23,7 @@ pub use activation::{relu, silu, Activation};
 pub use attention::{multi_head_attention, SelfAttention};
 pub use conv::{conv, upsample_nearest_2x};
 pub use embeddings::{timestep_embedding, TimestepMlp};
-pub use frozen::{conv2d, linear, linear_no_bias, Addend, Conv2d, Linear};
+pub use frozen::{conv2d, conv2d_relu, linear, linear_no_bias, Addend, Conv2d, Linear};
 pub use norm::{group_norm, GroupNorm, LayerNorm};
 pub(crate) use resample::fir_down2_padded;
 pub use resample::{fir_down2, fir_filter, fir_up2};
