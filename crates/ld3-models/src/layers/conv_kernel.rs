@@ -342,7 +342,7 @@ impl<T> Start<'_, T> {
 /// `start + conv2d(x, weight)` in NCHW; `x`, `weight` and `start`'s slices contiguous, of the
 /// lengths the geometry gives (the caller checks them).
 pub(crate) fn forward<T: Element>(g: &Geometry, x: &[T], weight: &[T], start: Start<T>) -> Vec<T> {
-    forward_tiled(g, x, weight, start, TILE_ELEMENTS)
+    forward_tiled(g, x, weight, start, TILE_ELEMENTS, FRESH_PAGES_BYTES)
 }
 
 fn forward_tiled<T: Element>(
@@ -351,28 +351,34 @@ fn forward_tiled<T: Element>(
     weight: &[T],
     start: Start<T>,
     tile_elements: usize,
+    fresh_pages_bytes: usize,
 ) -> Vec<T> {
     let pixels_out = g.pixels_out();
-    // The output starts as the residual, or the bias planes (written once: zeros first would be
-    // a second pass), or zeros.
+    // The output starts as the residual, or the bias planes, or zeros. Below glibc's largest
+    // mmap threshold a zeroed allocation is a pass of its own (heap memory is reused), so the
+    // bias planes are written directly; above it, zeroed memory is fresh pages at no cost and
+    // the bias is filled in below, by the threads that then work on each part.
+    let bias_direct = g.output_len() * std::mem::size_of::<T>() < fresh_pages_bytes;
     let mut y = match (start.residual, start.bias) {
         (Some(r), _) => r.to_vec(),
-        (None, Some(bias)) => {
+        (None, Some(bias)) if bias_direct => {
             let mut y = Vec::with_capacity(g.output_len());
             for plane in 0..g.batch * g.c_out {
                 y.extend(std::iter::repeat_n(bias[plane % bias.len()], pixels_out));
             }
             y
         }
-        (None, None) => vec![T::ZERO; g.output_len()],
+        (None, _) => vec![T::ZERO; g.output_len()],
     };
     if g.batch == 0 || pixels_out == 0 {
         return y;
     }
     let accumulate = !start.is_zero();
-    // The bias is in already, unless it goes onto a residual.
+    // The bias is in already if written directly.
     let start = Start {
-        bias: start.residual.and(start.bias),
+        bias: start
+            .bias
+            .filter(|_| start.residual.is_some() || !bias_direct),
         ..start
     };
     if let Some(images) = images_per_task(g, tile_elements) {
@@ -410,6 +416,9 @@ fn forward_tiled<T: Element>(
     });
     y
 }
+
+/// glibc's largest mmap threshold (32 MB): larger allocations are always fresh mappings.
+const FRESH_PAGES_BYTES: usize = 32 << 20;
 
 /// The bias of `start` set into (or, over a residual, added to) the output planes of `y`
 /// (`pixels` each), the first of them plane `first` of the output.
@@ -532,7 +541,14 @@ fn input_gradient_tiled<T: Element>(
     tile_elements: usize,
 ) -> Vec<T> {
     if let Some((adjoint, flipped)) = adjoint_convolution(g, weight) {
-        return forward_tiled(&adjoint, dy, &flipped, Start::ZERO, tile_elements);
+        return forward_tiled(
+            &adjoint,
+            dy,
+            &flipped,
+            Start::ZERO,
+            tile_elements,
+            FRESH_PAGES_BYTES,
+        );
     }
     let (patch, pixels_out, w_out) = (g.patch(), g.pixels_out(), g.w_out());
     let mut dx = vec![T::ZERO; g.input_len()];
@@ -708,12 +724,18 @@ mod tests {
             let pixels = g.h_out() * g.w_out();
             let patch = c_in * k_h * k_w;
             // One tile for everything; two images per tile; one output row per tile.
-            for budget in [TILE_ELEMENTS, 2 * pixels * patch, 1] {
+            // (The bias written directly, or filled into zeroed memory as for large outputs.)
+            for (budget, fresh) in [
+                (TILE_ELEMENTS, FRESH_PAGES_BYTES),
+                (2 * pixels * patch, 0),
+                (1, FRESH_PAGES_BYTES),
+                (1, 0),
+            ] {
                 let start = Start {
                     bias: Some(&bias),
                     residual: None,
                 };
-                let y = forward_tiled(&g, &x, &wt, start, budget);
+                let y = forward_tiled(&g, &x, &wt, start, budget, fresh);
                 for (i, (a, e)) in y.iter().zip(&expected).enumerate() {
                     let e = e + bias[(i / pixels) % c_out];
                     assert!((a - e).abs() < 1e-12, "case {n} output {i}: {a} vs {e}");
@@ -723,7 +745,7 @@ mod tests {
                     bias: Some(&plane_bias),
                     residual: Some(&residual),
                 };
-                let y = forward_tiled(&g, &x, &wt, start, budget);
+                let y = forward_tiled(&g, &x, &wt, start, budget, fresh);
                 for (i, (a, e)) in y.iter().zip(&expected).enumerate() {
                     let e = e + plane_bias[i / pixels] + residual[i];
                     assert!((a - e).abs() < 1e-12, "case {n} output {i}: {a} vs {e}");

@@ -381,10 +381,9 @@ fn relu_in_place<T: candle_core::WithDType>(y: &mut [T]) {
         super::parallel::vectorized(
             #[inline(always)]
             || {
+                // A store per element (a select, not a branch): the loop vectorises.
                 for v in c.iter_mut() {
-                    if *v < T::zero() {
-                        *v = T::zero();
-                    }
+                    *v = if *v < T::zero() { T::zero() } else { *v };
                 }
             },
         )
@@ -400,9 +399,7 @@ fn relu_mask<T: candle_core::WithDType>(y: &[T], g: &[T]) -> Vec<T> {
             || {
                 let (y, g) = (&y[i * RELU_CHUNK..], &g[i * RELU_CHUNK..]);
                 for ((d, &y), &g) in c.iter_mut().zip(y).zip(g) {
-                    if y > T::zero() {
-                        *d = g;
-                    }
+                    *d = if y > T::zero() { g } else { T::zero() };
                 }
             },
         )
