@@ -358,7 +358,7 @@ fn forward_tiled<T: Element>(
     // mmap threshold a zeroed allocation is a pass of its own (heap memory is reused), so the
     // bias planes are written directly; above it, zeroed memory is fresh pages at no cost and
     // the bias is filled in below, by the threads that then work on each part.
-    let bias_direct = g.output_len() * std::mem::size_of::<T>() < fresh_pages_bytes;
+    let bias_direct = g.output_len() * size_of::<T>() < fresh_pages_bytes;
     let mut y = match (start.residual, start.bias) {
         (Some(r), _) => r.to_vec(),
         (None, Some(bias)) if bias_direct => {
