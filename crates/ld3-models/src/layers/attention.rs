@@ -266,6 +266,9 @@ pub fn multi_head_attention(
 ) -> Result<Tensor> {
     let (b, lq, c) = q.dims3()?;
     let lk = k.dim(1)?;
+    if heads == 0 || !c.is_multiple_of(heads) {
+        candle_core::bail!("attention: {c} channels do not split into {heads} heads");
+    }
     let d = c / heads;
     let tracked = q.track_op() || k.track_op() || v.track_op();
     if !causal && !tracked && own_cpu(q) {

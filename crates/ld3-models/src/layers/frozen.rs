@@ -93,19 +93,7 @@ pub struct Conv2d(pub candle_nn::Conv2d);
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let cfg = *self.0.config();
-        if cfg.groups != 1 {
-            return self.0.forward(x);
-        }
-        conv2d_biased(
-            x,
-            self.0.weight(),
-            self.0.bias(),
-            cfg.padding,
-            cfg.stride,
-            cfg.dilation,
-            false,
-        )
+        self.convolve(x, false)
     }
 }
 
@@ -123,19 +111,18 @@ pub enum Addend<'a> {
 impl Conv2d {
     /// ReLU(`self.forward(x)`), as one op on the own CPU path (see [`conv2d_relu`]).
     pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.convolve(x, true)
+    }
+
+    /// The convolution, then ReLU if `relu`: the own kernels for ungrouped convolutions.
+    fn convolve(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let cfg = *self.0.config();
         if cfg.groups != 1 {
-            return super::relu(&self.0.forward(x)?);
+            let y = self.0.forward(x)?;
+            return if relu { super::relu(&y) } else { Ok(y) };
         }
-        conv2d_biased(
-            x,
-            self.0.weight(),
-            self.0.bias(),
-            cfg.padding,
-            cfg.stride,
-            cfg.dilation,
-            true,
-        )
+        let (w, b) = (self.0.weight(), self.0.bias());
+        conv2d_biased(x, w, b, cfg.padding, cfg.stride, cfg.dilation, relu)
     }
 
     /// `self.forward(x) + addend` (broadcast over the pixels for [`Addend::PerChannel`]). On the
