@@ -28,8 +28,9 @@ pub struct SelfAttention {
     to_v: Linear,
     to_out: Linear,
     /// The three projections as one pointwise convolution (weights stacked) and the output
-    /// projection as another: the own CPU path without a graph works on the image's NCHW layout.
-    pointwise: (Conv2d, Conv2d),
+    /// projection as another, for the own CPU path on the image's NCHW layout (built for
+    /// weights on the CPU only: the stacked copy is 3·C² more values).
+    pointwise: Option<(Conv2d, Conv2d)>,
     heads: usize,
     rescale: f64,
 }
@@ -64,7 +65,11 @@ impl SelfAttention {
                 Some(n) => Some(group_norm(n.groups, channels, n.eps, vb.pp("group_norm"))?),
                 None => None,
             },
-            pointwise: (pointwise(&[&to_q, &to_k, &to_v])?, pointwise(&[&to_out])?),
+            pointwise: if to_q.weight().device().is_cpu() {
+                Some((pointwise(&[&to_q, &to_k, &to_v])?, pointwise(&[&to_out])?))
+            } else {
+                None
+            },
             to_q,
             to_k,
             to_v,
@@ -81,8 +86,8 @@ impl SelfAttention {
             Some(n) => n.forward(x)?,
             None => x.clone(),
         };
-        let (qkv_map, out_map) = &self.pointwise;
-        if own_cpu(x) && !qkv_map.0.weight().track_op() && !out_map.0.weight().track_op() {
+        let own = |(q, o): &(Conv2d, Conv2d)| !q.0.weight().track_op() && !o.0.weight().track_op();
+        if let Some((qkv_map, out_map)) = self.pointwise.as_ref().filter(|p| own(p) && own_cpu(x)) {
             // q, k and v in one pointwise convolution, the attention read and written in NCHW
             // (under a gradient one op whose backward recomputes the probabilities), the output
             // projection with the residual inside it. (Weights that are variables take the path
@@ -139,19 +144,16 @@ fn pointwise(maps: &[&Linear]) -> Result<Conv2d> {
     )))
 }
 
+/// The scores' scale 1/√d for heads of `d` channels, in `T` (one rounding for every path).
+fn score_scale<T: candle_core::WithDType>(d: usize) -> T {
+    T::from_f64(1.0 / (d as f64).sqrt())
+}
+
 /// softmax(QKᵀ/√d)V by the CPU kernel for q, k and v stacked in the channels of `qkv`
 /// [B, 3·C, L] (C = heads·d, each head's d channels together), in and out channels first:
 /// [B, C, L], no graph.
 fn kernel_self_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, c3, l) = qkv.dims3()?;
-    let c = c3 / 3;
-    let s = attention_kernel::Shape {
-        batch: b,
-        heads,
-        lq: l,
-        lk: l,
-        d: c / heads,
-    };
+    let s = SelfAttentionOp { heads }.shape(qkv.dims())?;
     let qkv = qkv.contiguous()?;
     fn run<T: attention_kernel::Real + candle_core::WithDType>(
         s: attention_kernel::Shape,
@@ -164,7 +166,7 @@ fn kernel_self_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
             row: 1,
             col: l,
         };
-        let scale = T::from_f64(1.0 / (s.d as f64).sqrt());
+        let scale = score_scale::<T>(s.d);
         let out = with_host_slice(qkv, "attention", |x: &[T]| {
             attention_kernel::attention(
                 s,
@@ -224,7 +226,7 @@ impl CustomOp1 for SelfAttentionOp {
             x: &[T],
         ) -> Result<Vec<T>> {
             let (hs, c, l) = (attention_kernel::stacked_heads(s), s.heads * s.d, s.lq);
-            let scale = T::ONE / T::from_f64((s.d as f64).sqrt());
+            let scale = score_scale::<T>(s.d);
             Ok(attention_kernel::attention(
                 s,
                 (x, hs),
@@ -240,13 +242,12 @@ impl CustomOp1 for SelfAttentionOp {
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let s = self.shape(arg.dims())?;
         let arg = arg.detach().contiguous()?;
-        let scale = 1.0 / (s.d as f64).sqrt();
         super::cpu_input_gradient(
             &arg,
             grad,
             "self-attention backward",
-            |x, g, _| attention_kernel::self_attention_backward(s, x, g, scale as f32),
-            |x, g, _| attention_kernel::self_attention_backward(s, x, g, scale),
+            |x, g, _| attention_kernel::self_attention_backward(s, x, g, score_scale(s.d)),
+            |x, g, _| attention_kernel::self_attention_backward(s, x, g, score_scale(s.d)),
         )
         .map(Some)
     }

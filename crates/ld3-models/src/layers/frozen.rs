@@ -567,12 +567,10 @@ mod tests {
     };
     use candle_core::Var;
 
-    /// Values and input gradients equal candle's own modules', in f64 and f32, for strided and
-    /// padded convolutions and for linear maps on 2- and 3-dimensional inputs.
+    /// relu(conv + b) as one op: value and input gradient equal candle's conv then ReLU, in f64
+    /// and f32, strided and not; a bias being trained keeps its gradient.
     #[test]
     fn conv_relu_equals_the_composite() {
-        // relu(conv + b) as one op: value and input gradient equal candle's conv then ReLU, in
-        // f64 and f32, strided and not; a bias being trained keeps its gradient.
         struct Composite(candle_nn::Conv2d);
         impl Module for Composite {
             fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -634,6 +632,8 @@ mod tests {
         }
     }
 
+    /// Values and input gradients equal candle's own modules', in f64 and f32, for strided and
+    /// padded convolutions and for linear maps on 2- and 3-dimensional inputs.
     #[test]
     fn input_only_layers_equal_candles() {
         for dtype in [DType::F64, DType::F32] {

@@ -35,11 +35,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// 0: not yet read from the environment; 1: own ops; 2: candle's generic ones.
 static OWN_OPS: AtomicU8 = AtomicU8::new(0);
 
-/// Whether the layers take this crate's own CPU ops where they apply — the fused GroupNorm (alone
-/// or with SiLU), SiLU and ReLU, the fused attention kernel without a graph and the chunked
-/// attention that recomputes its probabilities in the backward, the frozen-weight convolution (alone or with a fused addend) and linear maps, the
-/// softmax with a backward. On by default; off when the environment sets `LD3_GENERIC_OPS=1` or after [`set_own_ops`]`(false)`: every layer is then
-/// candle's generic composite, the reference the own ops are tested against.
+/// Whether the layers take this crate's own CPU ops where they apply — the fused GroupNorm
+/// (alone or with SiLU), SiLU and ReLU, the fused attention kernel without a graph and the
+/// attention ops that recompute their probabilities in the backward, the frozen-weight
+/// convolution (alone, with a fused addend, or with its ReLU) and linear maps, the softmax with a
+/// backward. On by default; off when the environment sets `LD3_GENERIC_OPS=1` or after
+/// [`set_own_ops`]`(false)`: every layer is then candle's generic composite, the reference the
+/// own ops are tested against.
 pub fn own_ops() -> bool {
     match OWN_OPS.load(Ordering::Relaxed) {
         1 => true,
