@@ -11,6 +11,9 @@
 #             ipndm:3::8 dpm-solver++:3:reference:8 unipc:2:bh2:8 ipndm:3::10
 #             dpm-solver++:3:reference:10 unipc:2:bh2:10]
 #   SEEDS "0 1 2"  TRAIN 50  VALID 50  HELDOUT 256 (scored noises)  REF_NFE 500 (UniPC-3 reference)
+#   LOSS l2 (the official code's, the table's so far; rms: `ld3 train`'s default for images without
+#        LPIPS; learned schedules and evaluations of another loss are named with it: ...-seed0-rms.json,
+#        ...-eval-rms.json; scripts/mnist-study-table.py reads the l2 ones)
 #   DEVICE cpu (or cuda, with a cuda build)  OUT (folder kept for the schedules; default: temporary)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +27,8 @@ TRAIN=${TRAIN:-50}
 VALID=${VALID:-50}
 HELDOUT=${HELDOUT:-256}
 REF_NFE=${REF_NFE:-500}
+LOSS=${LOSS:-l2}
+sfx=""; [ "$LOSS" = l2 ] || sfx="-$LOSS"
 DEVICE=${DEVICE:-cpu}
 if [ -n "${OUT:-}" ]; then work=$OUT; mkdir -p "$work"; else
   work=$(mktemp -d)
@@ -38,10 +43,10 @@ for setting in $SETTINGS; do
   tag="$solver-$order${variant:+-$variant}-$nfe"
   files=()
   for seed in $SEEDS; do
-    out="$work/$tag-seed$seed.json"
+    out="$work/$tag-seed$seed$sfx.json"
     [ -f "$out" ] || "$LD3" train --model ld3-mnist-32 "${flags[@]}" --train-samples "$TRAIN" \
-      --valid-samples "$VALID" --loss l2 --seed "$seed" --device "$DEVICE" --quiet --out "$out" \
-      > "$work/$tag-seed$seed.log" 2>&1
+      --valid-samples "$VALID" --loss "$LOSS" --seed "$seed" --device "$DEVICE" --quiet --out "$out" \
+      > "$work/$tag-seed$seed$sfx.log" 2>&1
     files+=(--schedule-file "$out")
   done
   for s in time-uniform time-quadratic logsnr edm time-edm gits; do
@@ -52,8 +57,8 @@ for setting in $SETTINGS; do
   "$LD3" eval samples --model ld3-mnist-32 "${files[@]}" --num-samples "$HELDOUT" \
     --teacher-solver unipc --teacher-order 3 --teacher-nfe "$REF_NFE" --device "$DEVICE" \
     --teacher-cache "$work/reference-$REF_NFE-$HELDOUT-$DEVICE.safetensors" \
-    --quiet --json "$work/$tag-eval.json" > /dev/null 2>&1
-  python3 - "$work/$tag-eval.json" "$tag" <<'PY'
+    --quiet --json "$work/$tag-eval$sfx.json" > /dev/null 2>&1
+  python3 - "$work/$tag-eval$sfx.json" "$tag" <<'PY'
 import json, sys
 for r in json.load(open(sys.argv[1]))["rows"]:
     name = r["schedule"].rsplit("/", 1)[-1][:-5].replace(sys.argv[2] + "-", "")

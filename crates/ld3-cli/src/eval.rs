@@ -395,7 +395,9 @@ impl TeacherCache {
 struct Row {
     name: String,
     nfe: usize,
-    l2: Option<(f64, f64)>,
+    /// Per-sample RMS distance to the teacher: mean, median, and the mean of its square (the
+    /// mean squared error LD3's L2 loss minimises).
+    l2: Option<(f64, f64, f64)>,
     lpips: Option<f64>,
     fid: Option<f64>,
     kid: Option<(f64, f64)>,
@@ -548,7 +550,9 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
                     .sqrt()?
                     .to_dtype(DType::F64)?
                     .to_vec1()?;
-                Some((rms.iter().sum::<f64>() / rms.len() as f64, median(rms)))
+                let n = rms.len() as f64;
+                let mse = rms.iter().map(|r| r * r).sum::<f64>() / n;
+                Some((rms.iter().sum::<f64>() / n, median(rms), mse))
             }
             None => None,
         };
@@ -637,6 +641,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
                 "nfe": r.nfe,
                 "l2_rms_mean": r.l2.map(|v| v.0),
                 "l2_rms_median": r.l2.map(|v| v.1),
+                "l2_mse_mean": r.l2.map(|v| v.2),
                 "lpips": r.lpips,
                 "fid": r.fid,
                 "kid": r.kid.map(|(mean, std)| serde_json::json!({ "mean": mean, "std": std })),

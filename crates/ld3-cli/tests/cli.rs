@@ -296,6 +296,8 @@ fn train_writes_a_schedule_that_sample_uses_and_refuses_bad_input() {
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(file["provenance"]["method"], "ld3");
+    // `--loss auto` on a model that does not make images: L2, as the official code.
+    assert_eq!(file["provenance"]["loss"], "l2");
     let stdout = ld3("sample")
         .gmm("edm-public")
         .path("--schedule-file", &out)
@@ -359,12 +361,25 @@ fn trains_on_the_embedded_network_with_lpips_and_draws_the_comparison() {
                  --rounds-joint 1 --init best-hand-made";
     let small: Vec<&str> = small.split_whitespace().collect();
     let train = ld3("train").env("HF_HUB_CACHE", dir.path()).args(&small);
-    // No VGG16 in the (empty) cache: --loss lpips says how to get it.
+    // No VGG16 in the (empty) cache: --loss lpips says how to get it, and `--loss auto` trains
+    // with the RMS distance, saying why.
     train
         .clone()
         .args(&["--loss", "lpips"])
         .path("--out", &out)
         .fails_with("cargo xtask fetch-weights vgg16");
+    let auto = tmp(&dir, "auto.json");
+    let o = train.clone().path("--out", &auto).run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("training with the RMS distance") && stderr(&o).contains("vgg16"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("held-out rms (root mean squared"));
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&auto).unwrap()).unwrap();
+    assert_eq!(file["provenance"]["loss"], "rms");
     // LPIPS(AlexNet) with a backbone file in torchvision's layout (pseudo-random weights here).
     let backbone = tmp(&dir, "alexnet.safetensors");
     let tensors = ld3_testing::weights::lpips_backbone(ld3_metrics::LpipsNet::Alex).unwrap();

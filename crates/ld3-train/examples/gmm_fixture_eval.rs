@@ -129,8 +129,17 @@ fn main() {
     if let Ok(n) = std::env::var("TRAIN") {
         cfg.train_samples = n.parse().unwrap();
     }
+    if let Ok(l) = std::env::var("LOSS") {
+        cfg.loss = match l.as_str() {
+            "l2" => ld3_train::Loss::L2,
+            "l1" => ld3_train::Loss::L1,
+            "rms" => ld3_train::Loss::Rms,
+            other => panic!("LOSS={other}: l2, l1 or rms"),
+        };
+    }
     let run = std::env::temp_dir().join(format!(
-        "ld3probe-{}-{}-{}-{}-{}-{}",
+        "ld3probe-{}-{}-{}-{}-{}-{}-{}",
+        std::env::var("LOSS").unwrap_or_default(),
         fx,
         solver_arg,
         order,

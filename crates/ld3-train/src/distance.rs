@@ -50,6 +50,25 @@ impl Distance for L1 {
     }
 }
 
+/// Root mean squared difference per sample, √(Σ(a − b)²/(C·H·W) + ε) with ε = 1e-20 (a
+/// finite gradient where a = b): the L2 distance itself rather than its square, so the mean over
+/// a batch weighs a sample by its distance, not by the distance squared.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rms;
+
+/// Keeps the square root's gradient finite at a zero distance, far below any distance that
+/// matters (f32 states differ by ≥ 1e-8 where they differ at all).
+const RMS_EPSILON: f64 = 1e-20;
+
+impl Distance for Rms {
+    fn name(&self) -> &'static str {
+        "rms"
+    }
+    fn per_sample(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok(L2.per_sample(a, b)?.affine(1.0, RMS_EPSILON)?.sqrt()?)
+    }
+}
+
 /// LPIPS per sample (the LD3 paper's loss), on images in [−1, 1].
 pub struct LpipsDistance(pub ld3_metrics::Lpips);
 
@@ -83,11 +102,43 @@ mod tests {
             L1.per_sample(&a, &b).unwrap().to_vec1::<f64>().unwrap(),
             vec![1.5, 2.0]
         );
+        let rms = Rms.per_sample(&a, &b).unwrap().to_vec1::<f64>().unwrap();
+        assert!((rms[0] - 2.5f64.sqrt()).abs() < 1e-12 && (rms[1] - 5f64.sqrt()).abs() < 1e-12);
         let c = Tensor::new(&[1.0f64], &Device::Cpu).unwrap();
+        assert!(Rms.per_sample(&a, &c).is_err());
         assert!(L2
             .per_sample(&a, &c)
             .unwrap_err()
             .to_string()
             .contains("must match"));
+    }
+
+    #[test]
+    fn rms_gradient_is_the_unit_direction_and_finite_at_zero() {
+        let b = Tensor::new(&[[0.5f64, -1.0, 2.0]], &Device::Cpu).unwrap();
+        let a = candle_core::Var::new(&[[1.5f64, 1.0, 2.0]], &Device::Cpu).unwrap();
+        let d = Rms
+            .per_sample(a.as_tensor(), &b)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let g = d.backward().unwrap();
+        let g = g.get(a.as_tensor()).unwrap().to_vec2::<f64>().unwrap();
+        // ∂/∂a √(Σ(a − b)²/n) = (a − b)/(n·rms), rms = √(5/3).
+        let rms = (5.0f64 / 3.0).sqrt();
+        for (gi, di) in g[0].iter().zip([1.0, 2.0, 0.0]) {
+            assert!((gi - di / (3.0 * rms)).abs() < 1e-12, "{gi}");
+        }
+        let same = Rms.per_sample(&b, &b).unwrap();
+        assert!(same.to_vec1::<f64>().unwrap()[0] < 1e-9);
+        let z = candle_core::Var::new(&[[0.5f64, -1.0, 2.0]], &Device::Cpu).unwrap();
+        let d = Rms
+            .per_sample(z.as_tensor(), &b)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let g = d.backward().unwrap();
+        let g = g.get(z.as_tensor()).unwrap().to_vec2::<f64>().unwrap();
+        assert!(g[0].iter().all(|v| v.is_finite()), "{g:?}");
     }
 }

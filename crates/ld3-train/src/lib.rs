@@ -16,7 +16,7 @@ pub mod teacher;
 pub mod trainer;
 
 pub use discretization::{Discretization, TimeMode, WindowRule};
-pub use distance::{Distance, LpipsDistance, L1, L2};
+pub use distance::{Distance, LpipsDistance, Rms, L1, L2};
 pub use lock::Lock;
 pub use teacher::{Conditioner, TeacherConfig, UniformClasses};
 pub use trainer::{

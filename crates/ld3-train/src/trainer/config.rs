@@ -32,6 +32,8 @@ pub enum Loss {
     L2,
     /// Mean absolute error per sample.
     L1,
+    /// Root mean squared error per sample (the L2 distance, not its square).
+    Rms,
     /// LPIPS(VGG16) (the paper's loss): the network comes with [`Trainer::with_distance`].
     LpipsVgg,
     /// LPIPS(AlexNet), likewise.
@@ -44,6 +46,7 @@ impl Loss {
         match self {
             Self::L2 => "l2",
             Self::L1 => "l1",
+            Self::Rms => "rms",
             Self::LpipsVgg => "lpips-vgg",
             Self::LpipsAlex => "lpips-alex",
         }

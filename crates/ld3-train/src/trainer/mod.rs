@@ -33,7 +33,7 @@ use crate::ball;
 use crate::grad::{Backprop, Problem};
 use crate::optim::RmsProp;
 use crate::teacher::{default_conditioner, Conditioner, PairsMeta, TeacherPairs};
-use crate::{Discretization, Distance, TimeMode, L1, L2};
+use crate::{Discretization, Distance, Rms, TimeMode, L1, L2};
 use iteration::{Batch, Ld3};
 use run_dir::{Best, Checkpoint, RunDir, State};
 
@@ -176,6 +176,7 @@ impl<'a> Trainer<'a> {
             ))),
             (None, Loss::L2) => Ok(Arc::new(L2)),
             (None, Loss::L1) => Ok(Arc::new(L1)),
+            (None, Loss::Rms) => Ok(Arc::new(Rms)),
             (None, Loss::LpipsVgg | Loss::LpipsAlex) => Err(Error::Invalid(
                 "the LPIPS loss needs its network: give it with Trainer::with_distance".into(),
             )),
