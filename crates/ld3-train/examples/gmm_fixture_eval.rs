@@ -130,12 +130,7 @@ fn main() {
         cfg.train_samples = n.parse().unwrap();
     }
     if let Ok(l) = std::env::var("LOSS") {
-        cfg.loss = match l.as_str() {
-            "l2" => ld3_train::Loss::L2,
-            "l1" => ld3_train::Loss::L1,
-            "rms" => ld3_train::Loss::Rms,
-            other => panic!("LOSS={other}: l2, l1 or rms"),
-        };
+        cfg.loss = l.parse().unwrap_or_else(|e| panic!("LOSS: {e}"));
     }
     let run = std::env::temp_dir().join(format!(
         "ld3probe-{}-{}-{}-{}-{}-{}-{}",

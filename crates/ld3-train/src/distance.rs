@@ -56,8 +56,8 @@ impl Distance for L1 {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Rms;
 
-/// Keeps the square root's gradient finite at a zero distance, far below any distance that
-/// matters (f32 states differ by ≥ 1e-8 where they differ at all).
+/// Keeps the square root's gradient finite at a zero distance; it moves a distance of 1e-6 by
+/// 5e-9 of itself (√(d² + ε) ≈ d·(1 + ε/2d²)) and larger ones by less.
 const RMS_EPSILON: f64 = 1e-20;
 
 impl Distance for Rms {
@@ -111,6 +111,26 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("must match"));
+    }
+
+    #[test]
+    fn losses_parse_from_their_names() {
+        use crate::Loss;
+        for l in [
+            Loss::L2,
+            Loss::L1,
+            Loss::Rms,
+            Loss::LpipsVgg,
+            Loss::LpipsAlex,
+        ] {
+            assert_eq!(l.name().parse::<Loss>().unwrap(), l);
+        }
+        assert_eq!(Rms.name(), Loss::Rms.name());
+        let err = "l3".parse::<Loss>().unwrap_err().to_string();
+        assert!(
+            err.contains("unknown loss 'l3'") && err.contains("rms"),
+            "{err}"
+        );
     }
 
     #[test]
