@@ -395,12 +395,31 @@ impl TeacherCache {
 struct Row {
     name: String,
     nfe: usize,
-    /// Per-sample RMS distance to the teacher: mean, median, and the mean of its square (the
-    /// mean squared error LD3's L2 loss minimises).
-    l2: Option<(f64, f64, f64)>,
+    /// Per-sample RMS distance to the teacher (when a teacher was solved).
+    l2: Option<RmsStats>,
     lpips: Option<f64>,
     fid: Option<f64>,
     kid: Option<(f64, f64)>,
+}
+
+/// Statistics of the per-sample RMS distance to the teacher.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct RmsStats {
+    mean: f64,
+    median: f64,
+    /// The mean of its square: the mean squared error LD3's L2 loss minimises.
+    mse: f64,
+}
+
+impl RmsStats {
+    fn of(rms: Vec<f64>) -> Self {
+        let n = rms.len() as f64;
+        Self {
+            mean: rms.iter().sum::<f64>() / n,
+            mse: rms.iter().map(|r| r * r).sum::<f64>() / n,
+            median: median(rms),
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -550,9 +569,7 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
                     .sqrt()?
                     .to_dtype(DType::F64)?
                     .to_vec1()?;
-                let n = rms.len() as f64;
-                let mse = rms.iter().map(|r| r * r).sum::<f64>() / n;
-                Some((rms.iter().sum::<f64>() / n, median(rms), mse))
+                Some(RmsStats::of(rms))
             }
             None => None,
         };
@@ -622,8 +639,8 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
             "{:<40} {:>4} {:>10} {:>10} {:>8} {:>9} {:>9}",
             r.name,
             r.nfe,
-            fmt(r.l2.map(|v| v.0)),
-            fmt(r.l2.map(|v| v.1)),
+            fmt(r.l2.map(|v| v.mean)),
+            fmt(r.l2.map(|v| v.median)),
             fmt(r.lpips),
             fmt(r.fid),
             fmt(r.kid.map(|v| v.0))
@@ -639,9 +656,9 @@ fn run_samples(args: SamplesArgs) -> Result<()> {
             "rows": rows.iter().map(|r| serde_json::json!({
                 "schedule": r.name,
                 "nfe": r.nfe,
-                "l2_rms_mean": r.l2.map(|v| v.0),
-                "l2_rms_median": r.l2.map(|v| v.1),
-                "l2_mse_mean": r.l2.map(|v| v.2),
+                "l2_rms_mean": r.l2.map(|v| v.mean),
+                "l2_rms_median": r.l2.map(|v| v.median),
+                "l2_mse_mean": r.l2.map(|v| v.mse),
                 "lpips": r.lpips,
                 "fid": r.fid,
                 "kid": r.kid.map(|(mean, std)| serde_json::json!({ "mean": mean, "std": std })),
@@ -657,5 +674,19 @@ pub fn run(args: EvalArgs) -> Result<()> {
     match args.what {
         EvalCommand::Fid(a) => run_fid(a),
         EvalCommand::Samples(a) => run_samples(*a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_stats_mean_median_and_mean_square() {
+        let s = RmsStats::of(vec![3.0, 1.0, 2.0, 10.0]);
+        assert_eq!(s.mean, 4.0);
+        assert_eq!(s.median, 2.5);
+        assert_eq!(s.mse, (9.0 + 1.0 + 4.0 + 100.0) / 4.0);
+        assert_eq!(RmsStats::of(vec![2.0, 7.0, 1.0]).median, 2.0);
     }
 }

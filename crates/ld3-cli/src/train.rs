@@ -506,12 +506,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let loss = outcome.schedule.provenance["loss"].as_str().unwrap_or("?");
     println!(
         "held-out {} distance to the teacher ({} samples, {} at NFE {nfe}):",
-        match loss {
-            "l2" => "l2 (mean squared error per sample)",
-            "l1" => "l1 (mean absolute error per sample)",
-            "rms" => "rms (root mean squared error per sample)",
-            other => other,
-        },
+        loss.parse::<Loss>().map_or(loss, |l| l.description()),
         args.heldout_samples,
         solver
     );

@@ -124,6 +124,7 @@ mod tests {
             Loss::LpipsAlex,
         ] {
             assert_eq!(l.name().parse::<Loss>().unwrap(), l);
+            assert!(l.description().starts_with(&format!("{} (", l.name())));
         }
         assert_eq!(Rms.name(), Loss::Rms.name());
         let err = "l3".parse::<Loss>().unwrap_err().to_string();

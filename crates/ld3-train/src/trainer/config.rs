@@ -69,6 +69,17 @@ impl Loss {
             Self::LpipsAlex => "lpips-alex",
         }
     }
+
+    /// What the per-sample distance is, in words (for tables headed by a loss's name).
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::L2 => "l2 (mean squared error per sample)",
+            Self::L1 => "l1 (mean absolute error per sample)",
+            Self::Rms => "rms (root mean squared error per sample)",
+            Self::LpipsVgg => "lpips-vgg (LPIPS with VGG-16 features)",
+            Self::LpipsAlex => "lpips-alex (LPIPS with AlexNet features)",
+        }
+    }
 }
 
 /// How the per-sample validation losses are summarised into the number that picks the best.
