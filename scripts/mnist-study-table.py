@@ -1,7 +1,9 @@
 """The docs table of scripts/mnist-study.sh's evaluations kept in OUT: per setting, the learned
 schedules' RMS distance to the reference (mean / median per sample) averaged over the seeds found,
 with each seed's mean in brackets, and every hand-made schedule's; the lowest mean in bold.
-    python3 scripts/mnist-study-table.py OUT"""
+    python3 scripts/mnist-study-table.py OUT [LOSS]
+LOSS (default l2) picks the learned schedules and evaluations of that training loss
+(scripts/mnist-study.sh's LOSS: `...-seed0-rms.json`, `...-eval-rms.json`)."""
 import glob
 import json
 import os
@@ -32,14 +34,21 @@ def setting_label(tag):
 
 
 out = sys.argv[1]
+loss = sys.argv[2] if len(sys.argv) > 2 else "l2"
+sfx = "" if loss == "l2" else "-" + loss
 print("| setting | LD3 (seeds) | " + " | ".join(HEADER.get(h, h) for h in HAND_MADE) + " |")
 print("|---" * (len(HAND_MADE) + 2) + "|")
-tags = [os.path.basename(p)[: -len("-eval.json")] for p in glob.glob(os.path.join(out, "*-eval.json"))]
+ending = f"-eval{sfx}.json"
+tags = [os.path.basename(p)[: -len(ending)] for p in glob.glob(os.path.join(out, "*" + ending))]
 for tag in sorted(tags, key=setting_key):
-    path = os.path.join(out, tag + "-eval.json")
+    path = os.path.join(out, tag + ending)
     rows = {}
     for r in json.load(open(path))["rows"]:
         name = os.path.basename(r["schedule"])[:-5].replace(tag + "-", "")
+        if name.startswith("seed"):
+            if not name.endswith(sfx) or (not sfx and not name[4:].isdigit()):
+                continue
+            name = name[: len(name) - len(sfx)]
         rows[name] = (r["l2_rms_mean"], r["l2_rms_median"])
     seeds = sorted((k for k in rows if k.startswith("seed")), key=lambda k: int(k[4:]))
     if not seeds:

@@ -13,7 +13,7 @@
 #   SEEDS "0 1 2"  TRAIN 50  VALID 50  HELDOUT 256 (scored noises)  REF_NFE 500 (UniPC-3 reference)
 #   LOSS l2 (the official code's, the table's so far; rms: `ld3 train`'s default for images without
 #        LPIPS; learned schedules and evaluations of another loss are named with it: ...-seed0-rms.json,
-#        ...-eval-rms.json; scripts/mnist-study-table.py reads the l2 ones)
+#        ...-eval-rms.json; `scripts/mnist-study-table.py OUT rms` tables them)
 #   DEVICE cpu (or cuda, with a cuda build)  OUT (folder kept for the schedules; default: temporary)
 set -euo pipefail
 cd "$(dirname "$0")/.."

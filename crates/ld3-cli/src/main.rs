@@ -45,6 +45,10 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    if let Err(e) = ld3_models::allocator::configure() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sample(args) => sample::run(args),

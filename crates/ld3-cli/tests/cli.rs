@@ -389,7 +389,10 @@ fn trains_on_the_embedded_network_with_lpips_and_draws_the_comparison() {
         .path("--lpips-weights", &backbone)
         .path("--out", &out)
         .ok();
-    assert!(stdout.contains("held-out lpips-alex distance"), "{stdout}");
+    assert!(
+        stdout.contains("held-out lpips-alex (LPIPS with AlexNet features) distance"),
+        "{stdout}"
+    );
     assert!(stdout.contains("rows teacher, best hand-made"), "{stdout}");
     let compare = tmp(&dir, "mnist.json.compare.png");
     let decoder = png::Decoder::new(std::io::BufReader::new(

@@ -7,6 +7,7 @@ use candle_core::{Device, Tensor};
 use ld3_metrics::fid::{frechet_distance, FeatureStats};
 
 fn main() -> anyhow::Result<()> {
+    ld3_models::allocator::configure().map_err(anyhow::Error::msg)?;
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse())

@@ -11,6 +11,7 @@ use ld3_models::Checkpoint;
 use ld3_testing::weights::fid_inception as pseudo_random_weights;
 
 fn main() -> anyhow::Result<()> {
+    ld3_models::allocator::configure().map_err(anyhow::Error::msg)?;
     let batch: usize = std::env::args()
         .nth(1)
         .map(|a| a.parse())

@@ -11,6 +11,7 @@ use ld3_models::Checkpoint;
 use ld3_testing::weights::lpips_backbone as pseudo_random_backbone;
 
 fn main() -> anyhow::Result<()> {
+    ld3_models::allocator::configure().map_err(anyhow::Error::msg)?;
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse())

@@ -9,6 +9,10 @@ use ld3_models::sd::StableDiffusion;
 use ld3_models::{Denoiser, Guided};
 
 fn main() {
+    if let Err(e) = ld3_models::allocator::configure() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     let dir = std::env::args().nth(1).expect("a pipeline folder");
     let started = std::time::Instant::now();
     let sd = StableDiffusion::from_dir(dir.as_ref(), DType::F32, &Device::Cpu, None).unwrap();

@@ -41,6 +41,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    ld3_models::allocator::configure().map_err(anyhow::Error::msg)?;
     let archs: Vec<String> = std::env::args().skip(1).collect();
     let archs = if archs.is_empty() {
         vec!["ld3-mnist-32".to_string(), "ddpm-cifar10-32".to_string()]

@@ -187,7 +187,7 @@ impl Checkpoint {
 
     /// Memory-maps a safetensors file (nothing is read until a model takes a tensor). The file
     /// must not change while a model loads from it.
-    // One of the workspace's two `unsafe` sites (the other: the gemm call of
+    // One of the workspace's three `unsafe` sites (the others: `allocator`'s mallopt, the gemm call of
     // `layers::conv_kernel`): the read-only mapping below.
     #[allow(unsafe_code)]
     pub fn map_safetensors(path: &Path) -> Result<Self> {

@@ -11,6 +11,7 @@
 //! ([`DiffusersUNet`]); the model [`registry`] (the `ld3-hub` crate: the embedded default `ld3-mnist-32`, hub
 //! models fetched by `cargo xtask fetch-weights`) and the [`embedded`] networks' files.
 
+pub mod allocator;
 pub mod checkpoint;
 mod class_gmm;
 pub mod clip;

@@ -45,6 +45,10 @@ fn report(case: &GmmFixture, label: &str, x: &Tensor, worst: bool) {
 }
 
 fn main() {
+    if let Err(e) = ld3_models::allocator::configure() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     let args: Vec<String> = std::env::args().collect();
     let (fx, solver_arg, order, nfe) = (
         &args[1],

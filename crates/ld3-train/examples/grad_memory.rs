@@ -6,7 +6,8 @@
 //! The solver defaults to UniPC-3 (bh2); `ddim`, `ipndm-3` and the like name others. Steps are
 //! laid out in time, from the logSNR-uniform schedule. A text-to-image pipeline runs at batch 1
 //! with one prompt and guidance 7.5, its loss on the decoded image.
-//! Run one configuration per process: the peak (VmHWM) is per process. Results: docs/BENCHMARKS.md.
+//! Run one configuration per process: the peak (VmHWM) is per process. `WARM=K` times K more
+//! gradients after the first and prints their median. Results: docs/BENCHMARKS.md.
 
 use candle_core::{DType, Device, Tensor};
 use ld3_models::diffusers::DiffusersFiles;
@@ -63,6 +64,10 @@ fn load(name: &str) -> Box<dyn Denoiser> {
 }
 
 fn main() {
+    if let Err(e) = ld3_models::allocator::configure() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     let args: Vec<String> = std::env::args().collect();
     let nfe: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
     let mode = match args.get(2).map(String::as_str) {
@@ -143,4 +148,26 @@ fn main() {
         mode,
         peak_rss_mib()
     );
+    // WARM=K: K more gradients, their median (what an LD3 iteration costs once the first call's
+    // set-up is paid; scripts/bench-vs-torch.sh compares it with PyTorch's).
+    let warm: usize = std::env::var("WARM")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if warm > 0 {
+        let mut times: Vec<f64> = (0..warm)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                problem
+                    .loss_and_grads(&theta, &xi, &z, &cond, &target, mode)
+                    .unwrap();
+                start.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        println!(
+            "warm: median of {warm} more gradients {:.1} ms",
+            times[warm / 2] * 1e3
+        );
+    }
 }

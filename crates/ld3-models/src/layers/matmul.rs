@@ -142,8 +142,9 @@ pub(crate) fn product<T: Element>(
 /// `dst (+)= lhs·rhs` on this thread by the `gemm` crate (candle's own CPU matrix product), on
 /// strided views whose shapes and extents are checked here; the borrows keep `dst` apart from
 /// the operands.
-// One of the workspace's two `unsafe` sites (the other: `Checkpoint::map_safetensors`): the one
-// call into gemm, on views checked to lie inside their slices.
+// One of the workspace's three `unsafe` sites (the others: `Checkpoint::map_safetensors`,
+// `allocator::keep_freed_memory`): the one call into gemm, on views checked to lie inside their
+// slices.
 #[allow(unsafe_code)]
 fn product_here<T: Element>(
     dst: Strided<&mut [T]>,
