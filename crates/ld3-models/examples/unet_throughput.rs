@@ -1,9 +1,10 @@
-//! UNet2DModel throughput on the CPU: forward, and forward + backward (gradient in x and t, as
-//! LD3 needs), at several batch sizes, for the embedded model and google/ddpm-cifar10-32's
-//! architecture with random weights. Prints a Markdown table (docs/BENCHMARKS.md).
+//! UNet2DModel throughput: forward, and forward + backward (gradient in x and t, as LD3 needs),
+//! at several batch sizes, for the embedded model and google/ddpm-cifar10-32's architecture with
+//! random weights. Prints a Markdown table (docs/BENCHMARKS.md).
 //!
 //! cargo run --release -p ld3-models --example unet_throughput [-- ARCH...]
-//! with ARCH in ld3-mnist-32, ddpm-cifar10-32 (default: both); BATCHES=1,8,32 to choose sizes.
+//! with ARCH in ld3-mnist-32, ddpm-cifar10-32 (default: both); BATCHES=1,8,32 to choose sizes;
+//! DEVICE=cuda (or cuda:N) in a `--features cuda` build (timings wait for the device).
 //! fixtures/gen/unet_throughput.py measures PyTorch + diffusers on the same shapes.
 
 use std::time::Instant;
@@ -12,8 +13,19 @@ use candle_core::{DType, Device, Tensor, Var};
 use ld3_models::registry::DDPM_CIFAR10_32_CONFIG;
 use ld3_models::{Checkpoint, UNet2DConfig, UNet2DModel};
 
-fn model(name: &str) -> anyhow::Result<UNet2DModel> {
-    let dev = Device::Cpu;
+/// The device `DEVICE` names (unset: the CPU).
+fn device() -> anyhow::Result<Device> {
+    Ok(match std::env::var("DEVICE").as_deref() {
+        Err(_) | Ok("cpu") => Device::Cpu,
+        Ok("cuda") => Device::new_cuda(0)?,
+        Ok(other) => match other.strip_prefix("cuda:").map(str::parse) {
+            Some(Ok(i)) => Device::new_cuda(i)?,
+            _ => anyhow::bail!("DEVICE={other}: expected cpu, cuda or cuda:N"),
+        },
+    })
+}
+
+fn model(name: &str, dev: &Device) -> anyhow::Result<UNet2DModel> {
     Ok(match name {
         "ld3-mnist-32" => {
             let Some(files) = ld3_models::embedded::files(name) else {
@@ -22,14 +34,14 @@ fn model(name: &str) -> anyhow::Result<UNet2DModel> {
             let ckpt = Checkpoint::from_safetensors_bytes(files.weights, name)?;
             UNet2DModel::new(
                 UNet2DConfig::from_json(files.config).map_err(anyhow::Error::msg)?,
-                ckpt.var_builder(DType::F32, &dev),
+                ckpt.var_builder(DType::F32, dev),
             )?
         }
         "ddpm-cifar10-32" => {
             let config =
                 UNet2DConfig::from_json(DDPM_CIFAR10_32_CONFIG).map_err(anyhow::Error::msg)?;
-            let weights = UNet2DModel::random_weights(&config, DType::F32, &dev)?;
-            UNet2DModel::new(config, weights.var_builder(DType::F32, &dev))?
+            let weights = UNet2DModel::random_weights(&config, DType::F32, dev)?;
+            UNet2DModel::new(config, weights.var_builder(DType::F32, dev))?
         }
         other => anyhow::bail!("unknown architecture {other}"),
     })
@@ -53,15 +65,16 @@ fn main() -> anyhow::Result<()> {
         .split(',')
         .map(|b| b.parse())
         .collect::<Result<_, _>>()?;
+    let dev = device()?;
     println!("| model | batch | forward ms | images/s | fwd+bwd ms | images/s |");
     println!("|---|---|---|---|---|---|");
     for arch in &archs {
-        let m = model(arch)?;
+        let m = model(arch, &dev)?;
         let c = m.config();
         let (h, w) = c.sample_size.hw();
         for &b in &batches {
-            let x = Tensor::randn(0f32, 1.0, (b, c.in_channels, h, w), &Device::Cpu)?;
-            let t = Tensor::full(500f32, b, &Device::Cpu)?;
+            let x = Tensor::randn(0f32, 1.0, (b, c.in_channels, h, w), &dev)?;
+            let t = Tensor::full(500f32, b, &dev)?;
             let reps = if b * h * w * c.block_out_channels[0] > 1 << 22 {
                 3
             } else {
@@ -70,15 +83,18 @@ fn main() -> anyhow::Result<()> {
             let mut fwd = vec![];
             let mut both = vec![];
             m.forward(&x, &t)?; // warm-up
+            dev.synchronize()?;
             for _ in 0..reps {
                 let s = Instant::now();
                 m.forward(&x, &t)?;
+                dev.synchronize()?;
                 fwd.push(s.elapsed().as_secs_f64());
                 let (xv, tv) = (Var::from_tensor(&x)?, Var::from_tensor(&t)?);
                 let s = Instant::now();
                 let out = m.forward(xv.as_tensor(), tv.as_tensor())?;
                 let grads = out.sqr()?.sum_all()?.backward()?;
                 assert!(grads.get(xv.as_tensor()).is_some() && grads.get(tv.as_tensor()).is_some());
+                dev.synchronize()?;
                 both.push(s.elapsed().as_secs_f64());
             }
             let (f, fb) = (median(fwd), median(both));

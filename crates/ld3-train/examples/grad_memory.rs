@@ -7,13 +7,14 @@
 //! laid out in time, from the logSNR-uniform schedule. A text-to-image pipeline runs at batch 1
 //! with one prompt and guidance 7.5, its loss on the decoded image.
 //! Run one configuration per process: the peak (VmHWM) is per process. `WARM=K` times K more
-//! gradients after the first and prints their median. Results: docs/BENCHMARKS.md.
+//! gradients after the first and prints their median; `DEVICE=cuda` runs on the GPU in a
+//! `--features cuda` build (the printed dθ compares devices). Results: docs/BENCHMARKS.md.
 
 use candle_core::{DType, Device, Tensor};
 use ld3_models::diffusers::DiffusersFiles;
 use ld3_models::registry::{DDPM_CIFAR10_32_CONFIG, DDPM_SCHEDULER_CONFIG};
 use ld3_models::{
-    load_model, Conditioning, ConditioningKind, Denoiser, DiffusersUNet, GaussianMixture,
+    load_model_as, Conditioning, ConditioningKind, Denoiser, DiffusersUNet, GaussianMixture,
     GmmComponent, Guided, UNet2DConfig, UNet2DModel,
 };
 use ld3_solvers::noise::{BetaSchedule, VpDiscrete};
@@ -32,7 +33,16 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn load(name: &str) -> Box<dyn Denoiser> {
+/// The device `DEVICE` names (unset: the CPU; `cuda` needs a `--features cuda` build).
+fn device() -> Device {
+    match std::env::var("DEVICE").as_deref() {
+        Err(_) | Ok("cpu") => Device::Cpu,
+        Ok("cuda") => Device::new_cuda(0).expect("a CUDA device"),
+        Ok(other) => panic!("DEVICE={other}: expected cpu or cuda"),
+    }
+}
+
+fn load(name: &str, dev: &Device) -> Box<dyn Denoiser> {
     match name {
         "gmm" => {
             let schedule =
@@ -48,6 +58,8 @@ fn load(name: &str) -> Box<dyn Denoiser> {
         }
         "ddpm-cifar10-32" => {
             let config = UNet2DConfig::from_json(DDPM_CIFAR10_32_CONFIG).unwrap();
+            // Random weights, made on the CPU (unseeded: compare devices on a model with
+            // weights, ld3-mnist-32).
             let weights = UNet2DModel::random_weights(&config, DType::F32, &Device::Cpu).unwrap();
             let files = DiffusersFiles {
                 config: DDPM_CIFAR10_32_CONFIG,
@@ -55,11 +67,9 @@ fn load(name: &str) -> Box<dyn Denoiser> {
                 weights,
             };
             let labels = ["config.json", "scheduler_config.json"];
-            Box::new(
-                DiffusersUNet::from_files(files, name, labels, DType::F32, &Device::Cpu).unwrap(),
-            )
+            Box::new(DiffusersUNet::from_files(files, name, labels, DType::F32, dev).unwrap())
         }
-        other => load_model(&other.parse().unwrap()).unwrap(),
+        other => load_model_as(&other.parse().unwrap(), DType::F32, dev).unwrap(),
     }
 }
 
@@ -74,7 +84,8 @@ fn main() {
         Some("recompute") => Backprop::Recompute,
         _ => Backprop::FullGraph,
     };
-    let model = load(args.get(3).map_or("gmm", String::as_str));
+    let dev = device();
+    let model = load(args.get(3).map_or("gmm", String::as_str), &dev);
     let shape = model.sample_shape().to_vec();
     let schedule = model.noise_schedule();
     let config = match args.get(4) {
@@ -93,10 +104,10 @@ fn main() {
         disc.fit(schedule, &LogSnrUniform.times(schedule, steps).unwrap())
             .unwrap()
             .as_slice(),
-        &Device::Cpu,
+        &dev,
     )
     .unwrap();
-    let xi = Tensor::zeros(steps + 1, DType::F64, &Device::Cpu).unwrap();
+    let xi = Tensor::zeros(steps + 1, DType::F64, &dev).unwrap();
     // Text-to-image models: batch 1 (LD3's setting for them), one prompt, guidance 7.5, the loss
     // on the decoded image.
     let text = matches!(model.conditioning(), ConditioningKind::Text { .. });
@@ -119,9 +130,8 @@ fn main() {
         }
         false => model.as_ref(),
     };
-    let z = rng::standard_normal(0, batch, &shape, DType::F32, &Device::Cpu).unwrap();
-    let target =
-        rng::standard_normal(1, batch, &model.decoded_shape(), DType::F32, &Device::Cpu).unwrap();
+    let z = rng::standard_normal(0, batch, &shape, DType::F32, &dev).unwrap();
+    let target = rng::standard_normal(1, batch, &model.decoded_shape(), DType::F32, &dev).unwrap();
     let problem = Problem {
         solver: solver.as_ref(),
         model,
@@ -133,6 +143,7 @@ fn main() {
     let out = problem
         .loss_and_grads(&theta, &xi, &z, &cond, &target, mode)
         .unwrap();
+    dev.synchronize().unwrap();
     let secs = start.elapsed().as_secs_f64();
     let norm: f64 = out
         .d_theta
@@ -148,6 +159,10 @@ fn main() {
         mode,
         peak_rss_mib()
     );
+    // The gradient itself, to compare devices (DEVICE=cpu against DEVICE=cuda).
+    let d_theta: Vec<f64> = out.d_theta.to_dtype(DType::F64).unwrap().to_vec1().unwrap();
+    let shown: Vec<String> = d_theta.iter().map(|v| format!("{v:.6e}")).collect();
+    println!("dθ = [{}]", shown.join(", "));
     // WARM=K: K more gradients, their median (what an LD3 iteration costs once the first call's
     // set-up is paid; scripts/bench-vs-torch.sh compares it with PyTorch's).
     let warm: usize = std::env::var("WARM")
@@ -161,6 +176,7 @@ fn main() {
                 problem
                     .loss_and_grads(&theta, &xi, &z, &cond, &target, mode)
                     .unwrap();
+                dev.synchronize().unwrap();
                 start.elapsed().as_secs_f64()
             })
             .collect();
