@@ -116,13 +116,7 @@ mod tests {
     #[test]
     fn losses_parse_from_their_names() {
         use crate::Loss;
-        for l in [
-            Loss::L2,
-            Loss::L1,
-            Loss::Rms,
-            Loss::LpipsVgg,
-            Loss::LpipsAlex,
-        ] {
+        for l in Loss::ALL {
             assert_eq!(l.name().parse::<Loss>().unwrap(), l);
             assert!(l.description().starts_with(&format!("{} (", l.name())));
         }

@@ -44,21 +44,26 @@ impl std::str::FromStr for Loss {
     type Err = Error;
     /// The loss whose [`Loss::name`] is `s`.
     fn from_str(s: &str) -> Result<Self> {
-        let all = [
-            Self::L2,
-            Self::L1,
-            Self::Rms,
-            Self::LpipsVgg,
-            Self::LpipsAlex,
-        ];
-        all.into_iter().find(|l| l.name() == s).ok_or_else(|| {
-            let names: Vec<_> = all.iter().map(|l| l.name()).collect();
-            Error::Invalid(format!("unknown loss '{s}': one of {}", names.join(", ")))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|l| l.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|l| l.name()).collect();
+                Error::Invalid(format!("unknown loss '{s}': one of {}", names.join(", ")))
+            })
     }
 }
 
 impl Loss {
+    /// Every loss.
+    pub const ALL: [Loss; 5] = [
+        Self::L2,
+        Self::L1,
+        Self::Rms,
+        Self::LpipsVgg,
+        Self::LpipsAlex,
+    ];
+
     /// The [`Distance::name`] this loss expects.
     pub fn name(self) -> &'static str {
         match self {
