@@ -119,32 +119,7 @@ impl StepArgs {
 
 /// The device a `--device` value names; a clear error where this build lacks its backend.
 pub fn parse_device(name: &str) -> Result<candle_core::Device> {
-    let name = name.trim().to_ascii_lowercase();
-    let (kind, index) = match name.split_once(':') {
-        Some((k, i)) => {
-            let i: usize = i
-                .parse()
-                .with_context(|| format!("--device {name}: the device index must be a number"))?;
-            (k.to_string(), i)
-        }
-        None => (name.clone(), 0),
-    };
-    match kind.as_str() {
-        "cpu" if index == 0 => Ok(candle_core::Device::Cpu),
-        "cuda" if cfg!(feature = "cuda") => candle_core::Device::new_cuda(index)
-            .with_context(|| format!("--device {name}: no usable CUDA device {index}")),
-        "cuda" => bail!(
-            "--device {name}: this ld3 was built without CUDA; rebuild it with `--features cuda` \
-             (needs the CUDA toolkit's nvcc: see docs/gpu.md)"
-        ),
-        "metal" if cfg!(feature = "metal") => candle_core::Device::new_metal(index)
-            .with_context(|| format!("--device {name}: no usable Metal device {index}")),
-        "metal" => bail!(
-            "--device {name}: this ld3 was built without Metal; rebuild it with `--features metal` \
-             (macOS)"
-        ),
-        _ => bail!("--device {name}: unknown device; use cpu, cuda, cuda:N or metal"),
-    }
+    ld3_models::device::parse(name).map_err(|e| anyhow::anyhow!("--device {}: {e}", name.trim()))
 }
 
 impl SolverArgs {

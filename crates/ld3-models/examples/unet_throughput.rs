@@ -15,14 +15,7 @@ use ld3_models::{Checkpoint, UNet2DConfig, UNet2DModel};
 
 /// The device `DEVICE` names (unset: the CPU).
 fn device() -> anyhow::Result<Device> {
-    Ok(match std::env::var("DEVICE").as_deref() {
-        Err(_) | Ok("cpu") => Device::Cpu,
-        Ok("cuda") => Device::new_cuda(0)?,
-        Ok(other) => match other.strip_prefix("cuda:").map(str::parse) {
-            Some(Ok(i)) => Device::new_cuda(i)?,
-            _ => anyhow::bail!("DEVICE={other}: expected cpu, cuda or cuda:N"),
-        },
-    })
+    ld3_models::device::from_env("DEVICE").map_err(anyhow::Error::msg)
 }
 
 fn model(name: &str, dev: &Device) -> anyhow::Result<UNet2DModel> {

@@ -17,6 +17,7 @@ mod class_gmm;
 pub mod clip;
 pub mod conditioning;
 mod denoiser;
+pub mod device;
 pub mod diffusers;
 pub mod edm_net;
 pub mod edm_pkl;

@@ -33,15 +33,6 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// The device `DEVICE` names (unset: the CPU; `cuda` needs a `--features cuda` build).
-fn device() -> Device {
-    match std::env::var("DEVICE").as_deref() {
-        Err(_) | Ok("cpu") => Device::Cpu,
-        Ok("cuda") => Device::new_cuda(0).expect("a CUDA device"),
-        Ok(other) => panic!("DEVICE={other}: expected cpu or cuda"),
-    }
-}
-
 fn load(name: &str, dev: &Device) -> Box<dyn Denoiser> {
     match name {
         "gmm" => {
@@ -84,7 +75,13 @@ fn main() {
         Some("recompute") => Backprop::Recompute,
         _ => Backprop::FullGraph,
     };
-    let dev = device();
+    let dev = match ld3_models::device::from_env("DEVICE") {
+        Ok(dev) => dev,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
     let model = load(args.get(3).map_or("gmm", String::as_str), &dev);
     let shape = model.sample_shape().to_vec();
     let schedule = model.noise_schedule();
