@@ -154,15 +154,24 @@ fn catalogue() {
     for s in SolverName::ALL {
         let o = s.orders();
         let variants = match s.default_variant() {
-            Some(d) => format!(
-                "; variants {} (default {})",
-                s.variants()
-                    .iter()
-                    .map(|v| v.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                d.as_str()
-            ),
+            Some(d) => {
+                format!(
+                    "; variants {} (default {})",
+                    s.variants()
+                        .iter()
+                        .map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    d.as_str()
+                ) + &match ld3_train::default_student_variant(s, 3, usize::MAX) {
+                    Some(v) if v != d => format!(
+                        "; `ld3 train` at order 3 from {} NFE: {}",
+                        ld3_train::DPM_TAYLOR_FROM_NFE,
+                        v.as_str()
+                    ),
+                    _ => String::new(),
+                }
+            }
             None => String::new(),
         };
         println!(

@@ -62,8 +62,8 @@ pub struct SolverArgs {
     pub order: Option<usize>,
     /// Solver variant: unipc bh1 or bh2 [default: bh2]; dpm-solver++ taylor (truly third order)
     /// or reference (DPM-Solver's, diffusers' and the official LD3 code's, steadier at few
-    /// steps) [default: see `ld3 list`]; they differ at order 3. For `ld3 train` at 8 NFE and
-    /// more, taylor learned the better schedules (docs/ld3.md).
+    /// steps) [default: reference; `ld3 train` at order 3 from 8 NFE: taylor, which learns the
+    /// better schedules there (docs/ld3.md)]; they differ at order 3.
     #[arg(long)]
     pub variant: Option<String>,
     /// Model evaluations [default: 10; with `ld3 sample --schedule-file`, the file's].

@@ -338,8 +338,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         )?),
         None => None,
     };
-    let solver = args.solver.solver_config(None)?;
     let nfe = args.solver.nfe.unwrap_or(10);
+    let mut solver = args.solver.solver_config(None)?;
+    if args.solver.variant.is_none() {
+        solver.variant = ld3_train::default_student_variant(solver.solver, solver.order, nfe);
+    }
     // Distances and pictures compare decoded samples.
     let shape = &model.decoded_shape()[..];
     let image = images::is_image(shape);

@@ -353,6 +353,35 @@ fn train_writes_a_schedule_that_sample_uses_and_refuses_bad_input() {
 }
 
 #[test]
+fn train_learns_dpm_solver_3_in_the_taylor_form_from_8_nfe_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    for (nfe, variant, want) in [
+        ("6", None, "reference"),
+        ("8", None, "taylor"),
+        ("8", Some("reference"), "reference"),
+        ("10", Some("taylor"), "taylor"),
+    ] {
+        let out = tmp(&dir, &format!("{nfe}-{want}.json"));
+        let mut train = ld3("train")
+            .gmm("edm-public")
+            .args(&["--solver", "dpm-solver++", "--order", "3", "--nfe", nfe])
+            .args(&["--train-samples", "4", "--valid-samples", "4"])
+            .args(&["--heldout-samples", "4", "--quiet"]);
+        if let Some(v) = variant {
+            train = train.args(&["--variant", v]);
+        }
+        let stdout = train.path("--out", &out).ok();
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        assert_eq!(file["variant"], want, "NFE {nfe}, --variant {variant:?}");
+        assert!(stdout.contains(want), "{stdout}");
+    }
+    // `ld3 list` says so.
+    let list = ld3("list").ok();
+    assert!(list.contains("`ld3 train` at order 3 from 8 NFE: taylor"), "{list}");
+}
+
+#[test]
 fn trains_on_the_embedded_network_with_lpips_and_draws_the_comparison() {
     let dir = tempfile::tempdir().unwrap();
     let out = tmp(&dir, "mnist.json");

@@ -20,6 +20,7 @@ pub use distance::{Distance, LpipsDistance, Rms, L1, L2};
 pub use lock::Lock;
 pub use teacher::{Conditioner, TeacherConfig, UniformClasses};
 pub use trainer::{
-    recompute_by_default, setting_differences, Event, Init, Loss, Outcome, PairUse, TableRow,
-    TrainConfig, Trainer, ValidationStat, RECOMPUTE_FROM_PARAMETERS,
+    default_student_variant, recompute_by_default, setting_differences, Event, Init, Loss, Outcome,
+    PairUse, TableRow, TrainConfig, Trainer, ValidationStat, DPM_TAYLOR_FROM_NFE,
+    RECOMPUTE_FROM_PARAMETERS,
 };

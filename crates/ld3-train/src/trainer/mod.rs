@@ -23,8 +23,8 @@ use ld3_solvers::rng::SplitMix64;
 use ld3_solvers::{Error, Result, ScheduleFile};
 
 pub use config::{
-    recompute_by_default, setting_differences, Init, Loss, PairUse, TrainConfig, ValidationStat,
-    RECOMPUTE_FROM_PARAMETERS,
+    default_student_variant, recompute_by_default, setting_differences, Init, Loss, PairUse,
+    TrainConfig, ValidationStat, DPM_TAYLOR_FROM_NFE, RECOMPUTE_FROM_PARAMETERS,
 };
 pub use ld3_solvers::steps::hand_made;
 pub use report::TableRow;
