@@ -339,9 +339,33 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None => None,
     };
     let nfe = args.solver.nfe.unwrap_or(10);
+    let run_dir = args
+        .resume
+        .clone()
+        .or(args.run_dir.clone())
+        .unwrap_or_else(|| {
+            let mut p = args.out.clone().into_os_string();
+            p.push(".run");
+            PathBuf::from(p)
+        });
     let mut solver = args.solver.solver_config(None)?;
     if args.solver.variant.is_none() {
         solver.variant = ld3_train::default_student_variant(solver.solver, solver.order, nfe);
+        // A run begun under an older default continues with the variant it began with.
+        if let Some(stored) = ld3_train::trainer::stored_config(&run_dir)? {
+            let s = &stored.solver;
+            if (s.solver, s.order, stored.nfe) == (solver.solver, solver.order, nfe)
+                && s.variant != solver.variant
+            {
+                solver.variant = s.variant;
+                eprintln!(
+                    "continuing the run in {} with the variant it began with, {} (give --variant \
+                     to choose; another variant needs another run directory)",
+                    run_dir.display(),
+                    s.variant.map_or("none", |v| v.as_str())
+                );
+            }
+        }
     }
     // Distances and pictures compare decoded samples.
     let shape = &model.decoded_shape()[..];
@@ -439,15 +463,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         WindowName::RawLogits => WindowRule::RawLogits,
     };
     let resume = args.resume.is_some();
-    let run_dir = args
-        .resume
-        .clone()
-        .or(args.run_dir.clone())
-        .unwrap_or_else(|| {
-            let mut p = args.out.clone().into_os_string();
-            p.push(".run");
-            PathBuf::from(p)
-        });
 
     let bar = if args.quiet {
         ProgressBar::hidden()

@@ -355,13 +355,7 @@ fn train_writes_a_schedule_that_sample_uses_and_refuses_bad_input() {
 #[test]
 fn train_learns_dpm_solver_3_in_the_taylor_form_from_8_nfe_unless_told() {
     let dir = tempfile::tempdir().unwrap();
-    for (nfe, variant, want) in [
-        ("6", None, "reference"),
-        ("8", None, "taylor"),
-        ("8", Some("reference"), "reference"),
-        ("10", Some("taylor"), "taylor"),
-    ] {
-        let out = tmp(&dir, &format!("{nfe}-{want}.json"));
+    let train = |nfe: &str, variant: Option<&str>, out: &Path| {
         let mut train = ld3("train")
             .gmm("edm-public")
             .args(&["--solver", "dpm-solver++", "--order", "3", "--nfe", nfe])
@@ -370,15 +364,42 @@ fn train_learns_dpm_solver_3_in_the_taylor_form_from_8_nfe_unless_told() {
         if let Some(v) = variant {
             train = train.args(&["--variant", v]);
         }
-        let stdout = train.path("--out", &out).ok();
+        train.path("--out", out)
+    };
+    let variant_in = |out: &Path| {
         let file: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-        assert_eq!(file["variant"], want, "NFE {nfe}, --variant {variant:?}");
+            serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+        file["variant"].as_str().unwrap().to_string()
+    };
+    for (nfe, variant, want) in [
+        ("6", None, "reference"),
+        ("8", None, "taylor"),
+        ("8", Some("reference"), "reference"),
+        ("10", Some("taylor"), "taylor"),
+    ] {
+        let out = tmp(&dir, &format!("{nfe}-{want}.json"));
+        let stdout = train(nfe, variant, &out).ok();
+        assert_eq!(variant_in(&out), want, "NFE {nfe}, --variant {variant:?}");
         assert!(stdout.contains(want), "{stdout}");
     }
+    // A run begun in the other variant (as under the old default) continues in it when the
+    // command gives none; another variant in its run directory is refused.
+    let out = tmp(&dir, "8-reference.json");
+    let o = train("8", None, &out).run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("with the variant it began with, reference"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(variant_in(&out), "reference");
+    train("8", Some("taylor"), &out).fails_with("other settings");
     // `ld3 list` says so.
     let list = ld3("list").ok();
-    assert!(list.contains("`ld3 train` at order 3 from 8 NFE: taylor"), "{list}");
+    assert!(
+        list.contains("`ld3 train` at order 3 from 8 NFE: taylor"),
+        "{list}"
+    );
 }
 
 #[test]

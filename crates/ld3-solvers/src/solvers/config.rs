@@ -206,8 +206,9 @@ impl std::str::FromStr for SolverName {
 
 /// DPM-Solver++'s variant when none is given: the reference form. With the best hand-made
 /// schedule on six mixtures its error is 1–17 % lower at 6–8 NFE (level to 5 % lower at 5), it is
-/// lower with every hand-made schedule on the MNIST UNet at 6–10 NFE, and level under LD3
-/// (docs/solvers.md). The Taylor form is the one that converges at order 3 as NFE grows.
+/// lower with every hand-made schedule on the MNIST UNet at 6–10 NFE (docs/solvers.md). The
+/// Taylor form is the one that converges at order 3 as NFE grows, and the one LD3 learns the
+/// better schedules in from 8 NFE (`ld3_train::default_student_variant`, docs/ld3.md).
 pub const DEFAULT_DPM_VARIANT: SolverVariant = SolverVariant::Reference;
 
 /// A solver's description: name, order and variant, as stored in schedule files. Read from a

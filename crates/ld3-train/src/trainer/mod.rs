@@ -593,6 +593,14 @@ fn shuffled_batches(n: usize, batch_size: usize, seed: u64, round: usize) -> Vec
     order.chunks(batch_size).map(|b| b.to_vec()).collect()
 }
 
+/// The settings of the run `run_dir` holds, if it holds one (what a command without an option
+/// continues it with where a default has changed since the run began).
+pub fn stored_config(run_dir: &Path) -> Result<Option<TrainConfig>> {
+    Ok(RunDir::new(run_dir.to_path_buf(), TimeMode::Lambda)
+        .stored_settings()?
+        .map(|m| m.config))
+}
+
 /// The run directory's best schedule, if a run there has written one.
 pub fn best_schedule(run_dir: &Path) -> Option<PathBuf> {
     let p = run_dir.join("best.json");

@@ -135,7 +135,7 @@ impl RunDir {
 
     /// The settings this directory holds a run of: `run.json`, or for a directory from before
     /// it, the checkpoint of its run (or of its first start, for `init: both`).
-    fn stored_settings(&self) -> Result<Option<Manifest>> {
+    pub fn stored_settings(&self) -> Result<Option<Manifest>> {
         let path = self.manifest_path();
         if path.exists() {
             let text = std::fs::read_to_string(&path).map_err(io(&path))?;
