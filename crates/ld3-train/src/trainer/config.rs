@@ -366,3 +366,30 @@ pub(crate) fn median(v: &[f64]) -> f64 {
         0.5 * (s[n / 2 - 1] + s[n / 2])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpm_solver_3_is_learned_in_the_taylor_form_from_8_nfe() {
+        let dpm = SolverName::DpmSolverPp;
+        for nfe in 3..DPM_TAYLOR_FROM_NFE {
+            assert_eq!(
+                default_student_variant(dpm, 3, nfe),
+                Some(ld3_solvers::DEFAULT_DPM_VARIANT)
+            );
+        }
+        for nfe in [DPM_TAYLOR_FROM_NFE, 10, 50] {
+            assert_eq!(
+                default_student_variant(dpm, 3, nfe),
+                Some(SolverVariant::Taylor)
+            );
+            // Orders 1–2 have one form; the others keep their own defaults.
+            assert_eq!(default_student_variant(dpm, 2, nfe), dpm.default_variant());
+            for s in [SolverName::UniPc, SolverName::Ipndm, SolverName::Ddim] {
+                assert_eq!(default_student_variant(s, 3, nfe), s.default_variant());
+            }
+        }
+    }
+}
