@@ -524,7 +524,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let loss = outcome.schedule.provenance["loss"].as_str().unwrap_or("?");
     println!(
         "held-out {} distance to the teacher ({} samples, {} at NFE {nfe}):",
-        loss.parse::<Loss>().map_or(loss, |l| l.description()),
+        loss.parse::<Loss>()
+            .map_or_else(|_| loss.to_string(), |l| l.to_string()),
         args.heldout_samples,
         solver
     );

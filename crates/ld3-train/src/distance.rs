@@ -118,7 +118,8 @@ mod tests {
         use crate::Loss;
         for l in Loss::ALL {
             assert_eq!(l.name().parse::<Loss>().unwrap(), l);
-            assert!(l.description().starts_with(&format!("{} (", l.name())));
+            assert_eq!(l.to_string(), format!("{} ({})", l.name(), l.description()));
+            assert!(!l.description().is_empty());
         }
         assert_eq!(Rms.name(), Loss::Rms.name());
         let err = "l3".parse::<Loss>().unwrap_err().to_string();

@@ -75,15 +75,22 @@ impl Loss {
         }
     }
 
-    /// What the per-sample distance is, in words (for tables headed by a loss's name).
+    /// What the per-sample distance is, in words (`Display` puts it after the name).
     pub fn description(self) -> &'static str {
         match self {
-            Self::L2 => "l2 (mean squared error per sample)",
-            Self::L1 => "l1 (mean absolute error per sample)",
-            Self::Rms => "rms (root mean squared error per sample)",
-            Self::LpipsVgg => "lpips-vgg (LPIPS with VGG-16 features)",
-            Self::LpipsAlex => "lpips-alex (LPIPS with AlexNet features)",
+            Self::L2 => "mean squared error per sample",
+            Self::L1 => "mean absolute error per sample",
+            Self::Rms => "root mean squared error per sample",
+            Self::LpipsVgg => "LPIPS with VGG-16 features",
+            Self::LpipsAlex => "LPIPS with AlexNet features",
         }
+    }
+}
+
+impl std::fmt::Display for Loss {
+    /// The name and, in brackets, what it measures: `rms (root mean squared error per sample)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.description())
     }
 }
 
