@@ -45,7 +45,7 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The name users write (`cuda`, `metal`).
+    /// Its name in messages (`CUDA`, `Metal`); users write it in lower case.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Cuda => "CUDA",

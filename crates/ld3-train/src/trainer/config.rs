@@ -221,10 +221,11 @@ pub const DPM_TAYLOR_FROM_NFE: usize = 8;
 /// steps the reference form is the better sampler at every NFE measured (4–10, hence
 /// [`ld3_solvers::DEFAULT_DPM_VARIANT`]), but once LD3 places the steps the third-order updates
 /// pay off: on the embedded MNIST UNet (RMS loss, 256 fresh noises against a 500-NFE solve) the
-/// learned Taylor schedules are 7 % better than the learned reference ones at 8 NFE (three
-/// seeds) and 6 % at 10, and below the best hand-made schedule of either form; at 5–7 NFE the
-/// two forms are level under LD3 on the mixtures and the reference form is the official code's
-/// (docs/ld3.md). Every other solver: its own default.
+/// learned Taylor schedules are 7 % better than the learned reference ones at 8 NFE (seeds 0–2)
+/// and 9 % at 10 (seeds 0–2 against the reference form's seed 0), and below the best hand-made
+/// schedule of either form; on the mixtures the two forms are level under LD3 at 5–10 NFE, and
+/// below 8 NFE the reference form, the official code's, is kept (docs/ld3.md). Every other
+/// solver: its own default.
 pub fn default_student_variant(
     solver: SolverName,
     order: usize,

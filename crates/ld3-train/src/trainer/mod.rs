@@ -595,6 +595,7 @@ fn shuffled_batches(n: usize, batch_size: usize, seed: u64, round: usize) -> Vec
 
 /// The settings of the run `run_dir` holds, if it holds one (what a command without an option
 /// continues it with where a default has changed since the run began).
+/// A run recorded before layouts were (no `mode`) is read as λ: callers use its solver and NFE.
 pub fn stored_config(run_dir: &Path) -> Result<Option<TrainConfig>> {
     Ok(RunDir::new(run_dir.to_path_buf(), TimeMode::Lambda)
         .stored_settings()?
