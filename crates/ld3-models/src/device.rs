@@ -158,5 +158,16 @@ mod tests {
     fn the_environment_names_the_variable() {
         // A variable no one sets: the CPU.
         assert!(from_env("LD3_DEVICE_TEST_UNSET_7F3A").unwrap().is_cpu());
+        // One only this test sets (no other thread reads it).
+        let var = "LD3_DEVICE_TEST_BAD_7F3A";
+        std::env::set_var(var, "tpu");
+        let err = from_env(var).unwrap_err();
+        assert!(
+            err.starts_with("LD3_DEVICE_TEST_BAD_7F3A=tpu: unknown device"),
+            "{err}"
+        );
+        std::env::set_var(var, " ");
+        assert!(from_env(var).unwrap().is_cpu());
+        std::env::remove_var(var);
     }
 }
