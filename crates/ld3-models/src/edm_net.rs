@@ -6,15 +6,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use ld3_solvers::{Error, NoiseSchedule, NoiseScheduleConfig, Result};
 use serde_json::Value as J;
 
 use crate::conditioning::{Conditioning, ConditioningKind};
 use crate::denoiser::{Denoiser, Parameterization};
 use crate::edm_pkl::PickledNetwork;
-use crate::layers::{fir_down2, fir_down2_padded, fir_up2};
-use crate::layers::{GroupNorm, Linear};
+use crate::layers::{fir_down2, fir_down2_padded, fir_up2, silu, stacked_self_attention};
+use crate::layers::{Addend, Conv2d, GroupNorm, Linear};
 use candle_nn::Module;
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -44,10 +44,6 @@ impl Weights<'_> {
     }
 }
 
-fn silu(x: &Tensor) -> Result<Tensor> {
-    Ok((x * candle_nn::ops::sigmoid(x)?)?)
-}
-
 /// `x @ wᵀ + b` (candle's `Linear`) from the snapshot's `NAME.weight` and `NAME.bias`.
 fn linear(w: &Weights, name: &str) -> Result<Linear> {
     Ok(Linear::new(
@@ -65,20 +61,76 @@ struct Conv {
     up: bool,
     down: bool,
     fused: bool,
+    /// Without resampling: the shared convolution with its bias (and addends) inside the op.
+    plain: Option<Conv2d>,
 }
 
 impl Conv {
     fn load(w: &Weights, name: &str, up: bool, down: bool, fused: bool) -> Result<Self> {
+        Self::new(
+            w.opt(&format!("{name}.weight"))?,
+            w.opt(&format!("{name}.bias"))?,
+            w.opt(&format!("{name}.resample_filter"))?,
+            (up, down, fused),
+        )
+    }
+
+    fn new(
+        w: Option<Tensor>,
+        b: Option<Tensor>,
+        filter: Option<Tensor>,
+        (up, down, fused): (bool, bool, bool),
+    ) -> Result<Self> {
+        let plain = match (&w, up || down) {
+            (Some(weight), false) => Some(Conv2d(candle_nn::Conv2d::new(
+                weight.clone(),
+                b.clone(),
+                candle_nn::Conv2dConfig {
+                    padding: weight.dim(3)? / 2,
+                    ..Default::default()
+                },
+            ))),
+            _ => None,
+        };
         Ok(Self {
-            w: w.opt(&format!("{name}.weight"))?,
-            b: w.opt(&format!("{name}.bias"))?,
-            filter: w.opt(&format!("{name}.resample_filter"))?,
+            w,
+            b,
+            filter,
             up,
             down,
             fused,
+            plain,
         })
     }
+
+    /// The same convolution with its output channels in the order `index` gives (old channel
+    /// of each new one).
+    fn with_output_channels(&self, index: &Tensor) -> Result<Self> {
+        let pick = |t: &Option<Tensor>| t.as_ref().map(|t| t.index_select(index, 0)).transpose();
+        Self::new(
+            pick(&self.w)?,
+            pick(&self.b)?,
+            self.filter.clone(),
+            (self.up, self.down, self.fused),
+        )
+    }
+
+    /// `self.forward(x) + addend`, inside the convolution's op where it has no resampling.
+    fn forward_add(&self, x: &Tensor, addend: Addend) -> Result<Tensor> {
+        if let Some(conv) = &self.plain {
+            return Ok(conv.forward_add(x, addend)?);
+        }
+        let y = self.forward(x)?;
+        Ok(match addend {
+            Addend::PerChannel(t) => y.broadcast_add(&t.reshape((t.dim(0)?, (), 1, 1))?)?,
+            Addend::Full(t) => (y + t)?,
+        })
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(conv) = &self.plain {
+            return Ok(conv.forward(x)?);
+        }
         let w_pad = self.w.as_ref().map_or(Ok(0), |w| w.dim(3).map(|k| k / 2))?;
         let filter = || {
             self.filter
@@ -131,6 +183,16 @@ struct BlockStyle {
     channels_per_head: usize,
 }
 
+impl BlockStyle {
+    /// Attention heads over `channels` (EDM's `num_heads`, or channels ÷ channels per head).
+    fn heads(&self, channels: usize) -> usize {
+        match self.channels_per_head {
+            0 => 1,
+            per => (channels / per).max(1),
+        }
+    }
+}
+
 const SONG: BlockStyle = BlockStyle {
     adaptive: false,
     eps: 1e-6,
@@ -154,7 +216,9 @@ struct UNetBlock {
     norm1: GroupNorm,
     conv1: Conv,
     skip: Option<Conv>,
-    attention: Option<(GroupNorm, Conv, Conv)>,
+    /// GroupNorm, q|k|v as three blocks of channels (reordered from EDM's), output
+    /// projection, heads.
+    attention: Option<(GroupNorm, Conv, Conv, usize)>,
     in_channels: usize,
     style: BlockStyle,
 }
@@ -176,10 +240,20 @@ impl UNetBlock {
             None
         };
         let attention = if w.tensors.contains_key(&n("qkv.weight")) {
+            let qkv = Conv::load(w, &n("qkv"), false, false, false)?;
+            let c = w.get(&n("qkv.weight"))?.dim(0)? / 3;
+            let heads = style.heads(c);
+            if c % heads != 0 {
+                return Err(invalid(format!(
+                    "{name}: {c} attention channels do not split into {heads} heads"
+                )));
+            }
+            let order = Tensor::new(qkv_order(c, heads), w.device)?;
             Some((
                 group_norm(w, &n("norm2"), eps)?,
-                Conv::load(w, &n("qkv"), false, false, false)?,
+                qkv.with_output_channels(&order)?,
                 Conv::load(w, &n("proj"), false, false, false)?,
+                heads,
             ))
         } else {
             None
@@ -200,48 +274,47 @@ impl UNetBlock {
     fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
         let orig = x;
         let skip_scale = self.style.skip_scale;
-        let mut x = self.conv0.forward(&silu(&self.norm0.forward(x)?)?)?;
-        let params = self.affine.forward(emb)?.unsqueeze(2)?.unsqueeze(3)?;
-        x = if self.style.adaptive {
+        let h = self.norm0.forward_silu(x)?;
+        let params = self.affine.forward(emb)?;
+        let mut x = if self.style.adaptive {
+            let x = self.conv0.forward(&h)?;
             let c = x.dim(1)?;
+            let params = params.unsqueeze(2)?.unsqueeze(3)?;
             let (scale, shift) = (params.narrow(1, 0, c)?, params.narrow(1, c, c)?);
             let scaled = self.norm1.forward(&x)?.broadcast_mul(&(scale + 1.0)?)?;
             silu(&scaled.broadcast_add(&shift)?)?
         } else {
-            silu(&self.norm1.forward(&x.broadcast_add(&params)?)?)?
+            // GroupNorm(conv0(h) + the embedding), SiLU: the addition inside the convolution.
+            let x = self.conv0.forward_add(&h, Addend::PerChannel(&params))?;
+            self.norm1.forward_silu(&x)?
         };
-        x = self.conv1.forward(&x)?;
         let skip = match &self.skip {
             Some(s) => s.forward(orig)?,
             None => orig.clone(),
         };
-        x = ((x + skip)? * skip_scale)?;
-        if let Some((norm2, qkv, proj)) = &self.attention {
+        x = (self.conv1.forward_add(&x, Addend::Full(&skip))? * skip_scale)?;
+        if let Some((norm2, qkv, proj, heads)) = &self.attention {
+            // w[n, q, k] = softmax_k Σ_c q[n,c,q]·k[n,c,k]/√c; a[n,c,q] = Σ_k w[n,q,k]·v[n,c,k]
+            // per head, then the projection and the residual.
             let (b, c, h, wd) = x.dims4()?;
-            let heads = match self.style.channels_per_head {
-                0 => 1,
-                per => (c / per).max(1),
-            };
-            let ch = c / heads;
-            // Channels of qkv are (head, c, 3) row-major.
             let qkv = qkv
                 .forward(&norm2.forward(&x)?)?
-                .reshape((b * heads, ch, 3, h * wd))?;
-            let q = qkv.narrow(2, 0, 1)?.squeeze(2)?;
-            let k = (qkv.narrow(2, 1, 1)?.squeeze(2)? / (ch as f64).sqrt())?;
-            let v = qkv.narrow(2, 2, 1)?.squeeze(2)?;
-            // w[n, q, k] = softmax_k Σ_c q[n,c,q]·k[n,c,k]; a[n,c,q] = Σ_k w[n,q,k]·v[n,c,k].
-            let logits = q.transpose(1, 2)?.contiguous()?.matmul(&k.contiguous()?)?;
-            let max = logits.max_keepdim(D::Minus1)?;
-            let e = logits.broadcast_sub(&max)?.exp()?;
-            let weights = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
-            let a = v
-                .contiguous()?
-                .matmul(&weights.transpose(1, 2)?.contiguous()?)?;
-            x = ((proj.forward(&a.reshape((b, c, h, wd))?)? + x)? * skip_scale)?;
+                .reshape((b, 3 * c, h * wd))?;
+            let a = stacked_self_attention(&qkv, *heads)?.reshape((b, c, h, wd))?;
+            x = (proj.forward_add(&a, Addend::Full(&x))? * skip_scale)?;
         }
         Ok(x)
     }
+}
+
+/// EDM's qkv convolution writes its channels as (head, channel, q|k|v); the shared attention
+/// ([`stacked_self_attention`]) takes q, k and v as three blocks of (head, channel). For each
+/// channel of the latter, the one of the former, over `c` channels in `heads` heads.
+fn qkv_order(c: usize, heads: usize) -> Vec<u32> {
+    let ch = c / heads;
+    (0..3)
+        .flat_map(|j| (0..c).map(move |hc| ((hc / ch) * ch * 3 + (hc % ch) * 3 + j) as u32))
+        .collect()
 }
 
 /// One entry of SongUNet's encoder or decoder, in the order EDM builds them.
@@ -496,12 +569,15 @@ impl EdmUnet {
         let mut out: Option<Tensor> = None;
         for (_, step) in &self.dec {
             match step {
-                Step::AuxNorm(n) => tmp = Some(n.forward(&x)?),
+                // The norm is always followed by SiLU and the convolution: one op.
+                Step::AuxNorm(n) => tmp = Some(n.forward_silu(&x)?),
                 Step::AuxConv(c) => {
-                    let t = c.forward(&silu(tmp.as_ref().expect("aux_norm first"))?)?;
+                    let h = tmp
+                        .as_ref()
+                        .ok_or_else(|| invalid("aux_conv before aux_norm"))?;
                     out = Some(match out {
-                        Some(o) => (t + o)?,
-                        None => t,
+                        Some(o) => c.forward_add(h, Addend::Full(&o))?,
+                        None => c.forward(h)?,
                     });
                 }
                 Step::Block(b) => {
@@ -757,5 +833,69 @@ impl Denoiser for EdmNetwork {
             .denoiser
             .forward(&x.to_dtype(dtype)?, &sigma, labels.as_ref())?;
         Ok(out.to_dtype(x.dtype())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Var, D};
+
+    /// EDM's attention as its `UNetBlock` writes it: q, k and v from channels (head, c, 3),
+    /// w = softmax_k(qᵀk/√c), a = v·wᵀ.
+    fn edm_attention(qkv: &Tensor, heads: usize) -> Tensor {
+        let (b, c3, l) = qkv.dims3().unwrap();
+        let (c, ch) = (c3 / 3, c3 / 3 / heads);
+        let qkv = qkv.reshape((b * heads, ch, 3, l)).unwrap();
+        let part = |j| qkv.narrow(2, j, 1).unwrap().squeeze(2).unwrap();
+        let (q, k, v) = (part(0), (part(1) / (ch as f64).sqrt()).unwrap(), part(2));
+        let logits = q
+            .t()
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .matmul(&k.contiguous().unwrap());
+        let w = candle_nn::ops::softmax(&logits.unwrap(), D::Minus1).unwrap();
+        let w_t = w.t().unwrap().contiguous().unwrap();
+        let a = v.contiguous().unwrap().matmul(&w_t).unwrap();
+        a.reshape((b, c, l)).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// With the qkv channels reordered as `load` does, the shared attention equals EDM's for one
+    /// and several heads, in value and in the gradient of the input.
+    #[test]
+    fn reordered_qkv_channels_give_edms_attention() {
+        let dev = Device::Cpu;
+        for heads in [1, 2, 3] {
+            let c = 4 * heads;
+            let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, 3 * c, 5), &dev).unwrap());
+            let x = x.unwrap();
+            let weights = Tensor::randn(0f64, 1.0, (2, c, 5), &dev).unwrap();
+            let order = Tensor::new(qkv_order(c, heads), &dev).unwrap();
+            let want = edm_attention(x.as_tensor(), heads);
+            let reordered = x.as_tensor().index_select(&order, 1).unwrap();
+            let got = stacked_self_attention(&reordered, heads).unwrap();
+            assert!(max_abs_diff(&got, &want) < 1e-12, "{heads} heads");
+            let grad = |y: &Tensor| {
+                let loss = y.mul(&weights).unwrap().sum_all().unwrap();
+                loss.backward().unwrap().get(&x).unwrap().clone()
+            };
+            let (dgot, dwant) = (grad(&got), grad(&want));
+            assert!(
+                max_abs_diff(&dgot, &dwant) < 1e-12,
+                "{heads} heads: gradient"
+            );
+        }
     }
 }

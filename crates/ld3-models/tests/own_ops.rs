@@ -7,9 +7,11 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
+use ld3_models::edm_net::EdmNetwork;
+use ld3_models::edm_pkl::read_network;
 use ld3_models::layers::set_own_ops;
 use ld3_models::sd::StableDiffusion;
-use ld3_models::{load_model_as, Denoiser, DenoiserPredictor, Guided, ModelSpec};
+use ld3_models::{load_model_as, Conditioning, Denoiser, DenoiserPredictor, Guided, ModelSpec};
 use ld3_solvers::solvers::sample;
 use ld3_solvers::{rng, SolverConfig, SolverName, Times};
 
@@ -71,7 +73,8 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 /// Own ops on and off give the same loss and gradients on the tiny Stable Diffusion pipeline
-/// (guided, decoded: GroupNorm, self- and cross-attention, the VAE) and on the embedded MNIST UNet:
+/// (guided, decoded: GroupNorm, self- and cross-attention, the VAE), on the embedded MNIST UNet
+/// and on EDM's three network families (tiny snapshots: DDPM++, NCSN++, ADM with heads):
 /// in f64 to 1e-10. In f32 the two differ by rounding (the convolutions sum in another order, the
 /// residual and time embedding join the product's sum, and guidance at 7.5 multiplies the
 /// difference), so each f32 result is held to the f64 one: the own ops' relative error is at most
@@ -90,18 +93,45 @@ fn own_ops_leave_whole_solve_gradients_unchanged() {
         let spec: ModelSpec = "ld3-mnist-32".parse().unwrap();
         let mnist = load_model_as(&spec, dtype, &Device::Cpu).unwrap();
         let mnist_predictor = DenoiserPredictor::new(mnist.as_ref());
-        let cases: [(&str, &dyn Denoiser, &DenoiserPredictor); 2] = [
+        let edm: Vec<(&str, EdmNetwork)> = ["ddpmpp-edm", "ncsnpp-ve", "adm-edm-cond"]
+            .into_iter()
+            .map(|name| {
+                let pkl = dir.join(format!("../../edm/{name}.pkl"));
+                let net = read_network(&pkl, "ema").unwrap();
+                (
+                    name,
+                    EdmNetwork::new(&net, name, dtype, &Device::Cpu).unwrap(),
+                )
+            })
+            .collect();
+        let edm_predictors: Vec<DenoiserPredictor> = edm
+            .iter()
+            .map(|(name, d)| match *name {
+                "adm-edm-cond" => DenoiserPredictor::with_conditioning(
+                    d,
+                    Conditioning::classes(&[2], &Device::Cpu).unwrap(),
+                ),
+                _ => DenoiserPredictor::new(d),
+            })
+            .collect();
+        let mut cases: Vec<(&str, &dyn Denoiser, &DenoiserPredictor)> = vec![
             ("tiny-sd15", &sd, &sd_predictor),
             ("ld3-mnist-32", mnist.as_ref(), &mnist_predictor),
         ];
-        cases.map(|(name, model, predictor)| {
-            set_own_ops(true);
-            let own = value_and_gradients(model, predictor, dtype);
-            set_own_ops(false);
-            let generic = value_and_gradients(model, predictor, dtype);
-            set_own_ops(true);
-            (name, own, generic)
-        })
+        for ((name, d), p) in edm.iter().zip(&edm_predictors) {
+            cases.push((name, d, p));
+        }
+        cases
+            .into_iter()
+            .map(|(name, model, predictor)| {
+                set_own_ops(true);
+                let own = value_and_gradients(model, predictor, dtype);
+                set_own_ops(false);
+                let generic = value_and_gradients(model, predictor, dtype);
+                set_own_ops(true);
+                (name.to_string(), own, generic)
+            })
+            .collect::<Vec<_>>()
     };
     let exact = run(DType::F64);
     let rounded = run(DType::F32);

@@ -92,16 +92,8 @@ impl SelfAttention {
             // (under a gradient one op whose backward recomputes the probabilities), the output
             // projection with the residual inside it. (Weights that are variables take the path
             // below, which differentiates them.)
-            let qkv = qkv_map
-                .forward(&normed)?
-                .reshape((b, 3 * c, h * w))?
-                .contiguous()?;
-            let y = if qkv.track_op() {
-                qkv.apply_op1(SelfAttentionOp { heads: self.heads })?
-            } else {
-                kernel_self_attention(&qkv, self.heads)?
-            };
-            let y = y.reshape((b, c, h, w))?;
+            let qkv = qkv_map.forward(&normed)?.reshape((b, 3 * c, h * w))?;
+            let y = stacked_self_attention(&qkv, self.heads)?.reshape((b, c, h, w))?;
             return divided(out_map.forward_add(&y, Addend::Full(x))?, self.rescale);
         }
         let tokens = normed
@@ -122,6 +114,29 @@ impl SelfAttention {
             .reshape((b, c, h, w))?;
         divided((out + x)?, self.rescale)
     }
+}
+
+/// softmax(QKᵀ/√d)V per head for q, k and v stacked in the channels of `qkv` [B, 3·C, L]
+/// (C = heads·d, each head's d channels together), out channels first, [B, C, L]: the
+/// attention of a network that makes q, k and v by one pointwise convolution over an image. On
+/// the own CPU path the fused kernel, and under a gradient one op whose backward recomputes the
+/// probabilities block by block; otherwise [`multi_head_attention`] over token rows.
+pub fn stacked_self_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, c3, l) = qkv.dims3()?;
+    SelfAttentionOp { heads }.shape(&[b, c3, l])?;
+    if own_cpu(qkv) {
+        let qkv = qkv.contiguous()?;
+        return if qkv.track_op() {
+            qkv.apply_op1(SelfAttentionOp { heads })
+        } else {
+            kernel_self_attention(&qkv, heads)
+        };
+    }
+    let c = c3 / 3;
+    let tokens = |i: usize| qkv.narrow(1, i * c, c)?.transpose(1, 2)?.contiguous();
+    multi_head_attention(&tokens(0)?, &tokens(1)?, &tokens(2)?, heads, false)?
+        .transpose(1, 2)?
+        .contiguous()
 }
 
 /// The linear maps `maps` (weights [C_out, C_in] and biases) stacked into one pointwise

@@ -20,7 +20,7 @@ mod testing;
 mod transformer;
 
 pub use activation::{relu, silu, Activation};
-pub use attention::{multi_head_attention, SelfAttention};
+pub use attention::{multi_head_attention, stacked_self_attention, SelfAttention};
 pub use conv::{conv, upsample_nearest_2x};
 pub use embeddings::{timestep_embedding, TimestepMlp};
 pub use frozen::{conv2d, conv2d_relu, linear, linear_no_bias, Addend, Conv2d, Linear};
