@@ -1,7 +1,8 @@
 //! EDM's networks (Karras et al. 2022, NVlabs/edm `training/networks.py`), rebuilt from a
 //! snapshot read by [`crate::edm_pkl`]: `SongUNet` in its DDPM++ and NCSN++ forms and the
 //! preconditioners `VPPrecond`, `VEPrecond` and `EDMPrecond`, giving the denoiser D(x; σ).
-//! Differentiable in x and σ (only ops whose backward candle computes correctly).
+//! Differentiable in x and σ. Built from the shared layers ([`crate::layers`]): on the CPU their
+//! own ops, elsewhere (or with `LD3_GENERIC_OPS=1`) candle's composites.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,9 +68,25 @@ struct Conv {
 
 impl Conv {
     fn load(w: &Weights, name: &str, up: bool, down: bool, fused: bool) -> Result<Self> {
+        let weight = w.opt(&format!("{name}.weight"))?;
+        let bias = w.opt(&format!("{name}.bias"))?;
+        if let Some(weight) = &weight {
+            let dims = weight.dims();
+            if dims.len() != 4 {
+                return Err(invalid(format!(
+                    "{name}.weight is {dims:?}, not a convolution's [out, in, k, k]"
+                )));
+            }
+            if let Some(b) = bias.as_ref().filter(|b| b.dims() != [dims[0]]) {
+                return Err(invalid(format!(
+                    "{name}.bias is {:?}, not one value per output channel of {name}.weight {dims:?}",
+                    b.dims()
+                )));
+            }
+        }
         Self::new(
-            w.opt(&format!("{name}.weight"))?,
-            w.opt(&format!("{name}.bias"))?,
+            weight,
+            bias,
             w.opt(&format!("{name}.resample_filter"))?,
             (up, down, fused),
         )
@@ -241,7 +258,18 @@ impl UNetBlock {
         };
         let attention = if w.tensors.contains_key(&n("qkv.weight")) {
             let qkv = Conv::load(w, &n("qkv"), false, false, false)?;
-            let c = w.get(&n("qkv.weight"))?.dim(0)? / 3;
+            let dims = qkv
+                .w
+                .as_ref()
+                .map(|t| t.dims().to_vec())
+                .unwrap_or_default();
+            // EDM's Conv2d(C, 3·C, kernel=1).
+            let c = dims.first().map_or(0, |d| d / 3);
+            if dims.len() != 4 || dims[0] % 3 != 0 || dims[1..] != [c, 1, 1] {
+                return Err(invalid(format!(
+                    "{name}.qkv.weight is {dims:?}, not EDM's [3·C, C, 1, 1]"
+                )));
+            }
             let heads = style.heads(c);
             if c % heads != 0 {
                 return Err(invalid(format!(
@@ -569,7 +597,7 @@ impl EdmUnet {
         let mut out: Option<Tensor> = None;
         for (_, step) in &self.dec {
             match step {
-                // The norm is always followed by SiLU and the convolution: one op.
+                // EDM follows the norm by SiLU, then the convolution: norm and SiLU in one op.
                 Step::AuxNorm(n) => tmp = Some(n.forward_silu(&x)?),
                 Step::AuxConv(c) => {
                     let h = tmp
@@ -870,6 +898,58 @@ mod tests {
             .unwrap()
             .to_scalar()
             .unwrap()
+    }
+
+    /// A block's tensors over 4 channels with attention, its qkv weight of `qkv_dims`.
+    fn block_tensors(qkv_dims: &[usize]) -> HashMap<String, Tensor> {
+        let dev = Device::Cpu;
+        let t = |dims: &[usize]| Tensor::zeros(dims, DType::F32, &dev).unwrap();
+        let mut m = HashMap::new();
+        for (name, dims) in [
+            ("b.norm0.weight", &[4][..]),
+            ("b.norm0.bias", &[4]),
+            ("b.conv0.weight", &[4, 4, 3, 3]),
+            ("b.affine.weight", &[4, 8]),
+            ("b.norm1.weight", &[4]),
+            ("b.norm1.bias", &[4]),
+            ("b.conv1.weight", &[4, 4, 3, 3]),
+            ("b.norm2.weight", &[4]),
+            ("b.norm2.bias", &[4]),
+            ("b.qkv.weight", qkv_dims),
+            ("b.proj.weight", &[4, 4, 1, 1]),
+        ] {
+            m.insert(name.to_string(), t(dims));
+        }
+        m
+    }
+
+    /// Malformed convolution and attention weights are refused by name at load, not at the first
+    /// call (nor by an index out of range on a GPU).
+    #[test]
+    fn malformed_block_weights_are_refused_by_name() {
+        let load = |m: &HashMap<String, Tensor>| {
+            let w = Weights {
+                tensors: m,
+                dtype: DType::F32,
+                device: &Device::Cpu,
+            };
+            UNetBlock::load(&w, "b", false, false, SONG).map(|_| ())
+        };
+        assert!(load(&block_tensors(&[12, 4, 1, 1])).is_ok());
+        for (dims, what) in [
+            (&[13, 4, 1, 1][..], "b.qkv.weight is [13, 4, 1, 1]"),
+            (&[12, 3, 1, 1], "b.qkv.weight is [12, 3, 1, 1]"),
+            (&[12, 4, 3, 3], "b.qkv.weight is [12, 4, 3, 3]"),
+            (&[12, 4], "b.qkv.weight is [12, 4], not a convolution"),
+        ] {
+            let e = load(&block_tensors(dims)).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
+        let mut m = block_tensors(&[12, 4, 1, 1]);
+        let short = Tensor::zeros(11, DType::F32, &Device::Cpu).unwrap();
+        m.insert("b.qkv.bias".into(), short);
+        let e = load(&m).unwrap_err().to_string();
+        assert!(e.contains("b.qkv.bias is [11]"), "{e}");
     }
 
     /// With the qkv channels reordered as `load` does, the shared attention equals EDM's for one

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor, Var};
 use ld3_models::edm_net::EdmNetwork;
 use ld3_models::edm_pkl::read_network;
-use ld3_models::layers::set_own_ops;
+use ld3_models::layers::{set_own_ops, stacked_self_attention};
 use ld3_models::sd::StableDiffusion;
 use ld3_models::{load_model_as, Conditioning, Denoiser, DenoiserPredictor, Guided, ModelSpec};
 use ld3_solvers::solvers::sample;
@@ -74,7 +74,8 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
 
 /// Own ops on and off give the same loss and gradients on the tiny Stable Diffusion pipeline
 /// (guided, decoded: GroupNorm, self- and cross-attention, the VAE), on the embedded MNIST UNet
-/// and on EDM's three network families (tiny snapshots: DDPM++, NCSN++, ADM with heads):
+/// and on EDM's three network families (tiny snapshots: DDPM++ and NCSN++ with one-head attention,
+/// ADM too small for attention; the stacked attention with several heads is compared below):
 /// in f64 to 1e-10. In f32 the two differ by rounding (the convolutions sum in another order, the
 /// residual and time embedding join the product's sum, and guidance at 7.5 multiplies the
 /// difference), so each f32 result is held to the f64 one: the own ops' relative error is at most
@@ -149,6 +150,43 @@ fn own_ops_leave_whole_solve_gradients_unchanged() {
                 ours <= 2.0 * theirs.max(5e-5),
                 "{name} f32 {what}: own ops {ours:e} from f64, generic {theirs:e}"
             );
+        }
+    }
+    stacked_attention_with_heads_is_unchanged();
+}
+
+/// The attention of networks that make q, k and v in one convolution (EDM's, after their channels
+/// are reordered) with two and three heads: the kernel and the generic composite (the path off
+/// the CPU) agree in value and in the input's gradient (f64, 1e-12). Called from the test above:
+/// the switch is process-wide.
+fn stacked_attention_with_heads_is_unchanged() {
+    let dev = Device::Cpu;
+    for heads in [2, 3] {
+        let c = 4 * heads;
+        let x =
+            Var::from_tensor(&rng::standard_normal(5, 2, &[3 * c, 7], DType::F64, &dev).unwrap())
+                .unwrap();
+        let weights = rng::standard_normal(6, 2, &[c, 7], DType::F64, &dev).unwrap();
+        let run = |own: bool| {
+            set_own_ops(own);
+            let y = stacked_self_attention(x.as_tensor(), heads).unwrap();
+            let grads = y
+                .mul(&weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            set_own_ops(true);
+            [y, grads.get(&x).unwrap().clone()]
+        };
+        let (own, generic) = (run(true), run(false));
+        for (what, a, b) in [
+            ("value", &own[0], &generic[0]),
+            ("gradient", &own[1], &generic[1]),
+        ] {
+            let err = relative_error(a, b);
+            assert!(err < 1e-12, "{heads} heads, {what}: relative error {err:e}");
         }
     }
 }
