@@ -80,8 +80,7 @@ impl FeatureStats {
         let sigma = Tensor::from_vec(rows, (d, d), &Device::Cpu)?;
         let mut arrays = vec![("mu", &mu), ("sigma", &sigma)];
         arrays.extend(extra.iter().map(|(k, t)| (*k, t)));
-        Tensor::write_npz(&arrays, path)?;
-        Ok(())
+        crate::npz::write_npz(path, &arrays)
     }
 }
 
