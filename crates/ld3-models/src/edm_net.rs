@@ -890,14 +890,7 @@ mod tests {
     }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+        crate::layers::testing::max_abs((a - b).unwrap())
     }
 
     /// A block's tensors over 4 channels with attention, its qkv weight of `qkv_dims`.

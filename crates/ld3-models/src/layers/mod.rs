@@ -16,7 +16,7 @@ pub mod parallel;
 mod resample;
 mod resnet;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod transformer;
 
 pub use activation::{relu, silu, Activation};
