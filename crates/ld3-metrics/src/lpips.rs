@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, WithDType};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use ld3_models::layers::Conv2d;
 use ld3_models::Checkpoint;
@@ -265,17 +265,313 @@ impl Lpips {
         let feats = self.features(&both)?;
         let mut total: Option<Tensor> = None;
         for (f, w) in feats.iter().zip(&self.heads) {
-            let norm = (f.sqr()?.sum_keepdim(1)?.sqrt()? + 1e-10)?;
-            let f = f.broadcast_div(&norm)?;
-            let diff = f.narrow(0, 0, b)?.sub(&f.narrow(0, b, b)?)?.sqr()?;
-            // The 1×1 head without bias, then the spatial mean.
-            let weighted = diff.broadcast_mul(w)?.sum_keepdim(1)?;
-            let d = weighted.flatten_from(1)?.mean(1)?;
+            let d = layer_distance(f, w, b)?;
             total = Some(match total {
                 Some(t) => (t + d)?,
                 None => d,
             });
         }
         Ok(total.expect("five taps").to_dtype(x0.dtype())?)
+    }
+}
+
+/// ε added to the channel norm, as `lpips.normalize_tensor`.
+const NORM_EPS: f64 = 1e-10;
+
+/// One tap's term of LPIPS for features `f` [2B, C, H, W] of both batches (x₀'s first) and the
+/// head `w` [1, C, 1, 1]: per pixel each side unit-normalised over the channels (‖f‖ + ε), the
+/// squared difference weighted by the head and summed over channels, then averaged over the
+/// pixels → [B]. With the own ops on, for f32/f64 on the CPU, one op over the features (a pass
+/// forward, one backward) instead of ten whole-tensor ops and their gradients; otherwise the
+/// composite.
+fn layer_distance(f: &Tensor, w: &Tensor, b: usize) -> Result<Tensor> {
+    let own = ld3_models::layers::own_ops()
+        && f.device().is_cpu()
+        && matches!(f.dtype(), DType::F32 | DType::F64)
+        && !w.track_op();
+    if !own {
+        return layer_distance_composite(f, w, b);
+    }
+    let w = w.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    if f.rank() != 4 || f.dim(0)? != 2 * b || f.dim(1)? != w.len() {
+        return Err(Error::Invalid(format!(
+            "LPIPS layer: features {:?} are not two batches of {b} with the head's {} channels",
+            f.dims(),
+            w.len()
+        )));
+    }
+    Ok(f.contiguous()?.apply_op1(LayerDistance { w })?)
+}
+
+/// [`layer_distance`] from candle's ops (the reference of the fused op, and its path off the CPU).
+fn layer_distance_composite(f: &Tensor, w: &Tensor, b: usize) -> Result<Tensor> {
+    let norm = (f.sqr()?.sum_keepdim(1)?.sqrt()? + NORM_EPS)?;
+    let f = f.broadcast_div(&norm)?;
+    let diff = f.narrow(0, 0, b)?.sub(&f.narrow(0, b, b)?)?.sqr()?;
+    // The 1×1 head without bias, then the spatial mean.
+    let weighted = diff.broadcast_mul(w)?.sum_keepdim(1)?;
+    Ok(weighted.flatten_from(1)?.mean(1)?)
+}
+
+/// [`layer_distance`] as an op; `w` the head's channel weights.
+struct LayerDistance {
+    w: Vec<f64>,
+}
+
+/// Per pixel of one image's features `f` [C, HW]: ‖f‖ over the channels.
+fn channel_norms<T: WithDType>(f: &[T], hw: usize) -> Vec<f64> {
+    let mut s = vec![0f64; hw];
+    for row in f.chunks_exact(hw) {
+        for (s, v) in s.iter_mut().zip(row) {
+            let v = v.to_f64();
+            *s += v * v;
+        }
+    }
+    s.iter_mut().for_each(|s| *s = s.sqrt());
+    s
+}
+
+impl LayerDistance {
+    /// The term of the pair (`f0`, `f1`), each [C, HW].
+    fn pair<T: WithDType>(&self, f0: &[T], f1: &[T], hw: usize) -> f64 {
+        let (n0, n1) = (channel_norms(f0, hw), channel_norms(f1, hw));
+        let mut total = 0.0;
+        for ((r0, r1), w) in f0.chunks_exact(hw).zip(f1.chunks_exact(hw)).zip(&self.w) {
+            let mut acc = 0.0;
+            for p in 0..hw {
+                let r = r0[p].to_f64() / (n0[p] + NORM_EPS) - r1[p].to_f64() / (n1[p] + NORM_EPS);
+                acc += r * r;
+            }
+            total += w * acc;
+        }
+        total / hw as f64
+    }
+
+    /// The gradient in `mine` (either side of a pair, [C, HW]) of `scale` × the pair's term (it
+    /// is symmetric in the two sides): with r = mine/n − other/n', g_c = 2·scale·w_c·r_c/HW per
+    /// pixel, then ∂f_k = g_k/n − f_k·(Σ_c g_c f_c)/(n²‖f‖), n = ‖f‖ + ε (the second term 0
+    /// where ‖f‖ = 0: there f is 0).
+    fn side_gradient<T: WithDType>(
+        &self,
+        mine: &[T],
+        other: &[T],
+        scale: f64,
+        hw: usize,
+        out: &mut [T],
+    ) {
+        let (nm, no) = (channel_norms(mine, hw), channel_norms(other, hw));
+        let c = self.w.len();
+        let mut g = vec![0f64; c * hw];
+        let mut dot = vec![0f64; hw];
+        let k = 2.0 * scale / hw as f64;
+        for ch in 0..c {
+            let (rm, ro) = (&mine[ch * hw..][..hw], &other[ch * hw..][..hw]);
+            let gc = &mut g[ch * hw..][..hw];
+            for p in 0..hw {
+                let fm = rm[p].to_f64();
+                let r = fm / (nm[p] + NORM_EPS) - ro[p].to_f64() / (no[p] + NORM_EPS);
+                gc[p] = k * self.w[ch] * r;
+                dot[p] += gc[p] * fm;
+            }
+        }
+        for ch in 0..c {
+            let (rm, gc) = (&mine[ch * hw..][..hw], &g[ch * hw..][..hw]);
+            for p in 0..hw {
+                let n = nm[p] + NORM_EPS;
+                let radial = if nm[p] > 0.0 {
+                    rm[p].to_f64() * dot[p] / (n * n * nm[p])
+                } else {
+                    0.0
+                };
+                out[ch * hw + p] = T::from_f64(gc[p] / n - radial);
+            }
+        }
+    }
+
+    fn forward<T: WithDType>(&self, x: &[T], dims: &[usize]) -> Vec<T> {
+        let (b, per) = (dims[0] / 2, x.len() / dims[0].max(1));
+        let hw = per / self.w.len().max(1);
+        let mut out = vec![T::zero(); b];
+        ld3_models::layers::parallel::chunks(&mut out, 1, true, |(i, slot)| {
+            slot[0] = T::from_f64(self.pair(&x[i * per..][..per], &x[(b + i) * per..][..per], hw));
+        });
+        out
+    }
+
+    fn backward<T: WithDType>(&self, x: &[T], grad: &[T], dims: &[usize]) -> Vec<T> {
+        let (b, per) = (dims[0] / 2, x.len() / dims[0].max(1));
+        let hw = per / self.w.len().max(1);
+        let mut dx = vec![T::zero(); x.len()];
+        ld3_models::layers::parallel::chunks(&mut dx, per, true, |(j, out)| {
+            // Image j of the features is x₀'s i-th (j < B) or x₁'s; its partner the other one.
+            let (i, partner) = if j < b { (j, b + j) } else { (j - b, j - b) };
+            let mine = &x[j * per..][..per];
+            let other = &x[partner * per..][..per];
+            self.side_gradient(mine, other, grad[i].to_f64(), hw, out);
+        });
+        dx
+    }
+}
+
+impl CustomOp1 for LayerDistance {
+    fn name(&self) -> &'static str {
+        "lpips-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = layout.dims().to_vec();
+        let out = ld3_models::layers::cpu_forward(
+            storage,
+            layout,
+            self.name(),
+            |x| Ok(self.forward(x, &dims)),
+            |x| Ok(self.forward(x, &dims)),
+        )?;
+        Ok((out, Shape::from(dims[0] / 2)))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let arg = arg.detach().contiguous()?;
+        ld3_models::layers::cpu_input_gradient(
+            &arg,
+            &grad.to_dtype(arg.dtype())?,
+            "lpips-layer backward",
+            |x, g, dims| self.backward(x, g, dims),
+            |x, g, dims| self.backward(x, g, dims),
+        )
+        .map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    /// ReLU-like features [2B, C, H, W] = [4, 5, 3, 4]: random, about two thirds of the values 0
+    /// (some pixels 0 in every channel, where only ε keeps the division finite), and one pixel of
+    /// the first image 0 in every channel for certain.
+    fn features(dtype: DType) -> Tensor {
+        let dev = Device::Cpu;
+        let f = Tensor::randn(0f64, 1.0, (4, 5, 3, 4), &dev).unwrap();
+        let f = (f - 0.4).unwrap().relu().unwrap();
+        let zero = Tensor::zeros((1, 5, 1, 1), DType::F64, &dev).unwrap();
+        let f = f.slice_assign(&[0..1, 0..5, 1..2, 2..3], &zero).unwrap();
+        f.to_dtype(dtype).unwrap()
+    }
+
+    /// 1 where a pixel has a feature other than 0, else 0, broadcast over the channels.
+    fn nonzero_pixels(f: &Tensor) -> Tensor {
+        let s = f.sqr().unwrap().sum_keepdim(1).unwrap();
+        let any = s.gt(0.0).unwrap().to_dtype(f.dtype()).unwrap();
+        any.broadcast_as(f.dims()).unwrap().contiguous().unwrap()
+    }
+
+    fn max_abs(t: Tensor) -> f64 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// ⟨weights, the op's (or the composite's) value⟩ and its gradient in `f`.
+    fn value_and_gradient(
+        f: &Tensor,
+        w: &Tensor,
+        weights: &Tensor,
+        fused: bool,
+    ) -> (Tensor, Tensor) {
+        let var = Var::from_tensor(f).unwrap();
+        let d = if fused {
+            let w = w.flatten_all().unwrap().to_dtype(DType::F64).unwrap();
+            let w = w.to_vec1::<f64>().unwrap();
+            var.as_tensor().apply_op1(LayerDistance { w }).unwrap()
+        } else {
+            layer_distance_composite(var.as_tensor(), w, f.dim(0).unwrap() / 2).unwrap()
+        };
+        let g = d.mul(weights).unwrap().sum_all().unwrap().backward();
+        (d, g.unwrap().get(&var).unwrap().clone())
+    }
+
+    /// The fused op equals the composite, value and gradient in both sides' features: f64 to
+    /// 1e-12, f32 to 1e-6 of the values' scale. Where a pixel's features are all 0 the
+    /// composite's gradient is 0·∞ = NaN in candle (and in PyTorch); the op gives the derivative
+    /// there (∂f/(‖f‖ + ε) at f = 0 is 1/ε), so the comparison leaves those pixels out.
+    #[test]
+    fn fused_layer_distance_equals_the_composite() {
+        let dev = Device::Cpu;
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-6)] {
+            let w = Tensor::rand(0f64, 1.0, (1, 5, 1, 1), &dev).unwrap();
+            let w = w.to_dtype(dtype).unwrap();
+            let f = features(dtype);
+            let weights = Tensor::new(&[0.7f64, -1.3], &dev).unwrap();
+            let weights = weights.to_dtype(dtype).unwrap();
+            let (d, g) = value_and_gradient(&f, &w, &weights, true);
+            let (d_ref, g_ref) = value_and_gradient(&f, &w, &weights, false);
+            let scale = max_abs(d_ref.clone());
+            assert!(max_abs((&d - &d_ref).unwrap()) <= tol * scale, "{dtype:?}");
+            assert!(
+                max_abs(g.clone()).is_finite(),
+                "{dtype:?}: the op's gradient"
+            );
+            let keep = nonzero_pixels(&f);
+            assert!(max_abs((keep.ones_like().unwrap() - &keep).unwrap()) > 0.0);
+            let g_ref = keep
+                .ne(0.0)
+                .unwrap()
+                .where_cond(&g_ref, &keep.zeros_like().unwrap());
+            let (g, g_ref) = ((g * &keep).unwrap(), g_ref.unwrap());
+            let gscale = max_abs(g_ref.clone());
+            assert!(gscale > 0.0 && gscale.is_finite());
+            assert!(
+                max_abs((&g - &g_ref).unwrap()) <= tol * gscale,
+                "{dtype:?}: gradient"
+            );
+        }
+    }
+
+    /// The op's gradient equals central finite differences of its value (f64) along a random
+    /// direction over the pixels with features (at an all-0 pixel the value bends within ε of 0,
+    /// far below any usable step).
+    #[test]
+    fn fused_layer_distance_gradient_is_its_derivative() {
+        let dev = Device::Cpu;
+        let w = Tensor::new(&[0.3f64, 1.2, 0.5, 0.9, 0.1], &dev).unwrap();
+        let w = w.reshape((1, 5, 1, 1)).unwrap();
+        let f = features(DType::F64);
+        let v = Tensor::randn(0f64, 1.0, f.dims(), &dev).unwrap();
+        let v = (v * nonzero_pixels(&f)).unwrap();
+        let weights = Tensor::new(&[0.7f64, -1.3], &dev).unwrap();
+        let value = |x: &Tensor| -> f64 {
+            let (d, _) = value_and_gradient(x, &w, &weights, true);
+            d.mul(&weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        let (_, g) = value_and_gradient(&f, &w, &weights, true);
+        let analytic: f64 = (g * &v).unwrap().sum_all().unwrap().to_scalar().unwrap();
+        let h = 1e-6;
+        let step = (&v * h).unwrap();
+        let numeric = (value(&(&f + &step).unwrap()) - value(&(&f - &step).unwrap())) / (2.0 * h);
+        assert!(
+            (analytic - numeric).abs() <= 1e-6 * analytic.abs().max(1e-3),
+            "{analytic} vs {numeric}"
+        );
     }
 }
