@@ -9,3 +9,12 @@ mod gmm;
 pub mod weights;
 
 pub use gmm::{official_ld3_run, reference_solution, reference_solver, relative_error, GmmFixture};
+
+/// max |t| as f64 (any float dtype).
+pub fn max_abs(t: &candle_core::Tensor) -> f64 {
+    t.abs()
+        .and_then(|a| a.max_all())
+        .and_then(|m| m.to_dtype(candle_core::DType::F64))
+        .and_then(|m| m.to_scalar::<f64>())
+        .expect("max |t| of a float tensor")
+}
