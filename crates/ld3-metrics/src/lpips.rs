@@ -278,8 +278,13 @@ impl Lpips {
 /// ε added to the channel norm, as `lpips.normalize_tensor`.
 const NORM_EPS: f64 = 1e-10;
 
+/// Added under the norm's square root, √(Σf² + 1e-30): the same value to the last bit wherever
+/// Σf² > 1e-14 (f64), and a finite derivative where every channel is 0 (√'s at 0 is ∞, times
+/// 2f = 0: NaN, in candle and PyTorch alike).
+const NORM_TINY: f64 = 1e-30;
+
 /// One tap's term of LPIPS for features `f` [2B, C, H, W] of both batches (x₀'s first) and the
-/// head `w` [1, C, 1, 1]: per pixel each side unit-normalised over the channels (‖f‖ + ε), the
+/// head `w` [1, C, 1, 1]: per pixel each side unit-normalised over the channels (by √(Σf² + 1e-30) + ε), the
 /// squared difference weighted by the head and summed over channels, then averaged over the
 /// pixels → [B]. With the own ops on, for f32/f64 on the CPU, one op over the features (a pass
 /// forward, one backward) instead of ten whole-tensor ops and their gradients; otherwise the
@@ -292,20 +297,20 @@ fn layer_distance(f: &Tensor, w: &Tensor, b: usize) -> Result<Tensor> {
     if !own {
         return layer_distance_composite(f, w, b);
     }
-    let w = w.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    if f.rank() != 4 || f.dim(0)? != 2 * b || f.dim(1)? != w.len() {
+    if f.rank() != 4 || f.dim(0)? != 2 * b || w.dims() != [1, f.dim(1)?, 1, 1] {
         return Err(Error::Invalid(format!(
-            "LPIPS layer: features {:?} are not two batches of {b} with the head's {} channels",
+            "LPIPS layer: features {:?} and head {:?} are not two batches of {b} and [1, C, 1, 1]",
             f.dims(),
-            w.len()
+            w.dims()
         )));
     }
+    let w = w.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
     Ok(f.contiguous()?.apply_op1(LayerDistance { w })?)
 }
 
 /// [`layer_distance`] from candle's ops (the reference of the fused op, and its path off the CPU).
 fn layer_distance_composite(f: &Tensor, w: &Tensor, b: usize) -> Result<Tensor> {
-    let norm = (f.sqr()?.sum_keepdim(1)?.sqrt()? + NORM_EPS)?;
+    let norm = ((f.sqr()?.sum_keepdim(1)? + NORM_TINY)?.sqrt()? + NORM_EPS)?;
     let f = f.broadcast_div(&norm)?;
     let diff = f.narrow(0, 0, b)?.sub(&f.narrow(0, b, b)?)?.sqr()?;
     // The 1×1 head without bias, then the spatial mean.
@@ -318,7 +323,7 @@ struct LayerDistance {
     w: Vec<f64>,
 }
 
-/// Per pixel of one image's features `f` [C, HW]: ‖f‖ over the channels.
+/// Per pixel of one image's features `f` [C, HW]: √(Σ_c f² + [`NORM_TINY`]).
 fn channel_norms<T: WithDType>(f: &[T], hw: usize) -> Vec<f64> {
     let mut s = vec![0f64; hw];
     for row in f.chunks_exact(hw) {
@@ -327,7 +332,7 @@ fn channel_norms<T: WithDType>(f: &[T], hw: usize) -> Vec<f64> {
             *s += v * v;
         }
     }
-    s.iter_mut().for_each(|s| *s = s.sqrt());
+    s.iter_mut().for_each(|s| *s = (*s + NORM_TINY).sqrt());
     s
 }
 
@@ -349,8 +354,8 @@ impl LayerDistance {
 
     /// The gradient in `mine` (either side of a pair, [C, HW]) of `scale` × the pair's term (it
     /// is symmetric in the two sides): with r = mine/n − other/n', g_c = 2·scale·w_c·r_c/HW per
-    /// pixel, then ∂f_k = g_k/n − f_k·(Σ_c g_c f_c)/(n²‖f‖), n = ‖f‖ + ε (the second term 0
-    /// where ‖f‖ = 0: there f is 0).
+    /// pixel, then ∂f_k = g_k/n − f_k·(Σ_c g_c f_c)/(n²·ρ), ρ = √(Σf² + [`NORM_TINY`]),
+    /// n = ρ + ε.
     fn side_gradient<T: WithDType>(
         &self,
         mine: &[T],
@@ -378,11 +383,7 @@ impl LayerDistance {
             let (rm, gc) = (&mine[ch * hw..][..hw], &g[ch * hw..][..hw]);
             for p in 0..hw {
                 let n = nm[p] + NORM_EPS;
-                let radial = if nm[p] > 0.0 {
-                    rm[p].to_f64() * dot[p] / (n * n * nm[p])
-                } else {
-                    0.0
-                };
+                let radial = rm[p].to_f64() * dot[p] / (n * n * nm[p]);
                 out[ch * hw + p] = T::from_f64(gc[p] / n - radial);
             }
         }
@@ -499,10 +500,10 @@ mod tests {
         (d, g.unwrap().get(&var).unwrap().clone())
     }
 
-    /// The fused op equals the composite, value and gradient in both sides' features: f64 to
-    /// 1e-12, f32 to 1e-6 of the values' scale. Where a pixel's features are all 0 the
-    /// composite's gradient is 0·∞ = NaN in candle (and in PyTorch); the op gives the derivative
-    /// there (∂f/(‖f‖ + ε) at f = 0 is 1/ε), so the comparison leaves those pixels out.
+    /// The fused op (as `layer_distance` dispatches it, and applied directly) equals the
+    /// composite, value and gradient in both sides' features: f64 to 1e-12, f32 to 1e-6 of the
+    /// values' scale — also at the pixels whose features are all 0, where the derivative is
+    /// about 1/ε (both take the norm as √(Σf² + 1e-30)). A head of another shape is refused.
     #[test]
     fn fused_layer_distance_equals_the_composite() {
         let dev = Device::Cpu;
@@ -514,25 +515,27 @@ mod tests {
             let weights = weights.to_dtype(dtype).unwrap();
             let (d, g) = value_and_gradient(&f, &w, &weights, true);
             let (d_ref, g_ref) = value_and_gradient(&f, &w, &weights, false);
+            let dispatched = layer_distance(&f, &w, 2).unwrap();
+            let as_f64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+            assert_eq!(as_f64(&dispatched), as_f64(&d), "{dtype:?}: dispatch");
             let scale = max_abs(d_ref.clone());
             assert!(max_abs((&d - &d_ref).unwrap()) <= tol * scale, "{dtype:?}");
-            assert!(
-                max_abs(g.clone()).is_finite(),
-                "{dtype:?}: the op's gradient"
-            );
+            // All-zero pixels exist, and their gradient is the large 1/ε one on both paths.
             let keep = nonzero_pixels(&f);
-            assert!(max_abs((keep.ones_like().unwrap() - &keep).unwrap()) > 0.0);
-            let g_ref = keep
-                .ne(0.0)
-                .unwrap()
-                .where_cond(&g_ref, &keep.zeros_like().unwrap());
-            let (g, g_ref) = ((g * &keep).unwrap(), g_ref.unwrap());
-            let gscale = max_abs(g_ref.clone());
-            assert!(gscale > 0.0 && gscale.is_finite());
-            assert!(
-                max_abs((&g - &g_ref).unwrap()) <= tol * gscale,
-                "{dtype:?}: gradient"
-            );
+            let zero = (keep.ones_like().unwrap() - &keep).unwrap();
+            assert!(max_abs((&g * &zero).unwrap()) > 1e6, "{dtype:?}");
+            for (what, mask) in [("elsewhere", &keep), ("at all-zero pixels", &zero)] {
+                let (g, g_ref) = ((&g * mask).unwrap(), (&g_ref * mask).unwrap());
+                let gscale = max_abs(g_ref.clone());
+                assert!(gscale > 0.0 && gscale.is_finite(), "{dtype:?} {what}");
+                assert!(
+                    max_abs((&g - &g_ref).unwrap()) <= tol * gscale,
+                    "{dtype:?}: gradient {what}"
+                );
+            }
+            let bad = w.reshape(5).unwrap();
+            let e = layer_distance(&f, &bad, 2).unwrap_err().to_string();
+            assert!(e.contains("[1, C, 1, 1]"), "{e}");
         }
     }
 

@@ -22,14 +22,17 @@ fn descr(dtype: DType) -> Option<&'static str> {
         DType::F32 => "<f4",
         DType::U8 => "|u1",
         DType::U32 => "<u4",
+        DType::I16 => "<i2",
+        DType::I32 => "<i4",
         DType::I64 => "<i8",
         _ => return None,
     })
 }
 
 /// The `.npy` header of an array of `dtype` and `shape`: magic, version 1.0, the header's length
-/// and the dictionary, padded with spaces to a multiple of 64 bytes and ended by a newline.
-fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
+/// and the dictionary, padded with spaces to a multiple of 64 bytes and ended by a newline
+/// (`None` past version 1.0's 65535 bytes, thousands of dimensions).
+fn npy_header(descr: &str, shape: &[usize]) -> Option<Vec<u8>> {
     let dims = match shape {
         [n] => format!("({n},)"),
         dims => format!(
@@ -46,9 +49,9 @@ fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
     dict.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
     dict.push('\n');
     let mut header = b"\x93NUMPY\x01\x00".to_vec();
-    header.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    header.extend_from_slice(&u16::try_from(dict.len()).ok()?.to_le_bytes());
     header.extend_from_slice(dict.as_bytes());
-    header
+    Some(header)
 }
 
 /// The little-endian bytes of `t`'s numbers, in row-major order, a block at a time.
@@ -74,6 +77,8 @@ fn write_data(t: &Tensor, out: &mut impl Write) -> Result<()> {
         DType::F32 => blocks(t, out, f32::to_le_bytes)?,
         DType::U8 => blocks(t, out, u8::to_le_bytes)?,
         DType::U32 => blocks(t, out, u32::to_le_bytes)?,
+        DType::I16 => blocks(t, out, i16::to_le_bytes)?,
+        DType::I32 => blocks(t, out, i32::to_le_bytes)?,
         DType::I64 => blocks(t, out, i64::to_le_bytes)?,
         other => {
             return Err(Error::Invalid(format!(
@@ -98,25 +103,33 @@ pub fn write_npz(path: &Path, arrays: &[(&str, &Tensor)]) -> Result<()> {
         path: path.display().to_string(),
         cause: std::io::Error::other(e),
     };
+    let mut headers = Vec::with_capacity(arrays.len());
     for (name, t) in arrays {
-        if descr(t.dtype()).is_none() {
+        let Some(descr) = descr(t.dtype()) else {
             return Err(Error::Invalid(format!(
                 "{}: array {name} holds {:?} numbers, which .npz cannot",
                 path.display(),
                 t.dtype()
             )));
-        }
+        };
+        let header = npy_header(descr, t.dims()).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: array {name} has {} dimensions, too many for an .npy header",
+                path.display(),
+                t.rank()
+            ))
+        })?;
+        headers.push(header);
     }
     let file = File::create(path).map_err(io)?;
     let mut zip = zip::ZipWriter::new(BufWriter::with_capacity(1 << 20, file));
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
         .large_file(true);
-    for (name, t) in arrays {
-        let descr = descr(t.dtype()).expect("checked above");
+    for ((name, t), header) in arrays.iter().zip(&headers) {
         zip.start_file(format!("{name}.npy"), options)
             .map_err(zip_error)?;
-        zip.write_all(&npy_header(descr, t.dims())).map_err(io)?;
+        zip.write_all(header).map_err(io)?;
         write_data(t, &mut zip).map_err(|e| match e {
             Error::Io { cause, .. } => io(cause),
             other => other,
@@ -133,7 +146,7 @@ mod tests {
 
     #[test]
     fn headers_are_numpys() {
-        let h = npy_header("<f8", &[2048, 2048]);
+        let h = npy_header("<f8", &[2048, 2048]).unwrap();
         assert_eq!(h.len() % 64, 0);
         assert_eq!(&h[..8], b"\x93NUMPY\x01\x00");
         let text = std::str::from_utf8(&h[10..]).unwrap();
@@ -143,11 +156,12 @@ mod tests {
         assert!(text.ends_with(" \n"));
         let len = u16::from_le_bytes([h[8], h[9]]) as usize;
         assert_eq!(len, h.len() - 10);
-        let one = npy_header("<f4", &[3]);
+        let one = npy_header("<f4", &[3]).unwrap();
         assert!(std::str::from_utf8(&one[10..])
             .unwrap()
             .contains("'shape': (3,)"));
-        let scalar = npy_header("<f4", &[]);
+        let scalar = npy_header("<f4", &[]).unwrap();
+        assert!(npy_header("<f4", &[1; 30_000]).is_none());
         assert!(std::str::from_utf8(&scalar[10..])
             .unwrap()
             .contains("'shape': ()"));
@@ -167,6 +181,8 @@ mod tests {
             ("f32", big.to_dtype(DType::F32).unwrap()),
             ("u8", Tensor::new(&[1u8, 2, 255], &dev).unwrap()),
             ("u32", Tensor::new(&[[7u32, 8], [9, 10]], &dev).unwrap()),
+            ("i16", Tensor::new(&[-7i16, 300], &dev).unwrap()),
+            ("i32", Tensor::new(&[-70000i32], &dev).unwrap()),
             ("i64", Tensor::new(&[-3i64], &dev).unwrap()),
             ("scalar", Tensor::new(2.5f64, &dev).unwrap()),
         ];
