@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
 use ld3_metrics::{FidInception, FidMode, Lpips, LpipsNet};
 use ld3_models::{Conditioning, ConditioningKind, ModelSpec, DEFAULT_MODEL, EMBEDDED};
-use ld3_solvers::SolverName;
+use ld3_solvers::{SolverName, SolverVariant};
 
 use crate::schedule::{parse_device, ScheduleName};
 
@@ -116,6 +116,25 @@ fn check(name: &str, device: &Device) -> Result<String> {
 }
 
 /// The catalogue: models, solvers, step schedules.
+/// Where `ld3 train` learns `solver` in another variant than `default`: the first order and
+/// NFE at which `ld3_train::default_student_variant` departs from it, and the variant it takes.
+fn train_variant_hint(solver: SolverName, default: SolverVariant) -> String {
+    solver
+        .orders()
+        .flat_map(|order| (1..=1000).map(move |nfe| (order, nfe)))
+        .find_map(|(order, nfe)| {
+            ld3_train::default_student_variant(solver, order, nfe)
+                .filter(|v| *v != default)
+                .map(|v| {
+                    format!(
+                        "; `ld3 train` at order {order} from {nfe} NFE: {}",
+                        v.as_str()
+                    )
+                })
+        })
+        .unwrap_or_default()
+}
+
 fn catalogue() {
     println!("models (--model):");
     for e in ld3_models::registry::REGISTRY {
@@ -163,14 +182,7 @@ fn catalogue() {
                         .collect::<Vec<_>>()
                         .join(", "),
                     d.as_str()
-                ) + &match ld3_train::default_student_variant(s, 3, usize::MAX) {
-                    Some(v) if v != d => format!(
-                        "; `ld3 train` at order 3 from {} NFE: {}",
-                        ld3_train::DPM_TAYLOR_FROM_NFE,
-                        v.as_str()
-                    ),
-                    _ => String::new(),
-                }
+                ) + &train_variant_hint(s, d)
             }
             None => String::new(),
         };

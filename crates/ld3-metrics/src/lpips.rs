@@ -358,14 +358,12 @@ impl LayerDistance {
     /// n = ρ + ε.
     fn side_gradient<T: WithDType>(
         &self,
-        mine: &[T],
-        other: &[T],
+        (mine, nm): (&[T], &[f64]),
+        (other, no): (&[T], &[f64]),
         scale: f64,
-        hw: usize,
         out: &mut [T],
     ) {
-        let (nm, no) = (channel_norms(mine, hw), channel_norms(other, hw));
-        let c = self.w.len();
+        let (c, hw) = (self.w.len(), nm.len());
         let mut g = vec![0f64; c * hw];
         let mut dot = vec![0f64; hw];
         let k = 2.0 * scale / hw as f64;
@@ -402,13 +400,19 @@ impl LayerDistance {
     fn backward<T: WithDType>(&self, x: &[T], grad: &[T], dims: &[usize]) -> Vec<T> {
         let (b, per) = (dims[0] / 2, x.len() / dims[0].max(1));
         let hw = per / self.w.len().max(1);
+        let image = |j: usize| &x[j * per..][..per];
+        // Each image's norms once (both sides' gradients read them).
+        let mut norms = vec![0f64; 2 * b * hw];
+        ld3_models::layers::parallel::chunks(&mut norms, hw, true, |(j, n)| {
+            n.copy_from_slice(&channel_norms(image(j), hw))
+        });
+        let norm = |j: usize| &norms[j * hw..][..hw];
         let mut dx = vec![T::zero(); x.len()];
         ld3_models::layers::parallel::chunks(&mut dx, per, true, |(j, out)| {
             // Image j of the features is x₀'s i-th (j < B) or x₁'s; its partner the other one.
             let (i, partner) = if j < b { (j, b + j) } else { (j - b, j - b) };
-            let mine = &x[j * per..][..per];
-            let other = &x[partner * per..][..per];
-            self.side_gradient(mine, other, grad[i].to_f64(), hw, out);
+            let (mine, other) = ((image(j), norm(j)), (image(partner), norm(partner)));
+            self.side_gradient(mine, other, grad[i].to_f64(), out);
         });
         dx
     }

@@ -54,41 +54,37 @@ fn npy_header(descr: &str, shape: &[usize]) -> Option<Vec<u8>> {
     Some(header)
 }
 
-/// The little-endian bytes of `t`'s numbers, in row-major order, a block at a time.
-fn write_data(t: &Tensor, out: &mut impl Write) -> Result<()> {
-    fn blocks<T: candle_core::WithDType, const B: usize>(
-        t: &Tensor,
-        out: &mut impl Write,
-        bytes: impl Fn(T) -> [u8; B],
-    ) -> Result<std::io::Result<()>> {
-        let values = t.flatten_all()?.to_vec1::<T>()?;
-        let mut buf = Vec::with_capacity(BLOCK * B);
-        for block in values.chunks(BLOCK) {
-            buf.clear();
-            buf.extend(block.iter().flat_map(|&v| bytes(v)));
-            if let Err(e) = out.write_all(&buf) {
-                return Ok(Err(e));
-            }
-        }
-        Ok(Ok(()))
+/// `values` as little-endian bytes, a block at a time.
+fn write_blocks<T: Copy, const B: usize>(
+    values: &[T],
+    out: &mut impl Write,
+    bytes: impl Fn(T) -> [u8; B],
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(BLOCK.min(values.len()) * B);
+    for block in values.chunks(BLOCK) {
+        buf.clear();
+        buf.extend(block.iter().flat_map(|&v| bytes(v)));
+        out.write_all(&buf)?;
     }
-    let written = match t.dtype() {
-        DType::F64 => blocks(t, out, f64::to_le_bytes)?,
-        DType::F32 => blocks(t, out, f32::to_le_bytes)?,
-        DType::U8 => blocks(t, out, u8::to_le_bytes)?,
-        DType::U32 => blocks(t, out, u32::to_le_bytes)?,
-        DType::I16 => blocks(t, out, i16::to_le_bytes)?,
-        DType::I32 => blocks(t, out, i32::to_le_bytes)?,
-        DType::I64 => blocks(t, out, i64::to_le_bytes)?,
+    Ok(())
+}
+
+/// `t`'s numbers in row-major order, little-endian (its dtype checked by [`descr`]).
+fn write_data(t: &Tensor, out: &mut impl Write) -> Result<std::io::Result<()>> {
+    let t = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F64 => write_blocks(&t.to_vec1::<f64>()?, out, f64::to_le_bytes),
+        DType::F32 => write_blocks(&t.to_vec1::<f32>()?, out, f32::to_le_bytes),
+        DType::U8 => write_blocks(&t.to_vec1::<u8>()?, out, u8::to_le_bytes),
+        DType::U32 => write_blocks(&t.to_vec1::<u32>()?, out, u32::to_le_bytes),
+        DType::I16 => write_blocks(&t.to_vec1::<i16>()?, out, i16::to_le_bytes),
+        DType::I32 => write_blocks(&t.to_vec1::<i32>()?, out, i32::to_le_bytes),
+        DType::I64 => write_blocks(&t.to_vec1::<i64>()?, out, i64::to_le_bytes),
         other => {
             return Err(Error::Invalid(format!(
                 "an .npz cannot hold {other:?} numbers"
             )))
         }
-    };
-    written.map_err(|cause| Error::Io {
-        path: "an .npz entry".into(),
-        cause,
     })
 }
 
@@ -130,10 +126,7 @@ pub fn write_npz(path: &Path, arrays: &[(&str, &Tensor)]) -> Result<()> {
         zip.start_file(format!("{name}.npy"), options)
             .map_err(zip_error)?;
         zip.write_all(header).map_err(io)?;
-        write_data(t, &mut zip).map_err(|e| match e {
-            Error::Io { cause, .. } => io(cause),
-            other => other,
-        })?;
+        write_data(t, &mut zip)?.map_err(io)?;
     }
     let mut file = zip.finish().map_err(zip_error)?;
     file.flush().map_err(io)

@@ -62,8 +62,6 @@ struct Conv {
     up: bool,
     down: bool,
     fused: bool,
-    /// Without resampling: the shared convolution with its bias (and addends) inside the op.
-    plain: Option<Conv2d>,
 }
 
 impl Conv {
@@ -84,68 +82,53 @@ impl Conv {
                 )));
             }
         }
-        Self::new(
-            weight,
-            bias,
-            w.opt(&format!("{name}.resample_filter"))?,
-            (up, down, fused),
-        )
-    }
-
-    fn new(
-        w: Option<Tensor>,
-        b: Option<Tensor>,
-        filter: Option<Tensor>,
-        (up, down, fused): (bool, bool, bool),
-    ) -> Result<Self> {
-        let plain = match (&w, up || down) {
-            (Some(weight), false) => Some(Conv2d(candle_nn::Conv2d::new(
-                weight.clone(),
-                b.clone(),
-                candle_nn::Conv2dConfig {
-                    padding: weight.dim(3)? / 2,
-                    ..Default::default()
-                },
-            ))),
-            _ => None,
-        };
         Ok(Self {
-            w,
-            b,
-            filter,
+            w: weight,
+            b: bias,
+            filter: w.opt(&format!("{name}.resample_filter"))?,
             up,
             down,
             fused,
-            plain,
         })
+    }
+
+    /// Without resampling, the shared convolution (its bias, and any addend, inside the op;
+    /// the weight is checked to be 4-d at load).
+    fn plain(&self) -> Option<Conv2d> {
+        let w = self.w.as_ref().filter(|_| !self.up && !self.down)?;
+        let config = candle_nn::Conv2dConfig {
+            padding: w.dims()[3] / 2,
+            ..Default::default()
+        };
+        Some(Conv2d(candle_nn::Conv2d::new(
+            w.clone(),
+            self.b.clone(),
+            config,
+        )))
     }
 
     /// The same convolution with its output channels in the order `index` gives (old channel
     /// of each new one).
     fn with_output_channels(&self, index: &Tensor) -> Result<Self> {
         let pick = |t: &Option<Tensor>| t.as_ref().map(|t| t.index_select(index, 0)).transpose();
-        Self::new(
-            pick(&self.w)?,
-            pick(&self.b)?,
-            self.filter.clone(),
-            (self.up, self.down, self.fused),
-        )
+        Ok(Self {
+            w: pick(&self.w)?,
+            b: pick(&self.b)?,
+            filter: self.filter.clone(),
+            ..*self
+        })
     }
 
     /// `self.forward(x) + addend`, inside the convolution's op where it has no resampling.
     fn forward_add(&self, x: &Tensor, addend: Addend) -> Result<Tensor> {
-        if let Some(conv) = &self.plain {
-            return Ok(conv.forward_add(x, addend)?);
-        }
-        let y = self.forward(x)?;
-        Ok(match addend {
-            Addend::PerChannel(t) => y.broadcast_add(&t.reshape((t.dim(0)?, (), 1, 1))?)?,
-            Addend::Full(t) => (y + t)?,
+        Ok(match self.plain() {
+            Some(conv) => conv.forward_add(x, addend)?,
+            None => addend.add_to(&self.forward(x)?)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(conv) = &self.plain {
+        if let Some(conv) = self.plain() {
             return Ok(conv.forward(x)?);
         }
         let w_pad = self.w.as_ref().map_or(Ok(0), |w| w.dim(3).map(|k| k / 2))?;

@@ -108,6 +108,20 @@ pub enum Addend<'a> {
     Full(&'a Tensor),
 }
 
+impl Addend<'_> {
+    /// `y + self` by candle's ops (broadcast over the pixels for [`Addend::PerChannel`]): the
+    /// addition where it cannot join a convolution's op.
+    pub fn add_to(self, y: &Tensor) -> Result<Tensor> {
+        match self {
+            Addend::PerChannel(t) => {
+                let (b, c) = (t.dim(0)?, t.elem_count() / t.dim(0)?.max(1));
+                y.broadcast_add(&t.reshape((b, c, 1, 1))?)
+            }
+            Addend::Full(r) => r + y,
+        }
+    }
+}
+
 impl Conv2d {
     /// ReLU(`self.forward(x)`), as one op on the own CPU path (see [`conv2d_relu`]).
     pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
@@ -142,14 +156,7 @@ impl Conv2d {
             Addend::PerChannel(t) | Addend::Full(t) => t,
         };
         if !own || a.dtype() != x.dtype() || !a.device().is_cpu() {
-            let y = self.forward(x)?;
-            return match addend {
-                Addend::PerChannel(t) => {
-                    let (b, c) = (t.dim(0)?, t.elem_count() / t.dim(0)?.max(1));
-                    y.broadcast_add(&t.reshape((b, c, 1, 1))?)
-                }
-                Addend::Full(r) => r + y,
-            };
+            return addend.add_to(&self.forward(x)?);
         }
         let op = ConvAddOp {
             conv: ConvOp {
